@@ -1,0 +1,185 @@
+"""skypty-client: the command line, mirroring Skywire's ``cli pty``.
+
+Start-up speed matters (a one-shot ``exec``/``shell`` should beat ssh), so
+this module imports nothing heavy: each verb's implementation is imported
+only when that verb runs.
+"""
+
+import argparse
+import importlib
+import sys
+
+from skypty import __version__
+
+EXIT_CODES = """exit codes:
+  0    success (exec/shell: the remote command's own exit code is mirrored)
+  1    transport, RPC or usage failure (cannot connect, not authorized, bad key)
+  124  the remote command timed out (--timeout)
+  130  interrupted with Ctrl-C
+"""
+
+IDENTITY_HELP = """identity (whose key this client speaks as), in this order:
+  --sk HEX            this secret key
+  --no-visor-key      a fresh random key (its pk is printed on stderr)
+  -p/--pkg            the key in /opt/skywire/skywire.json
+  -i/--input CONFIG   the key in CONFIG, else $SKYPTY_CONFIG, else ./skywire-config.json
+"""
+
+
+def _identity_options(parser):
+    g = parser.add_argument_group("identity")
+    g.add_argument("-i", "--input", metavar="CONFIG", help="config file to take the key (and control socket) from")
+    g.add_argument("-p", "--pkg", action="store_true", help="use /opt/skywire/skywire.json")
+    g.add_argument("--sk", metavar="HEX", help="use this secret key")
+    g.add_argument("--no-visor-key", action="store_true", help="use a fresh random key")
+
+
+def _cli_options(parser):
+    g = parser.add_argument_group("local host")
+    g.add_argument("--cliaddr", metavar="ADDR", help="control socket of the local host (default: from the config, else /tmp/pty.sock)")
+    g.add_argument("--clinet", metavar="NET", choices=("unix", "tcp"), help="network of --cliaddr (unix or tcp)")
+
+
+def _timeout_option(parser):
+    parser.add_argument("--timeout", metavar="DURATION", default="30s",
+                        help="remote command timeout: 30s, 5m, or seconds (default 30s, host caps at 5m)")
+
+
+def _command_arg(parser, required):
+    parser.add_argument("command", nargs=argparse.REMAINDER if not required else "+",
+                        metavar="-- CMD [ARG...]", help="the command to run")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="skypty-client",
+        description="Client for skypty and Skywire pty hosts: shells, commands, files and the "
+                    "web terminal, authorised by secp256k1 public key.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"skypty-client {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    def verb(name, help_, **kw):
+        p = sub.add_parser(name, help=help_, description=help_, epilog=kw.pop("epilog", EXIT_CODES),
+                           formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+        return p
+
+    p = verb("exec", "Run one command on a remote host and mirror its exit code.",
+             epilog=IDENTITY_HELP + "\n" + EXIT_CODES)
+    p.add_argument("pk", metavar="PK", help="the remote host's public key (66 hex)")
+    p.add_argument("--via", metavar="tcp://PK@HOST:PORT",
+                   help="reach the host directly over Noise TCP instead of through the local host")
+    p.add_argument("--scheme", choices=("dmsg", "skynet"), default=None,
+                   help="transport when going through the local host (default dmsg)")
+    p.add_argument("--port", type=int, default=22, help="the remote host's dmsg pty port (default 22)")
+    _timeout_option(p)
+    p.add_argument("--stdin", action="store_true", help="send this process's stdin (up to 1 MiB) to the command")
+    _identity_options(p)
+    _cli_options(p)
+    _command_arg(p, required=False)
+
+    p = verb("start", "Open an interactive shell: local with no PK, else on a remote host.",
+             epilog=IDENTITY_HELP + "\n" + EXIT_CODES)
+    p.add_argument("pk", metavar="PK", nargs="?", help="remote host's public key (omit for a local shell)")
+    p.add_argument("--attach", metavar="ID", help="reattach the persistent session ID")
+    p.add_argument("--scheme", choices=("dmsg", "skynet"), default=None)
+    p.add_argument("--port", type=int, default=22, help="the remote host's dmsg pty port (default 22)")
+    _identity_options(p)
+    _cli_options(p)
+    _command_arg(p, required=False)
+
+    p = verb("shell", "Shell over the direct Noise TCP port: interactive, or one-shot with -- CMD.",
+             epilog=IDENTITY_HELP + "\n" + EXIT_CODES)
+    p.add_argument("target", metavar="PK@HOST[:PORT]", help="host key and address (default port 2022)")
+    p.add_argument("--port", type=int, default=None, help="TCP port when TARGET has none (default 2022)")
+    p.add_argument("--attach", metavar="ID", help="reattach the persistent session ID")
+    _timeout_option(p)
+    _identity_options(p)
+    _command_arg(p, required=False)
+
+    p = verb("list", "Show the peers this host can see over dmsg (or its sessions).")
+    p.add_argument("--sessions", action="store_true", help="list this host's persistent sessions instead")
+    _identity_options(p)
+    _cli_options(p)
+
+    for name, help_ in (("whitelist", "Show the host's effective whitelist."),
+                        ("whitelist-add", "Let public keys in (takes effect at once, saved to the config)."),
+                        ("whitelist-remove", "Shut public keys out again (saved to the config).")):
+        p = verb(name, help_)
+        if name != "whitelist":
+            p.add_argument("pks", metavar="PK", nargs="+")
+        _identity_options(p)
+        _cli_options(p)
+
+    p = verb("fs", "Mount a remote host's filesystem over SFTP (FUSE), or unmount it.")
+    fs = p.add_subparsers(dest="fs_verb", metavar="mount|umount")
+    m = fs.add_parser("mount", help="mount PK[@HOST:PORT] at MOUNTPOINT")
+    m.add_argument("target", metavar="PK[@HOST:PORT]")
+    m.add_argument("mountpoint")
+    m.add_argument("--ro", action="store_true", help="read-only")
+    m.add_argument("--remote-root", default="/", metavar="DIR")
+    m.add_argument("--attr-ttl", default="1s", metavar="DURATION")
+    m.add_argument("--entry-ttl", default="1s", metavar="DURATION")
+    m.add_argument("--foreground", action="store_true", help="stay in the foreground")
+    _identity_options(m)
+    _cli_options(m)
+    u = fs.add_parser("umount", help="unmount MOUNTPOINT")
+    u.add_argument("mountpoint")
+
+    p = verb("url", "Print the web terminal URL (with this host's access token).")
+    p.add_argument("--visor", metavar="PK", help="a remote host to open through this one")
+    _identity_options(p)
+    _cli_options(p)
+    p = verb("ui", "Open the web terminal in a browser.")
+    p.add_argument("--visor", metavar="PK", help="a remote host to open through this one")
+    _identity_options(p)
+    _cli_options(p)
+
+    p = verb("config", "Config utilities.")
+    cs = p.add_subparsers(dest="config_verb", metavar="gen")
+    g = cs.add_parser("gen", help="write a fresh config with new keys")
+    g.add_argument("-o", "--output", default="skywire-config.json", help="file to write (default ./skywire-config.json)")
+    g.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    p = verb("completion", "Print a shell completion script.")
+    p.add_argument("shell", choices=("bash", "zsh"))
+    return parser
+
+
+# verb -> (module, function); imported only when used.
+VERBS = {
+    "exec": ("skypty.client.commands", "cmd_exec"),
+    "start": ("skypty.client.commands", "cmd_start"),
+    "shell": ("skypty.client.commands", "cmd_shell"),
+    "list": ("skypty.client.commands", "cmd_list"),
+    "whitelist": ("skypty.client.commands", "cmd_whitelist"),
+    "whitelist-add": ("skypty.client.commands", "cmd_whitelist_add"),
+    "whitelist-remove": ("skypty.client.commands", "cmd_whitelist_remove"),
+    "fs": ("skypty.client.fscmd", "cmd_fs"),
+    "url": ("skypty.client.commands", "cmd_url"),
+    "ui": ("skypty.client.commands", "cmd_ui"),
+    "config": ("skypty.client.commands", "cmd_config"),
+    "completion": ("skypty.client.completion", "cmd_completion"),
+}
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verb:
+        parser.print_help(sys.stderr)
+        return 1
+    command = getattr(args, "command", None)
+    if command and command[0] == "--":
+        args.command = command[1:]
+    module, func = VERBS[args.verb]
+    try:
+        return getattr(importlib.import_module(module), func)(args, parser) or 0
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
