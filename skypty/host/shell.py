@@ -1,0 +1,264 @@
+"""Shells on real ptys, for pty.Start / pty.Read / pty.Write / pty.Stop.
+
+A PtyProcess owns one child on a pty (``spawnProcess(usePTY=True)``: the child
+gets its own session and the pty as controlling terminal).  Its output goes to
+a sink: a DirectReader (bounded queue with back-pressure, for the plain
+pty.Read RPC) or a persistent session's ring (skypty.host.persist).
+"""
+
+import collections
+import fcntl
+import os
+import shutil
+import signal
+import struct
+import termios
+
+from twisted.internet import defer, error, protocol
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from skypty.errors import SkyptyError
+
+MAX_READ = 64 * 1024
+STOP_GRACE = 2.0
+
+
+class ShellEnded(EOFError):
+    """The shell exited and every byte of its output has been read."""
+
+
+class SpawnError(SkyptyError):
+    pass
+
+
+class IOutputSink(Interface):
+    def output_received(data):
+        """Bytes the shell wrote."""
+
+    def output_ended(status):
+        """The shell was reaped; *status* is its exit code or -signal."""
+
+
+def default_shell():
+    shell = os.environ.get("SHELL")
+    if shell and os.access(shell, os.X_OK):
+        return shell
+    return shutil.which("bash") or "/bin/sh"
+
+
+def build_env(client_env):
+    """The host's environment with the client's entries (TERM, LANG...) on top."""
+    env = dict(os.environ)
+    for entry in client_env or ():
+        if isinstance(entry, str) and "=" in entry and not entry.startswith("="):
+            name, value = entry.split("=", 1)
+            if "\0" not in name + value:
+                env[name] = value
+    return env
+
+
+def resolve_command(name, env):
+    """Absolute path of *name*, or SpawnError saying what is missing."""
+    name = name or default_shell()
+    if "/" in name:
+        path = name
+    else:
+        path = shutil.which(name, path=env.get("PATH", os.defpath))
+    if not path or not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise SpawnError(f'exec: "{name}": executable file not found in $PATH')
+    return path
+
+
+def set_winsize(fd, rows, cols, xpixel=0, ypixel=0):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, xpixel, ypixel))
+
+
+class _PtyProtocol(protocol.ProcessProtocol):
+    def __init__(self, owner):
+        self.owner = owner
+
+    def childDataReceived(self, fd, data):
+        self.owner._output(data)
+
+    def processEnded(self, reason):
+        self.owner._ended(reason)
+
+
+class PtyProcess:
+    """One child process on a pty."""
+
+    log = Logger()
+
+    def __init__(self, reactor, sink):
+        self.reactor = reactor
+        self.sink = sink
+        self.transport = None
+        self.pid = None
+        self.status = None
+        self._ended_waiters = []
+        self._kill_call = None
+
+    @classmethod
+    def spawn(cls, reactor, name, args=(), env=(), rows=None, cols=None, cwd=None, sink=None):
+        """Start *name* with *args*; argv[0] is *name* as the client gave it."""
+        full_env = build_env(env)
+        path = resolve_command(name, full_env)
+        self = cls(reactor, sink)
+        argv = [name or path, *args]
+        try:
+            self.transport = reactor.spawnProcess(
+                _PtyProtocol(self), path, argv, env=full_env, path=cwd or None, usePTY=True)
+        except (OSError, error.ProcessExitedAlready) as e:
+            raise SpawnError(f"cannot start {name}: {e}") from None
+        self.pid = self.transport.pid
+        if rows and cols:
+            self.resize(rows, cols)
+        return self
+
+    @property
+    def running(self):
+        return self.status is None
+
+    def resize(self, rows, cols, xpixel=0, ypixel=0):
+        if self.running and self.transport is not None:
+            try:
+                set_winsize(self.transport.fileno(), rows, cols, xpixel, ypixel)
+            except (OSError, ValueError):
+                pass  # the pty is already gone; the end is on its way
+
+    def write(self, data):
+        if not self.running:
+            raise ShellEnded("the shell has ended")
+        self.transport.write(data)
+        return len(data)
+
+    def pause_output(self):
+        if self.running:
+            self.transport.pauseProducing()
+
+    def resume_output(self):
+        if self.running:
+            self.transport.resumeProducing()
+
+    def stop(self):
+        """Hang up the whole process group; SIGKILL it if it lingers."""
+        if not self.running or self.pid is None:
+            return
+        self._signal_group(signal.SIGHUP)
+        self.resume_output()  # a paused master would hide the EIO that ends us
+        if self._kill_call is None:
+            self._kill_call = self.reactor.callLater(STOP_GRACE, self._signal_group, signal.SIGKILL)
+
+    def _signal_group(self, sig):
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def when_ended(self):
+        if self.status is not None:
+            return defer.succeed(self.status)
+        d = defer.Deferred()
+        self._ended_waiters.append(d)
+        return d
+
+    # -- from the process protocol --
+    def _output(self, data):
+        if self.sink is not None:
+            self.sink.output_received(data)
+
+    def _ended(self, reason):
+        value = reason.value
+        if getattr(value, "signal", None):
+            self.status = -value.signal
+        else:
+            self.status = getattr(value, "exitCode", None) or 0
+        if self._kill_call is not None and self._kill_call.active():
+            self._kill_call.cancel()
+        # Whatever the shell left running in its group goes with it.
+        self._signal_group(signal.SIGHUP)
+        if self.sink is not None:
+            self.sink.output_ended(self.status)
+        waiters, self._ended_waiters = self._ended_waiters, []
+        for d in waiters:
+            d.callback(self.status)
+
+
+@implementer(IOutputSink)
+class DirectReader:
+    """A bounded output queue for pty.Read, with real back-pressure.
+
+    Above *high_water* queued bytes the pty master is no longer read (so the
+    shell blocks on its writes); reading resumes below *low_water*.
+    """
+
+    def __init__(self, high_water=1024 * 1024, low_water=256 * 1024):
+        self.process = None
+        self.high_water = high_water
+        self.low_water = low_water
+        self._queue = collections.deque()
+        self._queued = 0
+        self._pending = None
+        self._paused = False
+        self._ended = False
+
+    @property
+    def queued(self):
+        return self._queued
+
+    def output_received(self, data):
+        if self._pending is not None:
+            d, limit = self._pending
+            self._pending = None
+            if len(data) > limit:
+                self._queue.append(data[limit:])
+                self._queued += len(data) - limit
+            d.callback(data[:limit])
+            return
+        self._queue.append(data)
+        self._queued += len(data)
+        if self._queued > self.high_water and not self._paused and self.process:
+            self._paused = True
+            self.process.pause_output()
+
+    def output_ended(self, status):
+        self._ended = True
+        if self._pending is not None and not self._queue:
+            d, _ = self._pending
+            self._pending = None
+            d.errback(ShellEnded("EOF"))
+
+    def read(self, max_bytes):
+        max_bytes = max(1, min(int(max_bytes), MAX_READ))
+        if self._pending is not None:
+            return defer.fail(SkyptyError("a pty.Read is already pending"))
+        if self._queue:
+            return defer.succeed(self._take(max_bytes))
+        if self._ended:
+            return defer.fail(ShellEnded("EOF"))
+        d = defer.Deferred(lambda _: setattr(self, "_pending", None))
+        self._pending = (d, max_bytes)
+        return d
+
+    def _take(self, limit):
+        parts, size = [], 0
+        while self._queue and size < limit:
+            chunk = self._queue.popleft()
+            room = limit - size
+            if len(chunk) > room:
+                self._queue.appendleft(chunk[room:])
+                chunk = chunk[:room]
+            parts.append(chunk)
+            size += len(chunk)
+        self._queued -= size
+        if self._paused and self._queued < self.low_water and self.process:
+            self._paused = False
+            self.process.resume_output()
+        return b"".join(parts)
+
+    def fail_pending(self, exc):
+        if self._pending is not None:
+            d, _ = self._pending
+            self._pending = None
+            d.errback(exc)

@@ -1,0 +1,98 @@
+import re
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from skypty.host.shell import DirectReader, PtyProcess, ShellEnded, SpawnError
+from tests.procutil import open_fds, pid_alive, wait_until, zombie_children
+
+
+def start(argv, rows=None, cols=None, reader=None):
+    reader = reader or DirectReader()
+    proc = PtyProcess.spawn(reactor, argv[0], argv[1:], ["TERM=xterm"], rows=rows, cols=cols, sink=reader)
+    reader.process = proc
+    return proc, reader
+
+
+@defer.inlineCallbacks
+def read_all(reader, limit=65536):
+    out = []
+    while True:
+        try:
+            out.append((yield reader.read(limit)))
+        except ShellEnded:
+            return b"".join(out)
+
+
+class PtyProcessTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_output_and_exit_status(self):
+        proc, reader = start(["sh", "-c", "echo hi; exit 3"])
+        out = yield read_all(reader)
+        self.assertEqual(out, b"hi\r\n")
+        self.assertEqual((yield proc.when_ended()), 3)
+
+    @defer.inlineCallbacks
+    def test_interactive_cat_and_resize(self):
+        proc, reader = start(["sh"], rows=24, cols=80)
+        proc.write(b"stty size\n")
+        buf = b""
+        while b"24 80" not in buf:
+            buf += yield reader.read(4096)
+        proc.resize(50, 132)
+        proc.write(b"stty size; exit\n")
+        buf += yield read_all(reader)
+        self.assertIn(b"50 132", buf)
+
+    @defer.inlineCallbacks
+    def test_stop_kills_the_whole_process_group(self):
+        proc, reader = start(["sh", "-c", "sleep 1000 & echo bg=$!; sleep 1000"])
+        buf = b""
+        while not re.search(rb"bg=(\d+)\r\n", buf):
+            buf += yield reader.read(4096)
+        grandchild = int(re.search(rb"bg=(\d+)", buf).group(1))
+        self.assertTrue(pid_alive(grandchild))
+        proc.stop()
+        status = yield proc.when_ended()
+        self.assertLess(status, 0)
+        yield wait_until(lambda: not pid_alive(grandchild))
+        self.assertFalse(pid_alive(proc.pid))
+
+    @defer.inlineCallbacks
+    def test_big_output_complete_in_order_with_bounded_queue(self):
+        reader = DirectReader(high_water=64 * 1024, low_water=16 * 1024)
+        proc, reader = start(["seq", "1", "200000"], reader=reader)
+        chunks, peak = [], 0
+        while True:
+            peak = max(peak, reader.queued)
+            try:
+                chunks.append((yield reader.read(1000)))  # a slow reader: small reads
+            except ShellEnded:
+                break
+        lines = b"".join(chunks).split(b"\r\n")
+        self.assertEqual(lines[:-1], [str(i).encode() for i in range(1, 200001)])
+        self.assertLess(peak, 64 * 1024 + 65536)  # at most one chunk over the mark
+
+    def test_missing_command_is_a_clean_error(self):
+        self.assertRaises(SpawnError, PtyProcess.spawn, reactor, "no-such-command-xyz", [], [])
+
+    def test_second_concurrent_read_is_refused(self):
+        proc, reader = start(["sh", "-c", "read x"])
+        first = reader.read(10)
+        second = reader.read(10)
+        self.failureResultOf(second)
+        proc.stop()
+        return self.assertFailure(first, ShellEnded)
+
+    @defer.inlineCallbacks
+    def test_no_zombies_or_fd_leaks_after_many_shells(self):
+        # The first spawn installs the reactor's SIGCHLD waker pipe for good.
+        yield read_all(start(["true"])[1])
+        before = open_fds()
+        for i in range(50):
+            proc, reader = start(["sh", "-c", f"echo {i}"])
+            out = yield read_all(reader)
+            self.assertEqual(out, f"{i}\r\n".encode())
+            yield proc.when_ended()
+        yield wait_until(lambda: open_fds() <= before)
+        self.assertEqual(zombie_children(), [])
