@@ -1,0 +1,161 @@
+"""PtyAvatar: what one authenticated connection may do on this host.
+
+The realm builds one avatar per connection (as conch does per SSH login).
+Its methods are the pty service, in plain Python terms; skypty.host.gateway
+binds them to the net/rpc method names and gob types.  Errors a client may
+see are RPCFault with the reference implementation's exact strings.
+"""
+
+import attr
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from skypty.host.auth import IPtyAvatar
+from skypty.host.command import ExecError, run_exec
+from skypty.host.shell import DirectReader, PtyProcess, ShellEnded, SpawnError
+
+ERR_EOF = "EOF"
+ERR_RUNNING = "a pty session is already running"
+ERR_NO_SESSION = "no active pty session"
+
+
+class RPCFault(Exception):
+    """An error whose message goes back to the client verbatim."""
+
+
+@attr.s
+class HostContext:
+    """What every avatar on this host shares."""
+
+    reactor = attr.ib()
+    whitelist = attr.ib()
+    sessions = attr.ib(default=None)  # a SessionRegistry when persistent_sessions is on
+    default_size = attr.ib(default=(30, 100))
+
+
+@implementer(IPtyAvatar)
+class PtyAvatar:
+    log = Logger()
+
+    def __init__(self, context, public_key, entry_point):
+        self.context = context
+        self.public_key = public_key
+        self.entry_point = entry_point
+        self._proc = None
+        self._reader = None  # DirectReader, or a persistent session's follower
+        self._session = None
+        self.logged_out = False
+
+    # -- plain pty --------------------------------------------------------
+    def start(self, name, args, env, size):
+        if self._reader is not None:
+            raise RPCFault(ERR_RUNNING)
+        rows, cols = size if size else self.context.default_size
+        reader = DirectReader()
+        try:
+            proc = PtyProcess.spawn(self.context.reactor, name, args, env, rows, cols, sink=reader)
+        except SpawnError as e:
+            raise RPCFault(str(e)) from None
+        reader.process = proc
+        self._proc, self._reader = proc, reader
+        self.log.info("pty started for {pk} via {entry}: {cmd} pid {pid}", pk=self.public_key.hex(),
+                      entry=self.entry_point, cmd=name, pid=proc.pid)
+        proc.when_ended().addCallback(self._shell_ended, name)
+
+    def _shell_ended(self, status, name):
+        self.log.info("pty ended for {pk} via {entry}: {cmd} exit {status}", pk=self.public_key.hex(),
+                      entry=self.entry_point, cmd=name, status=status)
+
+    def read(self, max_bytes):
+        if self._reader is None:
+            return defer.fail(RPCFault(ERR_NO_SESSION))
+
+        def eof(failure):
+            failure.trap(ShellEnded)
+            raise RPCFault(ERR_EOF)
+
+        return self._reader.read(max_bytes).addErrback(eof)
+
+    def write(self, data):
+        proc = self._current_process()
+        try:
+            return proc.write(data)
+        except ShellEnded:
+            raise RPCFault(ERR_EOF) from None
+
+    def set_size(self, rows, cols, xpixel=0, ypixel=0):
+        self._current_process().resize(rows, cols, xpixel, ypixel)
+
+    def stop(self):
+        proc = self._current_process()
+        if self._session is not None and self.context.sessions is not None:
+            self.context.sessions.stop(self._session.id)
+        else:
+            proc.stop()  # a pending Read then ends with EOF as the shell's output does
+
+    def ping(self):
+        return None
+
+    def _current_process(self):
+        if self._proc is None:
+            raise RPCFault(ERR_NO_SESSION)
+        return self._proc
+
+    # -- one-shot ------------------------------------------------------------
+    def exec_(self, name, args, env, stdin, timeout_ms):
+        self.log.info("exec for {pk} via {entry}: {cmd}", pk=self.public_key.hex(),
+                      entry=self.entry_point, cmd=name)
+        d = run_exec(self.context.reactor, name, args, env, stdin, timeout_ms)
+
+        def failed(failure):
+            failure.trap(ExecError)
+            raise RPCFault(str(failure.value))
+
+        return d.addErrback(failed)
+
+    # -- persistent sessions -------------------------------------------------------
+    def start_session(self, name, args, env, size):
+        registry = self.context.sessions
+        if registry is None:
+            # Hosts without persistent sessions behave like the reference before them.
+            raise RPCFault("rpc: can't find method pty.StartSession")
+        if self._reader is not None:
+            raise RPCFault(ERR_RUNNING)
+        rows, cols = size if size else self.context.default_size
+        try:
+            session = registry.start(self.public_key, name, args, env, rows, cols)
+        except SpawnError as e:
+            raise RPCFault(str(e)) from None
+        self._bind(session, registry.attach(session.id, self.public_key))
+        return session.id
+
+    def attach(self, session_id):
+        registry = self.context.sessions
+        if registry is None:
+            raise RPCFault("rpc: can't find method pty.Attach")
+        if self._reader is not None:
+            raise RPCFault(ERR_RUNNING)
+        try:
+            follower = registry.attach(session_id, self.public_key)
+        except LookupError as e:
+            raise RPCFault(str(e.args[0]) if e.args else str(e)) from None
+        self._bind(registry.get(session_id), follower)
+
+    def _bind(self, session, follower):
+        self._session, self._reader, self._proc = session, follower, session.process
+        self.log.info("session {sid} attached by {pk} via {entry}", sid=session.id,
+                      pk=self.public_key.hex(), entry=self.entry_point)
+
+    # -- end of the connection ------------------------------------------------------
+    def logout(self):
+        """The stream dropped: kill a plain shell, detach from a persistent one."""
+        if self.logged_out:
+            return
+        self.logged_out = True
+        if self._session is not None:
+            self._reader.detach()
+            self.log.info("session {sid} detached by {pk}", sid=self._session.id, pk=self.public_key.hex())
+        elif self._proc is not None:
+            self._proc.stop()
+            self._reader.fail_pending(RPCFault(ERR_EOF))
