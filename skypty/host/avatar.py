@@ -13,6 +13,7 @@ from zope.interface import implementer
 
 from skypty.host.auth import IPtyAvatar
 from skypty.host.command import ExecError, run_exec
+from skypty.host.persist import OutputLost
 from skypty.host.shell import DirectReader, PtyProcess, ShellEnded, SpawnError
 
 ERR_EOF = "EOF"
@@ -72,6 +73,8 @@ class PtyAvatar:
             return defer.fail(RPCFault(ERR_NO_SESSION))
 
         def eof(failure):
+            if failure.check(OutputLost):
+                raise RPCFault(str(failure.value))
             failure.trap(ShellEnded)
             raise RPCFault(ERR_EOF)
 
@@ -130,17 +133,22 @@ class PtyAvatar:
         self._bind(session, registry.attach(session.id, self.public_key))
         return session.id
 
-    def attach(self, session_id):
+    def attach(self, session_id, offset=None):
+        """Follow a session: from the ring's start (reference clients), or from
+        *offset*, the byte count the caller already has; -> (offset, lost)."""
         registry = self.context.sessions
         if registry is None:
             raise RPCFault("rpc: can't find method pty.Attach")
         if self._reader is not None:
             raise RPCFault(ERR_RUNNING)
         try:
-            follower = registry.attach(session_id, self.public_key)
+            follower = registry.attach(session_id, self.public_key, offset,
+                                       report_loss_as_error=offset is not None)
         except LookupError as e:
-            raise RPCFault(str(e.args[0]) if e.args else str(e)) from None
+            raise RPCFault(str(e)) from None
         self._bind(registry.get(session_id), follower)
+        lost = max(0, follower.session.ring.start - follower.offset)
+        return follower.offset + lost, lost
 
     def _bind(self, session, follower):
         self._session, self._reader, self._proc = session, follower, session.process

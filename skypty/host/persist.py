@@ -1,0 +1,260 @@
+"""Persistent sessions: shells that outlive the stream that started them.
+
+Output goes into a 256 KiB ring with absolute byte offsets.  Each attached
+follower reads from its own offset; one that falls behind skips what was
+overwritten and is *told* how much it lost.  A detached session is reaped
+after ``ttl`` seconds without a follower (swept every ``sweep_interval``),
+at once when its shell has exited and nobody is attached, and on pty.Stop.
+
+Reference clients attach by id and get the whole ring replayed; skypty's own
+client also says how many bytes it already has (``attach(..., offset=N)``), so
+a reconnect continues exactly where the old link stopped.
+"""
+
+import os
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from skypty.host.shell import MAX_READ, IOutputSink, PtyProcess, ShellEnded
+
+RING_CAPACITY = 256 * 1024
+ERR_NOT_FOUND = "dmsgpty: session not found"
+ERR_OTHER_OWNER = "dmsgpty: session owned by a different public key"
+LOST_PREFIX = "dmsgpty: output lost: "
+
+
+class SessionNotFound(LookupError):
+    def __init__(self):
+        super().__init__(ERR_NOT_FOUND)
+
+
+class SessionOwnedByOther(LookupError):
+    def __init__(self):
+        super().__init__(ERR_OTHER_OWNER)
+
+
+class OutputLost(Exception):
+    """A follower fell more than the ring behind; *count* bytes are gone."""
+
+    def __init__(self, count):
+        super().__init__(f"{LOST_PREFIX}{count} bytes")
+        self.count = count
+
+
+class OutputRing:
+    """The latest *capacity* bytes of a stream, addressed by absolute offset."""
+
+    def __init__(self, capacity=RING_CAPACITY):
+        self.capacity = capacity
+        self._buf = bytearray()
+        self.end = 0  # absolute offset one past the newest byte
+
+    @property
+    def start(self):
+        return self.end - len(self._buf)
+
+    def write(self, data):
+        self._buf += data
+        self.end += len(data)
+        excess = len(self._buf) - self.capacity
+        if excess > 0:
+            del self._buf[:excess]
+
+    def read(self, offset, max_bytes):
+        """-> (data, lost, new_offset): *lost* bytes were overwritten before *offset*."""
+        lost = 0
+        if offset < self.start:
+            lost, offset = self.start - offset, self.start
+        offset = min(offset, self.end)
+        i = offset - self.start
+        data = bytes(self._buf[i:i + max_bytes])
+        return data, lost, offset + len(data)
+
+
+class Follower:
+    """One attached reader of a session."""
+
+    def __init__(self, session, offset, report_loss_as_error):
+        self.session = session
+        self.offset = offset
+        self.lost = 0
+        self._report_as_error = report_loss_as_error
+        self._pending = None
+        self.detached = False
+
+    def read(self, max_bytes):
+        if self._pending is not None:
+            return defer.fail(RuntimeError("a pty.Read is already pending"))
+        max_bytes = max(1, min(int(max_bytes), MAX_READ))
+        result = self._take(max_bytes)
+        if result is not None:
+            return result
+        d = defer.Deferred(lambda _: setattr(self, "_pending", None))
+        self._pending = (d, max_bytes)
+        return d
+
+    def _take(self, max_bytes):
+        """A fired Deferred if there is something to say, else None."""
+        ring = self.session.ring
+        data, lost, offset = ring.read(self.offset, max_bytes)
+        if lost:
+            self.lost += lost
+            self.offset += lost
+            if self._report_as_error:
+                return defer.fail(OutputLost(lost))
+            notice = f"\r\n[skypty: {lost} bytes of output were lost]\r\n".encode()
+            self.offset = offset
+            return defer.succeed(notice + data)
+        if data:
+            self.offset = offset
+            return defer.succeed(data)
+        if self.session.ended:
+            return defer.fail(ShellEnded("EOF"))
+        return None
+
+    def _wake(self):
+        if self._pending is not None:
+            d, max_bytes = self._pending
+            result = self._take(max_bytes)
+            if result is not None:
+                self._pending = None
+                result.chainDeferred(d)
+
+    def detach(self):
+        if not self.detached:
+            self.detached = True
+            if self._pending is not None:
+                d, _ = self._pending
+                self._pending = None
+                d.errback(ShellEnded("detached"))
+            self.session._follower_gone(self)
+
+
+@implementer(IOutputSink)
+class Session:
+    def __init__(self, registry, session_id, owner, command):
+        self.registry = registry
+        self.id = session_id
+        self.owner = owner
+        self.command = command
+        self.ring = OutputRing()
+        self.followers = []
+        self.process = None
+        self.status = None
+        self.created = registry.clock.seconds()
+        self.idle_since = self.created
+
+    @property
+    def ended(self):
+        return self.status is not None
+
+    def output_received(self, data):
+        self.ring.write(data)
+        for f in list(self.followers):
+            f._wake()
+
+    def output_ended(self, status):
+        self.status = status
+        for f in list(self.followers):
+            f._wake()
+        if not self.followers:
+            self.registry.forget(self.id, "shell exited")
+
+    def follow(self, offset=None, report_loss_as_error=False):
+        f = Follower(self, self.ring.start if offset is None else offset, report_loss_as_error)
+        self.followers.append(f)
+        return f
+
+    def _follower_gone(self, follower):
+        if follower in self.followers:
+            self.followers.remove(follower)
+        if not self.followers:
+            self.idle_since = self.registry.clock.seconds()
+            if self.ended:
+                self.registry.forget(self.id, "shell exited")
+
+    def describe(self):
+        return {
+            "id": self.id, "owner": self.owner.hex(), "command": self.command,
+            "attached": len(self.followers), "created": self.created,
+            "idle_since": None if self.followers else self.idle_since,
+        }
+
+
+class SessionRegistry:
+    log = Logger()
+
+    def __init__(self, reactor, ttl=300.0, sweep_interval=30.0, clock=None):
+        self.reactor = reactor
+        self.clock = clock or reactor
+        self.ttl = ttl
+        self.sweep_interval = sweep_interval
+        self._sessions = {}
+        self._sweeper = None
+
+    def start(self, owner, name, args, env, rows, cols):
+        session_id = os.urandom(8).hex()
+        session = Session(self, session_id, owner, " ".join([name or "", *args]).strip())
+        session.process = PtyProcess.spawn(self.reactor, name, args, env, rows, cols, sink=session)
+        self._sessions[session_id] = session
+        self.log.info("session {sid} started for {pk}: {cmd}", sid=session_id, pk=owner.hex(),
+                      cmd=session.command)
+        return session
+
+    def get(self, session_id):
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFound()
+        return session
+
+    def attach(self, session_id, owner, offset=None, report_loss_as_error=False):
+        session = self.get(session_id)
+        if session.owner != owner:
+            raise SessionOwnedByOther()
+        return session.follow(offset, report_loss_as_error)
+
+    def stop(self, session_id):
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            session.process.stop()
+            self.log.info("session {sid} stopped", sid=session_id)
+
+    def forget(self, session_id, why):
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            if session.process.running:
+                session.process.stop()
+            self.log.info("session {sid} ended: {why}", sid=session_id, why=why)
+
+    def list(self):
+        return [s.describe() for s in self._sessions.values()]
+
+    def __len__(self):
+        return len(self._sessions)
+
+    def __contains__(self, session_id):
+        return session_id in self._sessions
+
+    def sweep(self):
+        now = self.clock.seconds()
+        for session in list(self._sessions.values()):
+            if not session.followers and now - session.idle_since >= self.ttl:
+                self.forget(session.id, "idle for {:.0f}s".format(now - session.idle_since))
+
+    def start_sweeping(self):
+        if self._sweeper is None:
+            self._sweeper = task.LoopingCall(self.sweep)
+            self._sweeper.clock = self.clock
+            self._sweeper.start(self.sweep_interval, now=False)
+
+    def stop_all(self):
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+        ended = []
+        for session in list(self._sessions.values()):
+            ended.append(session.process.when_ended())
+            self.forget(session.id, "host stopping")
+        return defer.DeferredList(ended)
