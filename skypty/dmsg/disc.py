@@ -1,0 +1,394 @@
+"""dmsg discovery: signed entries, the HTTP client, and the entry keeper.
+
+An entry is signed over its compact JSON exactly as the reference's
+json-iterator (ConfigFastest) writes it: struct field order, no spaces, no
+HTML escaping, ``signature`` left out when empty, nil client/server left out.
+"""
+
+import json
+
+import attr
+from twisted.logger import Logger
+
+from skypty.errors import ProtocolError, SkyptyError
+from skypty.keys import InvalidKey, PublicKey
+
+VERSION = "0.0.1"
+MAX_ENTRY_JSON = 64 * 1024
+MAX_RESPONSE = 4 * 1024 * 1024
+ENTRY_LIFETIME_NS = 60 * 10**9      # server entries older than this are refused
+ALLOWED_AHEAD_NS = 5 * 10**9        # ... and so are entries from the future
+MAX_INT64 = 2**63 - 1
+
+
+class EntryError(ProtocolError):
+    """An entry that is malformed, badly signed or refused by validation."""
+
+
+class DiscoveryError(SkyptyError):
+    """The discovery service failed or said no; *status* is the HTTP code."""
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
+
+
+class EntryNotFound(DiscoveryError):
+    pass
+
+
+def validation_error(cause):
+    return EntryError(f"entry validation error: {cause}")
+
+
+@attr.s(frozen=True, slots=True)
+class ClientInfo:
+    delegated_servers = attr.ib(factory=tuple, converter=tuple)
+
+
+@attr.s(frozen=True, slots=True)
+class ServerInfo:
+    address = attr.ib(type=str)
+    available_sessions = attr.ib(type=int, default=0)
+
+
+@attr.s(frozen=True, slots=True)
+class Entry:
+    static = attr.ib(type=PublicKey)
+    sequence = attr.ib(type=int, default=0)
+    timestamp = attr.ib(type=int, default=0)
+    client = attr.ib(default=None)
+    server = attr.ib(default=None)
+    version = attr.ib(type=str, default=VERSION)
+    signature = attr.ib(type=str, default="")
+
+    def to_object(self, include_signature=True):
+        obj = {"version": self.version, "sequence": self.sequence, "timestamp": self.timestamp,
+               "static": self.static.hex()}
+        if self.client is not None:
+            obj["client"] = {"delegated_servers": [k.hex() for k in self.client.delegated_servers]}
+        if self.server is not None:
+            obj["server"] = {"address": self.server.address,
+                             "availableSessions": self.server.available_sessions}
+        if include_signature and self.signature:
+            obj["signature"] = self.signature
+        return obj
+
+    def canonical_json(self, include_signature=False):
+        return json.dumps(self.to_object(include_signature), separators=(",", ":"),
+                          ensure_ascii=False).encode("utf-8")
+
+    def to_json(self):
+        return self.canonical_json(include_signature=True)
+
+    def signed(self, sk):
+        unsigned = attr.evolve(self, signature="")
+        return attr.evolve(unsigned, signature=sk.sign(unsigned.canonical_json()).hex())
+
+    def verify(self):
+        if not self.signature:
+            raise validation_error("entry has no signature")
+        try:
+            sig = bytes.fromhex(self.signature)
+            self.static.verify(self.canonical_json(), sig)
+        except (ValueError, InvalidKey):
+            raise EntryError("invalid signature") from None
+
+    def validate(self, now_ns):
+        """The reference's checks of a posted entry (signature separately)."""
+        if not self.version:
+            raise validation_error("entry has no version")
+        if not self.signature:
+            raise validation_error("entry has no signature")
+        if self.static.is_null:
+            raise validation_error("entry Keys is nil")
+        if self.client is None and self.server is None:
+            raise validation_error("entry has neither client or server field")
+        if self.server is not None:
+            if not self.server.address:
+                raise validation_error("server address cannot be empty")
+            if not now_ns - ENTRY_LIFETIME_NS <= self.timestamp <= now_ns + ALLOWED_AHEAD_NS:
+                raise validation_error("advertised entry has outdated timestamp")
+
+    def validate_iteration(self, nxt):
+        if nxt.sequence <= self.sequence:
+            raise validation_error("sequence field of new entry is not sequence of old entry + 1")
+        if nxt.timestamp < self.timestamp:
+            raise validation_error("advertised entry timestamp is not greater than previous")
+
+
+def _want(obj, key, kind, default=None, required=False):
+    if key not in obj or obj[key] is None:
+        if required:
+            raise EntryError(f"error bad input: missing {key}")
+        return default
+    value = obj[key]
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int) or not -MAX_INT64 - 1 <= value <= 2**64 - 1:
+            raise EntryError(f"error bad input: {key} must be an integer")
+    elif not isinstance(value, kind):
+        raise EntryError(f"error bad input: {key} has the wrong type")
+    return value
+
+
+def _pk(text, key):
+    if not isinstance(text, str):
+        raise EntryError(f"error bad input: {key} must be a hex public key")
+    try:
+        return PublicKey.from_hex(text)
+    except InvalidKey as e:
+        raise EntryError(f"error bad input: {key}: {e}") from None
+
+
+def entry_from_object(obj):
+    if not isinstance(obj, dict):
+        raise EntryError("error bad input: entry must be a JSON object")
+    client = server = None
+    c = _want(obj, "client", dict)
+    if c is not None:
+        servers = _want(c, "delegated_servers", list, default=[])
+        if len(servers) > 64:
+            raise EntryError("error bad input: too many delegated servers")
+        client = ClientInfo(tuple(_pk(s, "delegated_servers") for s in servers))
+    s = _want(obj, "server", dict)
+    if s is not None:
+        address = _want(s, "address", str, default="")
+        if len(address) > 255:
+            raise EntryError("error bad input: server address too long")
+        server = ServerInfo(address, _want(s, "availableSessions", int, default=0))
+    sequence = _want(obj, "sequence", int, default=0)
+    if sequence < 0:
+        raise EntryError("error bad input: sequence must not be negative")
+    return Entry(
+        static=_pk(_want(obj, "static", str, required=True), "static"),
+        sequence=sequence,
+        timestamp=_want(obj, "timestamp", int, default=0),
+        client=client, server=server,
+        version=_want(obj, "version", str, default=""),
+        signature=_want(obj, "signature", str, default=""),
+    )
+
+
+def entry_from_json(data):
+    if len(data) > MAX_ENTRY_JSON:
+        raise EntryError("error bad input: entry too large")
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        raise EntryError("error bad input: not JSON") from None
+    return entry_from_object(obj)
+
+
+def client_entry(pk, sequence, timestamp, delegated_servers):
+    return Entry(static=pk, sequence=sequence, timestamp=timestamp,
+                 client=ClientInfo(tuple(delegated_servers)))
+
+
+def server_entry(pk, sequence, timestamp, address, available_sessions):
+    return Entry(static=pk, sequence=sequence, timestamp=timestamp,
+                 server=ServerInfo(address, available_sessions))
+
+
+# -- HTTP client ----------------------------------------------------------------
+
+class DiscoveryClient:
+    """The discovery HTTP API, with treq (injectable as *http* for tests)."""
+
+    def __init__(self, base_url, reactor=None, http=None, timeout=10.0):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.base = base_url.rstrip("/") + "/dmsg-discovery"
+        self.reactor = reactor
+        self.timeout = timeout
+        if http is None:
+            from treq.client import HTTPClient
+            from twisted.web.client import Agent, HTTPConnectionPool
+
+            # No idle keep-alive connections: entries are posted once a minute.
+            pool = HTTPConnectionPool(reactor, persistent=False)
+            http = HTTPClient(Agent(reactor, pool=pool))
+        self.http = http
+
+    async def _request(self, method, path, body=None):
+        from twisted.internet import defer
+
+        kwargs = {"timeout": self.timeout}
+        if body is not None:
+            kwargs["data"] = body
+            kwargs["headers"] = {b"Content-Type": [b"application/json"]}
+        url = self.base + path
+        chunks, size = [], [0]
+
+        def collect(data):
+            size[0] += len(data)
+            if size[0] > MAX_RESPONSE:  # aborts the connection: never buffer without bound
+                raise DiscoveryError(f"discovery response larger than {MAX_RESPONSE} bytes")
+            chunks.append(data)
+
+        try:
+            response = await getattr(self.http, method.lower())(url, **kwargs)
+            import treq
+
+            await treq.collect(response, collect)
+        except DiscoveryError:
+            raise
+        except defer.CancelledError:
+            raise DiscoveryError(f"discovery at {self.base} timed out") from None
+        except Exception as e:  # connection refused, DNS, a collector error...
+            if size[0] > MAX_RESPONSE:
+                raise DiscoveryError("discovery response too large") from None
+            raise DiscoveryError(f"discovery at {self.base} unreachable: {e}") from None
+        content = b"".join(chunks)
+        if response.code >= 300:
+            message = content.decode("utf-8", "replace")
+            try:
+                message = json.loads(content)["message"]
+            except (ValueError, KeyError, TypeError):
+                pass
+            cls = EntryNotFound if response.code == 404 else DiscoveryError
+            raise cls(str(message), response.code)
+        return content
+
+    def _deferred(self, coro):
+        from twisted.internet import defer
+
+        return defer.ensureDeferred(coro)
+
+    def get_entry(self, pk):
+        async def run():
+            content = await self._request("GET", "/entry/" + pk.hex())
+            entry = entry_from_json(content)
+            entry.verify()
+            if entry.static != pk:
+                raise DiscoveryError("discovery returned an entry for another key")
+            return entry
+
+        return self._deferred(run())
+
+    def post_entry(self, entry):
+        return self._deferred(self._request("POST", "/entry/", entry.to_json()))
+
+    def delete_entry(self, entry):
+        return self._deferred(self._request("DELETE", "/entry", entry.to_json()))
+
+    def _entries(self, path):
+        async def run():
+            content = await self._request("GET", path)
+            try:
+                items = json.loads(content)
+            except ValueError:
+                raise DiscoveryError("discovery sent a bad entry list") from None
+            if not isinstance(items, list):
+                raise DiscoveryError("discovery sent a bad entry list")
+            entries = []
+            for item in items:
+                try:
+                    entry = entry_from_object(item)
+                    entry.verify()
+                except EntryError:
+                    continue  # one bad entry must not hide the good ones
+                entries.append(entry)
+            return entries
+
+        return self._deferred(run())
+
+    def available_servers(self):
+        return self._entries("/available_servers")
+
+    def all_servers(self):
+        return self._entries("/all_servers")
+
+    def entries(self):
+        async def run():
+            content = await self._request("GET", "/entries")
+            items = json.loads(content)
+            return [i for i in items if isinstance(i, str)] if isinstance(items, list) else []
+
+        return self._deferred(run())
+
+
+class EntryKeeper:
+    """Keeps this node's entry in discovery: post, refresh every minute, and
+    retry with exponential backoff (1 s .. 60 s) while discovery is down.
+
+    *make_entry(sequence, timestamp_ns)* builds the unsigned entry.
+    """
+
+    log = Logger()
+    REFRESH = 60.0
+    MIN_BACKOFF = 1.0
+    MAX_BACKOFF = 60.0
+
+    def __init__(self, client, sk, make_entry, clock):
+        self.client = client
+        self.sk = sk
+        self.make_entry = make_entry
+        self.clock = clock
+        self.sequence = None  # unknown until we read or post it
+        self.last_posted = None
+        self.backoff = self.MIN_BACKOFF
+        self._call = None
+        self._running = False
+        self._busy = False
+        self.registered = False
+
+    def start(self):
+        self._running = True
+        self._schedule(0)
+
+    def stop(self):
+        self._running = False
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def update_now(self):
+        """Something in the entry changed (e.g. the delegated servers)."""
+        if self._running:
+            self._schedule(0)
+
+    def _schedule(self, delay):
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = self.clock.callLater(delay, self._tick)
+
+    def _tick(self):
+        if self._busy:
+            return self._schedule(0.1)
+        self._busy = True
+        from twisted.internet import defer
+
+        defer.ensureDeferred(self._post()).addBoth(self._done)
+
+    async def _post(self):
+        if self.sequence is None:
+            try:
+                existing = await self.client.get_entry(self.sk.public_key)
+                self.sequence = existing.sequence + 1
+            except EntryNotFound:
+                self.sequence = 0
+        now_ns = int(self.clock.seconds() * 1e9)
+        entry = self.make_entry(self.sequence, now_ns).signed(self.sk)
+        await self.client.post_entry(entry)
+        self.last_posted = entry
+        self.sequence += 1
+
+    def _done(self, result):
+        self._busy = False
+        if not self._running:
+            return
+        if hasattr(result, "getErrorMessage"):
+            err = result.value
+            if isinstance(err, DiscoveryError) and err.status == 422:
+                self.sequence = None  # somebody else moved our sequence on: read it again
+            self.log.warn("discovery update failed ({err}); retrying in {delay:.0f}s",
+                          err=result.getErrorMessage(), delay=self.backoff)
+            self.registered = False
+            self._schedule(self.backoff)
+            self.backoff = min(self.backoff * 2, self.MAX_BACKOFF)
+        else:
+            if not self.registered:
+                self.log.info("registered in discovery as {pk}", pk=self.sk.public_key.hex())
+            self.registered = True
+            self.backoff = self.MIN_BACKOFF
+            self._schedule(self.REFRESH)
