@@ -48,6 +48,11 @@ class PtyAvatar:
         self._session = None
         self.logged_out = False
 
+    @property
+    def persistent(self):
+        """True when this host keeps shells alive across dropped streams."""
+        return self.context.sessions is not None
+
     # -- plain pty --------------------------------------------------------
     def start(self, name, args, env, size):
         if self._reader is not None:

@@ -1,0 +1,162 @@
+"""The web terminal's HTTP side: /pty, /pty/<pk>, static assets, gating.
+
+On the local TCP listener a per-host secret token is required (given once as
+``?token=``, then kept in an HttpOnly SameSite cookie) and WebSocket
+handshakes must come from this same origin.  Over dmsg (HTTP on dmsg port 80)
+the stream's proven PK is checked against the whitelist instead.
+"""
+
+import hmac
+import os
+import secrets
+from http.cookies import SimpleCookie
+from urllib.parse import urlsplit
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.websocket.types import ConnectionDeny
+from twisted.web import resource, static
+from twisted.web.server import Site
+
+from skypty.keys import InvalidKey, PublicKey
+from skypty.web.terminal import TerminalFactory
+
+STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
+COOKIE = "skypty_token"
+
+
+def load_or_create_token(path):
+    """The host's web token, kept in *path* (mode 0600), made on first use."""
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+        if len(token) >= 32:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def _same_origin(origin, host):
+    if not origin or not host:
+        return False
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower()
+
+
+class TokenGate:
+    """Who may use the local web listener: holders of the host's token."""
+
+    def __init__(self, token):
+        self.token = token
+
+    def token_ok(self, candidate):
+        return bool(candidate) and hmac.compare_digest(candidate.encode(), self.token.encode())
+
+    def from_cookie_header(self, header):
+        if not header:
+            return None
+        cookie = SimpleCookie()
+        try:
+            cookie.load(header)
+        except Exception:
+            return None
+        morsel = cookie.get(COOKIE)
+        return morsel.value if morsel else None
+
+    def websocket(self, request):
+        """Autobahn ConnectionRequest -> identity, or ConnectionDeny."""
+        headers = request.headers
+        if not _same_origin(headers.get("origin", ""), headers.get("host", "")):
+            raise ConnectionDeny(403, "cross-origin WebSocket refused")
+        token = (request.params.get("token") or [None])[0] or self.from_cookie_header(headers.get("cookie"))
+        if not self.token_ok(token):
+            raise ConnectionDeny(403, "a valid token is required (see skypty-client url)")
+        return "local"
+
+    def page(self, request):
+        """twisted.web request -> True if allowed (sets the cookie on a ?token= visit)."""
+        query = request.args.get(b"token", [b""])[0].decode("ascii", "replace")
+        if self.token_ok(query):
+            request.addCookie(COOKIE, self.token, path="/", httpOnly=True, sameSite="strict")
+            return True
+        cookie = request.getCookie(COOKIE.encode())
+        return self.token_ok(cookie.decode("ascii", "replace") if cookie else "")
+
+
+def _page(title):
+    with open(os.path.join(STATIC_DIR, "index.html"), encoding="utf-8") as f:
+        html = f.read()
+    return html.replace("$TITLE", title).encode("utf-8")
+
+
+class PtyPage(resource.Resource):
+    """GET serves the page; a WebSocket upgrade on the same path opens the terminal."""
+
+    isLeaf = True
+
+    def __init__(self, gate, ws_resource, title):
+        super().__init__()
+        self.gate = gate
+        self.ws_resource = ws_resource
+        self.title = title
+
+    def render_GET(self, request):
+        upgrade = (request.getHeader(b"upgrade") or b"").lower()
+        if upgrade == b"websocket":
+            return self.ws_resource.render(request)
+        if not self.gate.page(request):
+            request.setResponseCode(403)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return b"403 forbidden: open the URL printed by `skypty-client url` (it carries the token)\n"
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Frame-Options", b"DENY")
+        return _page(self.title)
+
+
+class PtyRoot(resource.Resource):
+    def __init__(self, gate, ws_resource, own_pk):
+        super().__init__()
+        self.gate = gate
+        self.ws_resource = ws_resource
+        self.own_pk = own_pk
+
+    def getChild(self, name, request):
+        if name == b"":
+            return PtyPage(self.gate, self.ws_resource, self.own_pk.hex()[:12] + "…")
+        try:
+            pk = PublicKey.from_hex(name.decode("ascii", "replace"))
+        except InvalidKey:
+            return resource.NoResource("not a public key")
+        return PtyPage(self.gate, self.ws_resource, pk.hex()[:12] + "… (remote)")
+
+    def render_GET(self, request):
+        return PtyPage(self.gate, self.ws_resource, self.own_pk.hex()[:12] + "…").render_GET(request)
+
+
+def target_of(path):
+    """/pty -> None (this host); /pty/<pk> -> that PublicKey."""
+    parts = [p for p in path.split("/") if p]
+    if len(parts) >= 2 and parts[0] == "pty":
+        try:
+            return PublicKey.from_hex(parts[1])
+        except InvalidKey:
+            raise ConnectionDeny(404, "not a public key") from None
+    return None
+
+
+def make_web_site(reactor, own_pk, gate, open_backend):
+    factory = TerminalFactory(reactor, gate.websocket, open_backend, target_of)
+    ws_resource = WebSocketResource(factory)
+    root = resource.Resource()
+    pty = PtyRoot(gate, ws_resource, own_pk)
+    root.putChild(b"pty", pty)
+    root.putChild(b"pty-static", static.File(STATIC_DIR))
+    root.putChild(b"", resource.ForbiddenResource("see /pty"))
+    site = Site(root)
+    site.displayTracebacks = False
+    return site

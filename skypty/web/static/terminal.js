@@ -1,0 +1,74 @@
+// skypty web terminal: xterm.js over a WebSocket on this page's own path.
+// Binary frames carry terminal bytes; text frames carry JSON control messages.
+(function () {
+  "use strict";
+  var term = new Terminal({cursorBlink: true, scrollback: 10000, cols: 100, rows: 30});
+  var fit = new FitAddon.FitAddon();
+  term.loadAddon(fit);
+  term.open(document.getElementById("terminal"));
+  window.skyptyTerm = term;  // for tests and the curious
+
+  var params = new URLSearchParams(location.search);
+  var sessionId = params.get("sid") || "";
+  var received = 0;          // bytes of this session shown so far
+  var ws = null, retry = 500, closedByShell = false;
+  var status = document.getElementById("status");
+  var enc = new TextEncoder();
+
+  function say(text) { status.textContent = text; }
+
+  function url() {
+    var q = new URLSearchParams(location.search);
+    q.delete("token");
+    if (sessionId) { q.set("sid", sessionId); q.set("offset", String(received)); q.delete("commands"); }
+    var scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    var qs = q.toString();
+    return scheme + "//" + location.host + location.pathname + (qs ? "?" + qs : "");
+  }
+
+  function sendResize() {
+    if (ws && ws.readyState === 1) {
+      ws.send(JSON.stringify({type: "resize", cols: term.cols, rows: term.rows}));
+    }
+  }
+
+  function connect() {
+    say("connecting…");
+    ws = new WebSocket(url());
+    ws.binaryType = "arraybuffer";
+    ws.onopen = function () { retry = 500; say("connected"); fit.fit(); sendResize(); };
+    ws.onmessage = function (ev) {
+      if (typeof ev.data === "string") {
+        var msg = JSON.parse(ev.data);
+        if (msg.type === "session") { sessionId = msg.id; if (msg.offset !== undefined) received = msg.offset; }
+        else if (msg.type === "error") { term.write("\r\n\x1b[31m" + msg.message + "\x1b[0m\r\n"); say(msg.message); }
+        else if (msg.type === "exit") { closedByShell = true; say("session ended"); }
+        return;
+      }
+      var bytes = new Uint8Array(ev.data);
+      received += bytes.length;
+      term.write(bytes);
+    };
+    ws.onclose = function () {
+      if (closedByShell) { return; }
+      say("disconnected; reconnecting…");
+      setTimeout(connect, retry);
+      retry = Math.min(retry * 2, 10000);
+    };
+  }
+
+  term.onData(function (d) { if (ws && ws.readyState === 1) { ws.send(enc.encode(d)); } });
+  term.onBinary(function (d) {
+    if (ws && ws.readyState === 1) {
+      var b = new Uint8Array(d.length);
+      for (var i = 0; i < d.length; i++) { b[i] = d.charCodeAt(i) & 255; }
+      ws.send(b);
+    }
+  });
+  term.onResize(sendResize);
+  window.addEventListener("resize", function () { fit.fit(); });
+  window.skyptyDropSocket = function () { if (ws) { ws.close(); } };  // for tests
+  fit.fit();
+  connect();
+  term.focus();
+})();

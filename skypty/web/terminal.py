@@ -1,0 +1,192 @@
+"""The web terminal's WebSocket: browser <-> a pty on this host or a remote one.
+
+Binary frames carry terminal bytes both ways.  Text frames carry JSON:
+browser -> host ``{"type":"resize","cols":N,"rows":M}``; host -> browser
+``{"type":"session","id":..., "offset":N}``, ``{"type":"error",...}`` and
+``{"type":"exit"}``.  Output is batched (~16 ms) into few large frames.
+"""
+
+import json
+import os
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import defer
+from twisted.logger import Logger
+
+BATCH_DELAY = 0.016
+MAX_BATCH = 1024 * 1024
+READ_SIZE = 64 * 1024
+DEFAULT_ROWS, DEFAULT_COLS = 30, 100
+WEB_ENV = ["TERM=xterm-256color", "COLORTERM=truecolor"]
+
+
+def _shell_env():
+    lang = os.environ.get("LANG") or "C.UTF-8"
+    return WEB_ENV + [f"LANG={lang}"]
+
+
+class AvatarTerminal:
+    """A terminal backend on a PtyAvatar (this host's own avatar, or a proxy
+    avatar that relays to a remote host); all calls may return Deferreds."""
+
+    def __init__(self, avatar):
+        self.avatar = avatar
+
+    @defer.inlineCallbacks
+    def open(self, rows, cols, sid=None, offset=None, commands=()):
+        """-> (session id or None, offset the output continues from)."""
+        a = self.avatar
+        if sid:
+            offset, _lost = yield defer.maybeDeferred(a.attach, sid, offset)
+            yield defer.maybeDeferred(a.set_size, rows, cols)
+            return sid, offset
+        env = _shell_env()
+        if getattr(a, "persistent", False):
+            sid = yield defer.maybeDeferred(a.start_session, "", [], env, (rows, cols))
+        else:
+            yield defer.maybeDeferred(a.start, "", [], env, (rows, cols))
+            sid = None
+        for command in commands:
+            yield defer.maybeDeferred(a.write, command.encode() + b"\n")
+        return sid, 0
+
+    def read(self, n):
+        return defer.maybeDeferred(self.avatar.read, n)
+
+    def write(self, data):
+        return defer.maybeDeferred(self.avatar.write, data)
+
+    def resize(self, rows, cols):
+        return defer.maybeDeferred(self.avatar.set_size, rows, cols)
+
+    def close(self):
+        self.avatar.logout()
+
+
+class TerminalProtocol(WebSocketServerProtocol):
+    log = Logger()
+
+    def onConnect(self, request):
+        self.backend = None
+        self._batch, self._batch_size, self._flush_call = [], 0, None
+        self._reading = False
+        self._closed = False
+        # The factory's gate raises ConnectionDeny for a stranger: nothing is spawned.
+        self.identity = self.factory.gate(request)
+        self.target_pk = self.factory.target_of(request.path)
+        params = request.params
+        self.sid = (params.get("sid") or [""])[0] or None
+        offset = (params.get("offset") or [""])[0]
+        self.offset = int(offset) if offset.isdigit() else None
+        commands = (params.get("commands") or [""])[0]
+        self.commands = [c for c in commands.split(",") if c.strip()][:32]
+        return None
+
+    def onOpen(self):
+        d = self.factory.open_backend(self.identity, self.target_pk, self.transport)
+        d.addCallback(self._backend_ready)
+        d.addErrback(self._failed)
+
+    @defer.inlineCallbacks
+    def _backend_ready(self, backend):
+        self.backend = backend
+        if self._closed:
+            backend.close()
+            return
+        sid, offset = yield backend.open(DEFAULT_ROWS, DEFAULT_COLS, self.sid, self.offset, self.commands)
+        if sid:
+            self._send_json({"type": "session", "id": sid, "offset": offset})
+        self._read_loop()
+
+    def _failed(self, failure):
+        message = failure.getErrorMessage()
+        self.log.warn("web terminal failed: {err}", err=message)
+        if not self._closed:
+            self._send_json({"type": "error", "message": message})
+            self.sendClose(code=1000)
+
+    def _read_loop(self):
+        if self._closed or self._reading:
+            return
+        if self._batch_size >= MAX_BATCH:
+            return  # resumed by the next flush: the browser sets the pace
+        self._reading = True
+        d = self.backend.read(READ_SIZE)
+        d.addCallbacks(self._got_output, self._output_ended)
+
+    def _got_output(self, data):
+        self._reading = False
+        if self._closed:
+            return
+        self._batch.append(data)
+        self._batch_size += len(data)
+        if self._flush_call is None:
+            self._flush_call = self.factory.reactor.callLater(BATCH_DELAY, self._flush)
+        self._read_loop()
+
+    def _flush(self):
+        self._flush_call = None
+        if self._batch and not self._closed:
+            self.sendMessage(b"".join(self._batch), isBinary=True)
+        self._batch, self._batch_size = [], 0
+        self._read_loop()
+
+    def _output_ended(self, failure):
+        self._reading = False
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+            self._flush()
+        if self._closed:
+            return
+        message = failure.getErrorMessage()
+        if message == "EOF":
+            self._send_json({"type": "exit"})
+        else:
+            self._send_json({"type": "error", "message": message})
+        self.sendClose(code=1000)
+
+    def _send_json(self, obj):
+        self.sendMessage(json.dumps(obj).encode(), isBinary=False)
+
+    def onMessage(self, payload, isBinary):
+        if self.backend is None:
+            return
+        if isBinary:
+            self.backend.write(payload).addErrback(lambda f: None)
+            return
+        try:
+            msg = json.loads(payload)
+            if msg.get("type") == "resize":
+                rows, cols = int(msg["rows"]), int(msg["cols"])
+                if 0 < rows < 1000 and 0 < cols < 1000:
+                    self.backend.resize(rows, cols).addErrback(lambda f: None)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            self.log.warn("bad control message from the browser")
+
+    def onClose(self, wasClean, code, reason):
+        self._closed = True
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        if self.backend is not None:
+            self.backend.close()
+
+
+class TerminalFactory(WebSocketServerFactory):
+    """*gate(request) -> identity* raises ConnectionDeny; *open_backend(identity,
+    target_pk, transport) -> Deferred[backend]*; *target_of(path) -> pk or None*."""
+
+    protocol = TerminalProtocol
+
+    def __init__(self, reactor, gate, open_backend, target_of):
+        super().__init__()
+        self.reactor = reactor
+        self.gate = gate
+        self.open_backend = open_backend
+        self.target_of = target_of
+        # Origin is checked by the gate (it knows the Host); pings keep proxies honest.
+        self.setProtocolOptions(autoPingInterval=10, autoPingTimeout=30,
+                                maxMessagePayloadSize=1024 * 1024, maxFramePayloadSize=1024 * 1024)
+
+
+__all__ = ["AvatarTerminal", "ConnectionDeny", "TerminalFactory", "TerminalProtocol"]
