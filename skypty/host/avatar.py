@@ -14,6 +14,7 @@ from zope.interface import implementer
 from skypty.host.auth import IPtyAvatar
 from skypty.host.command import ExecError, run_exec
 from skypty.host.persist import OutputLost
+from skypty.wire.rpc import RPCError
 from skypty.host.shell import DirectReader, PtyProcess, ShellEnded, SpawnError
 
 ERR_EOF = "EOF"
@@ -21,7 +22,7 @@ ERR_RUNNING = "a pty session is already running"
 ERR_NO_SESSION = "no active pty session"
 
 
-class RPCFault(Exception):
+class RPCFault(RPCError):
     """An error whose message goes back to the client verbatim."""
 
 
