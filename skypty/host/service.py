@@ -122,6 +122,12 @@ class HostService(service.MultiService):
         remote = yield gateway.dial_remote_pty(self, target_pk, self.config.pty.dmsg_port)
         return AvatarTerminal(remote)
 
+    def visible_peers(self):
+        """Peers this host can see over dmsg (for ``skypty-client list``)."""
+        if self.dmsg is None:
+            return []
+        return self.dmsg.visible_peers()
+
     # -- lifecycle -------------------------------------------------------------------------
     def startService(self):
         super().startService()

@@ -1,0 +1,143 @@
+"""The pty and whitelist services as net/rpc method tables, and the routes
+(request-line URI -> service) each entry point offers.
+
+    control socket: dmsgpty/pty, dmsgpty/whitelist, dmsgpty/proxy
+    Noise TCP:      dmsgpty/pty, dmsgpty/sftp
+    dmsg:           dmsgpty/pty, dmsgpty/sftp
+"""
+
+from twisted.internet import defer
+
+from skypty.host.avatar import RPCFault
+from skypty.host.connection import BareClose
+from skypty.wire import requestline
+from skypty.wire import types as T
+from skypty.wire.rpc import Method, RPCServerProtocol
+
+EMPTY = T.EMPTY.cls()
+
+
+def _size(req):
+    s = req.size
+    return (s.rows, s.cols) if s is not None and s.rows and s.cols else None
+
+
+def _exec_result(r):
+    return T.CommandExecResult.cls(
+        stdout=r.stdout, stderr=r.stderr, stdout_truncated=r.stdout_truncated,
+        stderr_truncated=r.stderr_truncated, exit_code=r.exit_code, timed_out=r.timed_out,
+        duration_ms=r.duration_ms)
+
+
+def pty_methods(avatar, sessions_visible):
+    """net/rpc methods of the ``pty`` service for one connection's avatar."""
+
+    def empty(fn):
+        def handler(arg):
+            result = fn(arg)
+            if isinstance(result, defer.Deferred):
+                return result.addCallback(lambda _: EMPTY)
+            return EMPTY
+        return handler
+
+    def attach_at(req):
+        offset, lost = avatar.attach(req.id, req.offset)
+        return T.AttachResult.cls(offset=offset, lost=lost)
+
+    def sessions(_):
+        if avatar.context.sessions is None:
+            raise RPCFault("rpc: can't find method pty.Sessions")
+        now = avatar.context.reactor.seconds()
+        out = []
+        for s in avatar.context.sessions.list():
+            if sessions_visible or s["owner"] == avatar.public_key.hex():
+                idle = 0 if s["idle_since"] is None else int(now - s["idle_since"])
+                out.append(T.SessionInfo.cls(id=s["id"], owner=s["owner"], command=s["command"],
+                                             attached=s["attached"], idle_seconds=idle))
+        return out
+
+    return {
+        "pty.Start": Method(T.CommandReq, T.EMPTY, empty(
+            lambda r: avatar.start(r.name, r.arg, r.env, _size(r)))),
+        "pty.Read": Method(T.INT, T.BYTES, lambda n: avatar.read(n)),
+        "pty.Write": Method(T.BYTES, T.INT, lambda data: avatar.write(data)),
+        "pty.SetPtySize": Method(T.WinSize, T.EMPTY, empty(
+            lambda ws: avatar.set_size(ws.rows, ws.cols, ws.x, ws.y))),
+        "pty.Stop": Method(T.EMPTY, T.EMPTY, empty(lambda _: avatar.stop())),
+        "pty.Ping": Method(T.EMPTY, T.EMPTY, empty(lambda _: avatar.ping())),
+        "pty.Exec": Method(T.CommandExecReq, T.CommandExecResult, lambda r: avatar.exec_(
+            r.name, r.arg, r.env, r.stdin, r.timeout_ms).addCallback(_exec_result)),
+        "pty.StartSession": Method(T.CommandReq, T.STRING,
+                                   lambda r: avatar.start_session(r.name, r.arg, r.env, _size(r))),
+        "pty.Attach": Method(T.STRING, T.EMPTY, empty(lambda sid: avatar.attach(sid))),
+        "pty.AttachAt": Method(T.AttachReq, T.AttachResult, attach_at),
+        "pty.Sessions": Method(T.EMPTY, T.SessionList, sessions),
+    }
+
+
+def whitelist_methods(host):
+    from skypty.host.whitelist import WhitelistError
+
+    def add(keys):
+        host.whitelist.add(keys)
+        return EMPTY
+
+    def remove(keys):
+        try:
+            host.whitelist.remove(keys)
+        except WhitelistError as e:
+            raise RPCFault(str(e)) from None
+        return EMPTY
+
+    def web_url(_):
+        if not host.web_url:
+            raise RPCFault("the web terminal is off on this host (set pty.web_listen)")
+        return host.web_url
+
+    return {
+        "whitelist.Whitelist": Method(T.EMPTY, T.PubKeys, lambda _: host.whitelist.keys()),
+        "whitelist.WhitelistAdd": Method(T.PubKeys, T.EMPTY, add),
+        "whitelist.WhitelistRemove": Method(T.PubKeys, T.EMPTY, remove),
+        "host.WebURL": Method(T.EMPTY, T.STRING, web_url),
+        "host.Peers": Method(T.EMPTY, T.PubKeys, lambda _: host.visible_peers()),
+    }
+
+
+def routes_for(host, entry_point):
+    def pty(avatar, query, conn):
+        return RPCServerProtocol(pty_methods(avatar, sessions_visible=entry_point == "cli"))
+
+    def whitelist(avatar, query, conn):
+        return RPCServerProtocol(whitelist_methods(host))
+
+    def proxy(avatar, query, conn):
+        try:
+            pk_hex, port = requestline.parse_proxy_query(query)
+        except requestline.RequestLineError:
+            raise BareClose() from None
+        from skypty.host.proxy import open_proxy
+
+        return open_proxy(host, pk_hex, port)
+
+    def sftp(avatar, query, conn):
+        sftp_config = host.config.pty.sftp
+        if not sftp_config.enabled:
+            raise BareClose()
+        from skypty.host.sftp import make_sftp_protocol
+
+        return make_sftp_protocol(avatar, sftp_config)
+
+    routes = {requestline.PTY: pty}
+    if entry_point == "cli":
+        routes[requestline.WHITELIST] = whitelist
+        routes[requestline.PROXY] = proxy
+    else:
+        routes[requestline.SFTP] = sftp
+    return routes
+
+
+def dial_remote_pty(host, pk, port):
+    """A PtyAvatar-like object for a remote host's pty service, over dmsg."""
+    from skypty.host.proxy import RemotePty
+
+    return RemotePty.dial(host, pk, port)

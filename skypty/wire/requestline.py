@@ -1,0 +1,95 @@
+"""The pty request line: one length byte + URI; the host answers one byte.
+
+``0x00`` accepts (the connection then carries net/rpc, or SFTP for
+``dmsgpty/sftp``); anything else rejects.  The host trims one leading ``/``
+and matches the path, query ignored.  No Twisted here.
+"""
+
+import fnmatch
+import re
+from urllib.parse import parse_qs, urlsplit
+
+from skypty.errors import ProtocolError
+
+ACCEPT = b"\x00"
+REJECT = b"\x01"
+MAX_URI = 255
+
+PTY = "dmsgpty/pty"
+WHITELIST = "dmsgpty/whitelist"
+PROXY = "dmsgpty/proxy"
+SFTP = "dmsgpty/sftp"
+
+
+class RequestLineError(ProtocolError):
+    pass
+
+
+def encode_request(uri):
+    try:
+        raw = uri.encode("ascii")
+    except UnicodeEncodeError:
+        raise RequestLineError("request URI must be ASCII") from None
+    if len(raw) > MAX_URI:
+        raise RequestLineError(f"request URI longer than {MAX_URI} bytes")
+    return bytes((len(raw),)) + raw
+
+
+class RequestLineParser:
+    """Feed bytes until the URI is complete; never buffers more than 256 bytes."""
+
+    def __init__(self):
+        self._buf = b""
+        self.uri = None
+
+    def feed(self, data):
+        """-> (uri or None, leftover bytes after the request line)."""
+        if self.uri is not None:
+            return self.uri, data
+        self._buf += data[:1 + MAX_URI]
+        rest = data[1 + MAX_URI:]
+        if not self._buf:
+            return None, b""
+        length = self._buf[0]
+        if len(self._buf) < 1 + length:
+            return None, b""
+        raw = self._buf[1:1 + length]
+        leftover = self._buf[1 + length:] + rest
+        self._buf = b""
+        try:
+            self.uri = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise RequestLineError("request URI is not ASCII") from None
+        return self.uri, leftover
+
+
+def parse_uri(uri):
+    """-> (path without one leading '/', {name: first value})."""
+    if uri.startswith("/"):
+        uri = uri[1:]
+    parts = urlsplit(uri)
+    query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    return parts.path, query
+
+
+def match(path, patterns):
+    """The first of *patterns* (Go path.Match style, '*' not crossing '/') matching *path*."""
+    for pattern in patterns:
+        regex = fnmatch.translate(pattern).replace(".*", "[^/]*")
+        if re.fullmatch(regex, path):
+            return pattern
+    return None
+
+
+def proxy_uri(pk_hex, port):
+    return f"{PROXY}?pk={pk_hex}&port={int(port)}"
+
+
+def parse_proxy_query(query):
+    """-> (pk hex, port), or RequestLineError."""
+    pk, port = query.get("pk", ""), query.get("port", "")
+    if not re.fullmatch(r"[0-9a-fA-F]{66}", pk):
+        raise RequestLineError("proxy: pk must be 66 hex characters")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise RequestLineError("proxy: port must be 1..65535")
+    return pk.lower(), int(port)

@@ -1,0 +1,70 @@
+import json
+import os
+
+import pytest
+from hypothesis import given, strategies as st
+
+from skypty.wire.requestline import (
+    ACCEPT, REJECT, RequestLineError, RequestLineParser, encode_request, match, parse_proxy_query,
+    parse_uri, proxy_uri,
+)
+
+VECTORS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "vectors")
+with open(os.path.join(VECTORS, "pty_request_line.json")) as f:
+    V = json.load(f)
+CASES = V["local_cli_endpoint"] + V["dmsg_endpoint"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["case"] for c in CASES])
+def test_vector_request_lines(case):
+    wire = bytes.fromhex(case["client_writes"])
+    assert encode_request(case["uri"]) == wire
+    uri, leftover = RequestLineParser().feed(wire)
+    assert (uri, leftover) == (case["uri"], b"")
+    reply = bytes.fromhex(case["host_replies"]) if case["host_replies"] else b""
+    assert reply in (ACCEPT, REJECT, b"")
+
+
+def test_proxy_uri_round_trip():
+    pk = V["keys"]["client_A"]["pk"]
+    uri = proxy_uri(pk, 22)
+    path, query = parse_uri(uri)
+    assert path == "dmsgpty/proxy" and parse_proxy_query(query) == (pk, 22)
+    for bad in ({"pk": "zz", "port": "22"}, {"pk": pk, "port": "0"}, {"pk": pk}):
+        with pytest.raises(RequestLineError):
+            parse_proxy_query(bad)
+
+
+def test_leading_slash_and_matching():
+    assert parse_uri("/dmsgpty/pty")[0] == "dmsgpty/pty"
+    assert match("dmsgpty/pty", ["dmsgpty/whitelist", "dmsgpty/pty"]) == "dmsgpty/pty"
+    assert match("dmsgpty/pty/x", ["dmsgpty/*"]) is None
+    assert match("dmsgpty/other", ["dmsgpty/pty"]) is None
+
+
+def test_uri_limits():
+    encode_request("a" * 255)
+    with pytest.raises(RequestLineError):
+        encode_request("a" * 256)
+    with pytest.raises(RequestLineError):
+        encode_request("é")
+
+
+def test_pipelined_bytes_are_left_over():
+    parser = RequestLineParser()
+    assert parser.feed(b"\x0bdmsg") == (None, b"")
+    assert parser.feed(b"pty/ptyRPC") == ("dmsgpty/pty", b"RPC")
+
+
+@given(st.binary(max_size=600), st.integers(1, 50))
+def test_hostile_input_is_bounded(data, step):
+    parser = RequestLineParser()
+    try:
+        for i in range(0, len(data), step):
+            uri, _ = parser.feed(data[i:i + step])
+            assert len(parser._buf) <= 256
+            if uri is not None:
+                assert len(uri) <= 255
+                break
+    except RequestLineError:
+        pass
