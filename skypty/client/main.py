@@ -46,8 +46,10 @@ def _timeout_option(parser):
 
 
 def _command_arg(parser, required):
-    parser.add_argument("command", nargs=argparse.REMAINDER if not required else "+",
-                        metavar="-- CMD [ARG...]", help="the command to run")
+    # Everything after "--" is the command (main() splits it off before parsing,
+    # so options may come before or after the target).
+    parser.add_argument("command", nargs="+" if required else "*", metavar="-- CMD [ARG...]",
+                        help="the command to run, after --")
 
 
 def build_parser():
@@ -165,13 +167,17 @@ VERBS = {
 
 def main(argv=None):
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = None
+    if "--" in argv:
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1:]
     args = parser.parse_args(argv)
     if not args.verb:
         parser.print_help(sys.stderr)
         return 1
-    command = getattr(args, "command", None)
-    if command and command[0] == "--":
-        args.command = command[1:]
+    if command is not None and hasattr(args, "command"):
+        args.command = (args.command or []) + command
     module, func = VERBS[args.verb]
     try:
         return getattr(importlib.import_module(module), func)(args, parser) or 0

@@ -18,6 +18,8 @@ def request_service(channel, uri):
     while not answer:
         try:
             answer = channel.recv()
+        except ConnectionResetError:
+            answer = b""  # a Noise TCP host drops a stranger without a word
         except OSError as e:
             raise TransportError(f"connection failed: {e.strerror or e}") from None
         if not answer:
