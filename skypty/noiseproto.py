@@ -137,8 +137,13 @@ class NoiseProtocol(ProtocolWrapper):
             self._timeout.cancel()
         self._timeout = None
         self.transport.abortConnection()
+        self._fail_handshake(exc if isinstance(exc, Exception) else NoiseError(str(exc)))
+
+    def _fail_handshake(self, why):
         if not self.handshake_done.called:
-            self.handshake_done.errback(exc if isinstance(exc, Exception) else NoiseError(str(exc)))
+            self.handshake_done.errback(why)
+            # Whoever waits has seen it; a server side that nobody waits on must not log it.
+            self.handshake_done.addErrback(lambda _: None)
 
     # -- transport for the wrapped protocol -------------------------------------------
     def getPeerPK(self):
@@ -157,8 +162,7 @@ class NoiseProtocol(ProtocolWrapper):
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
-        if not self.handshake_done.called:
-            self.handshake_done.errback(reason)
+        self._fail_handshake(reason)
         if self.wrappedProtocol is not None:
             ProtocolWrapper.connectionLost(self, reason)
         else:

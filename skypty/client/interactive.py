@@ -144,7 +144,7 @@ def interactive(opener, attach=None, command=None):
 
 
 def _reconnect(opener, sid):
-    delay, deadline = 0.25, time.monotonic() + RECONNECT_GIVE_UP
+    delay, deadline = 0.0, time.monotonic() + RECONNECT_GIVE_UP
     _say(f"connection lost; reattaching session {sid}")
     while time.monotonic() < deadline:
         try:
@@ -154,7 +154,7 @@ def _reconnect(opener, sid):
             return None
         except (TransportError, OSError):
             time.sleep(delay)  # back off between dials; nothing else is waiting
-            delay = min(delay * 2, MAX_RECONNECT_WAIT)
+            delay = min(max(delay * 2, 0.1), MAX_RECONNECT_WAIT)
     _say("could not reconnect; the session may still be alive on the host")
     return None
 
