@@ -1,7 +1,6 @@
 """dmsg discovery: entries byte-exact with the reference, the embedded API, the keeper."""
 
 import json
-import os
 
 import attr
 import pytest
@@ -15,11 +14,10 @@ from skypty.dmsg.disc import (
     entry_from_json, server_entry,
 )
 from skypty.dmsg.discserver import make_discovery_resource, make_discovery_site
-from skypty.keys import PublicKey, SecretKey, generate_keypair
+from skypty.keys import SecretKey, generate_keypair
+from tests.vectors import load
 
-VECTORS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "vectors")
-with open(os.path.join(VECTORS, "disc_entry.json")) as f:
-    V = json.load(f)
+V = load("disc_entry.json")
 KEYS = {name: SecretKey.from_hex(k["sk"]) for name, k in V["keys"].items()}
 ENTRY_CASES = ["client_entry", "client_entry_update", "server_entry", "client_entry_empty_delegated"]
 

@@ -1,5 +1,3 @@
-import json
-import os
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -7,13 +5,10 @@ from hypothesis import given, settings, strategies as st
 from skypty.keys import PublicKey, generate_keypair
 from skypty.wire import gob
 from skypty.wire import types as T
+from tests.vectors import load
 
-VECTORS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "vectors")
 
 
-def load(name):
-    with open(os.path.join(VECTORS, name)) as f:
-        return json.load(f)
 
 
 GOB = load("gob.json")

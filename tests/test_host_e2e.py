@@ -1,7 +1,6 @@
 """The host end to end: a real twistd process, the real client, loopback only."""
 
 import os
-import re
 
 import pexpect
 import pytest

@@ -1,17 +1,12 @@
-import json
-import os
 
 import pytest
 from hypothesis import given, strategies as st
 
 from skypty.keys import InvalidKey, PublicKey, SecretKey, generate_keypair
+from tests.vectors import load
 
-VECTORS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "vectors")
 
 
-def load(name):
-    with open(os.path.join(VECTORS, name)) as f:
-        return json.load(f)
 
 
 def test_vector_keys_derive_their_public_keys():

@@ -1,4 +1,3 @@
-import json
 import os
 
 import pytest
@@ -13,13 +12,10 @@ from skypty.noise import (
     NoiseHandshake, frame_handshake,
 )
 from skypty.noiseproto import NoiseFactory, connect_noise_xk
+from tests.vectors import load
 
-VECTORS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "vectors")
 
 
-def load(name):
-    with open(os.path.join(VECTORS, name)) as f:
-        return json.load(f)
 
 
 def vector_handshake(name, pattern):

@@ -1,4 +1,3 @@
-import os
 
 from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, reactor, task

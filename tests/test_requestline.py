@@ -1,5 +1,3 @@
-import json
-import os
 
 import pytest
 from hypothesis import given, strategies as st
@@ -8,10 +6,9 @@ from skypty.wire.requestline import (
     ACCEPT, REJECT, RequestLineError, RequestLineParser, encode_request, match, parse_proxy_query,
     parse_uri, proxy_uri,
 )
+from tests.vectors import load
 
-VECTORS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "vectors")
-with open(os.path.join(VECTORS, "pty_request_line.json")) as f:
-    V = json.load(f)
+V = load("pty_request_line.json")
 CASES = V["local_cli_endpoint"] + V["dmsg_endpoint"]
 
 

@@ -1,16 +1,13 @@
-import json
-import os
 
 from twisted.internet import defer, protocol, reactor
 from twisted.trial import unittest
 
-from skypty.wire import gob
 from skypty.wire import types as T
 from skypty.wire.rpc import (
     Method, RPCClientConnection, RPCClientProtocol, RPCError, RPCServerConnection, RPCServerProtocol,
 )
+from tests.vectors import load
 
-VECTORS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "vectors")
 
 
 def pty_methods(log):
@@ -33,8 +30,7 @@ def pty_methods(log):
 
 
 def test_replaying_the_reference_client_gives_the_reference_server_stream():
-    with open(os.path.join(VECTORS, "gob.json")) as f:
-        sc = json.load(f)["scenarios"]["pty"]
+    sc = load("gob.json")["scenarios"]["pty"]
     log, out = [], []
     methods, reads = pty_methods(log)
     server = RPCServerConnection(methods, out.append)

@@ -6,7 +6,7 @@ exactly: they decide the bytes on the wire.
 
 from skypty.keys import PublicKey
 from skypty.wire.gob import (
-    BOOL, BYTES, EMPTY, INT, STRING, UINT, UINT8, UINT16, Array, BinaryMarshaler, Slice, Struct,
+    BOOL, BYTES, INT, STRING, UINT, UINT8, UINT16, Array, BinaryMarshaler, Slice, Struct,
 )
 
 # net/rpc
