@@ -6,7 +6,7 @@ exactly: they decide the bytes on the wire.
 
 from skypty.keys import PublicKey
 from skypty.wire.gob import (
-    BOOL, BYTES, INT, STRING, UINT, UINT8, UINT16, Array, BinaryMarshaler, Slice, Struct,
+    BOOL, BYTES, EMPTY, INT, STRING, UINT, UINT8, UINT16, Array, BinaryMarshaler, Slice, Struct,
 )
 
 # net/rpc
@@ -47,4 +47,5 @@ SHA256 = Array(UINT8, 32, name="SHA256")  # a plain [32]byte: 32 gob uints
 StreamResponse = Struct("StreamResponse", [("ReqHash", SHA256), ("Accepted", BOOL),
                                            ("ErrCode", UINT16), ("NoiseMsg", BYTES)])
 
-__all__ = ["BYTES", "EMPTY", "INT", "STRING", "UINT"] + [n for n in dir() if n[:1].isupper()]
+# Re-exported so callers need only this module.
+__all__ = ["BOOL", "BYTES", "EMPTY", "INT", "STRING", "UINT"] + [n for n in dir() if n[:1].isupper()]
