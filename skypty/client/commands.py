@@ -143,12 +143,13 @@ def cmd_exec(args, parser):
 @guarded
 def cmd_shell(args, parser):
     pk, host, port = parse_target(args.target, args.port or DEFAULT_TCP_PORT)
-    if args.command:
+    if args.command and not args.tty:
         channel, early = open_direct(pk, host, port, args)
         return run_exec(channel, early, args.command, timeout_ms(args), b"")
     from skypty.client.interactive import interactive
 
-    return interactive(lambda: open_direct(pk, host, port, args), attach=args.attach)
+    return interactive(lambda: open_direct(pk, host, port, args), attach=args.attach,
+                       command=args.command or None)
 
 
 @guarded

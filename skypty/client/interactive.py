@@ -24,7 +24,7 @@ from skypty.wire import types as T
 from skypty.wire.rpc import RPCError
 
 PING_INTERVAL = 30.0
-READ_SIZE = 32 * 1024
+READ_SIZE = 64 * 1024  # the most a pty.Read may ask for: fewer round trips
 MAX_RECONNECT_WAIT = 10.0
 RECONNECT_GIVE_UP = 120.0
 LOST_PREFIX = "dmsgpty: output lost: "

@@ -95,6 +95,8 @@ def build_parser():
     p.add_argument("target", metavar="PK@HOST[:PORT]", help="host key and address (default port 2022)")
     p.add_argument("--port", type=int, default=None, help="TCP port when TARGET has none (default 2022)")
     p.add_argument("--attach", metavar="ID", help="reattach the persistent session ID")
+    p.add_argument("-t", "--tty", action="store_true",
+                   help="run CMD on a pty and stream its output (like ssh -t) instead of a captured exec")
     _timeout_option(p)
     _identity_options(p)
     _command_arg(p, required=False)

@@ -377,25 +377,29 @@ class Decoder:
     def __init__(self, max_message=MAX_MESSAGE):
         self.max_message = max_message
         self._buf = bytearray()
+        self._pos = 0  # consumed prefix of _buf, dropped lazily (no memmove per message)
         self._wire = {}
 
     def feed(self, data):
+        if self._pos and self._pos >= len(self._buf) // 2:
+            del self._buf[:self._pos]
+            self._pos = 0
         self._buf += data
 
     @property
     def buffered(self):
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     def _next_frame(self):
         """-> (type id, reader over the rest of the message) or None."""
         buf = self._buf
-        if not buf:
+        if self._pos >= len(buf):
             return None
-        header = _Reader(buf)
+        header = _Reader(buf, self._pos)
         try:
             length = header.uint()
         except GobError:
-            if len(buf) >= 9:
+            if len(buf) - self._pos >= 9:
                 raise
             return None  # the length itself is still arriving
         if length > self.max_message:
@@ -405,7 +409,7 @@ class Decoder:
         if len(buf) - header.pos < length:
             return None
         body = bytes(buf[header.pos:header.pos + length])
-        del buf[:header.pos + length]
+        self._pos = header.pos + length
         reader = _Reader(body)
         return reader.int(), reader
 
