@@ -150,3 +150,29 @@ class SessionTests(unittest.TestCase):
         self.assertNotIn(b"first", got_b)
         got_a = yield read_until(a, b"second")
         self.assertIn(b"second", got_a)
+
+
+class UnreadOutputTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_exited_shell_with_unread_output_waits_for_a_reattach(self):
+        holder = Registry(self)
+        r = holder.registry
+        s = r.start(ALICE, "sh", ["-c", "echo the-end"], [], 24, 80)
+        r.attach(s.id, ALICE).detach()  # the link drops before anything was read
+        yield s.process.when_ended()
+        self.assertIn(s.id, r)  # kept: its output has not been read
+        f = r.attach(s.id, ALICE, offset=0)
+        out = yield read_until(f, b"the-end")
+        yield self.assertFailure(f.read(100), ShellEnded)
+        f.detach()
+        self.assertNotIn(s.id, r)  # everything delivered: reaped at once
+        self.assertIn(b"the-end", out)
+
+    @defer.inlineCallbacks
+    def test_unread_output_of_an_exited_shell_is_reaped_at_ttl(self):
+        holder = Registry(self)
+        s = holder.registry.start(ALICE, "sh", ["-c", "echo unread"], [], 24, 80)
+        yield s.process.when_ended()
+        self.assertIn(s.id, holder.registry)
+        holder.clock.advance(300)
+        self.assertNotIn(s.id, holder.registry)

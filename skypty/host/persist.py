@@ -4,7 +4,9 @@ Output goes into a 256 KiB ring with absolute byte offsets.  Each attached
 follower reads from its own offset; one that falls behind skips what was
 overwritten and is *told* how much it lost.  A detached session is reaped
 after ``ttl`` seconds without a follower (swept every ``sweep_interval``),
-at once when its shell has exited and nobody is attached, and on pty.Stop.
+on pty.Stop, and at once when its shell has exited and every byte of its
+output has been read (output nobody has read yet waits for a reattach, up to
+the TTL: a dropped link must not lose the end of a command's output).
 
 Reference clients attach by id and get the whole ring replayed; skypty's own
 client also says how many bytes it already has (``attach(..., offset=N)``), so
@@ -106,9 +108,11 @@ class Follower:
                 return defer.fail(OutputLost(lost))
             notice = f"\r\n[skypty: {lost} bytes of output were lost]\r\n".encode()
             self.offset = offset
+            self.session.drained_to = max(self.session.drained_to, offset)
             return defer.succeed(notice + data)
         if data:
             self.offset = offset
+            self.session.drained_to = max(self.session.drained_to, offset)
             return defer.succeed(data)
         if self.session.ended:
             return defer.fail(ShellEnded("EOF"))
@@ -145,6 +149,7 @@ class Session:
         self.status = None
         self.created = registry.clock.seconds()
         self.idle_since = self.created
+        self.drained_to = 0  # the furthest offset any follower has read
 
     @property
     def ended(self):
@@ -159,7 +164,10 @@ class Session:
         self.status = status
         for f in list(self.followers):
             f._wake()
-        if not self.followers:
+        self._forget_if_finished()
+
+    def _forget_if_finished(self):
+        if self.ended and not self.followers and self.drained_to >= self.ring.end:
             self.registry.forget(self.id, "shell exited")
 
     def follow(self, offset=None, report_loss_as_error=False):
@@ -172,8 +180,7 @@ class Session:
             self.followers.remove(follower)
         if not self.followers:
             self.idle_since = self.registry.clock.seconds()
-            if self.ended:
-                self.registry.forget(self.id, "shell exited")
+            self._forget_if_finished()
 
     def describe(self):
         return {
