@@ -144,6 +144,8 @@ class SessionTests(unittest.TestCase):
         a = r.attach(s.id, ALICE)
         s.process.write(b"first\n")
         yield read_until(a, b"first")
+        # the tty's echo and cat's own copy arrive separately: wait for both
+        yield wait_until(lambda: s.ring.read(0, 1 << 20)[0].count(b"first") == 2)
         b = r.attach(s.id, ALICE, offset=s.ring.end)
         s.process.write(b"second\n")
         got_b = yield read_until(b, b"second")
