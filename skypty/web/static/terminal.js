@@ -15,7 +15,7 @@
   var status = document.getElementById("status");
   var enc = new TextEncoder();
 
-  function say(text) { status.textContent = text; }
+  function say(text) { status.textContent = text; window.skyptyStatus = text; }
 
   function url() {
     var q = new URLSearchParams(location.search);
@@ -40,13 +40,14 @@
     ws.onmessage = function (ev) {
       if (typeof ev.data === "string") {
         var msg = JSON.parse(ev.data);
-        if (msg.type === "session") { sessionId = msg.id; if (msg.offset !== undefined) received = msg.offset; }
+        if (msg.type === "session") { sessionId = window.skyptySession = msg.id; if (msg.offset !== undefined) received = msg.offset; }
         else if (msg.type === "error") { term.write("\r\n\x1b[31m" + msg.message + "\x1b[0m\r\n"); say(msg.message); }
         else if (msg.type === "exit") { closedByShell = true; say("session ended"); }
         return;
       }
       var bytes = new Uint8Array(ev.data);
       received += bytes.length;
+      window.skyptyBytes = (window.skyptyBytes || 0) + bytes.length;
       term.write(bytes);
     };
     ws.onclose = function () {
