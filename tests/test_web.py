@@ -160,3 +160,13 @@ def test_remote_pk_that_is_unreachable_gives_a_clear_error(host, browser):
     other = generate_keypair()[0].hex()
     browser.get(web_url(host).replace("/pty?", f"/pty/{other}?"))
     wait_text(browser, r"cannot reach [0-9a-f]{16}")
+
+
+def test_large_output_reaches_the_browser_whole(host, browser):
+    browser.get(web_url(host))
+    wait_text(browser, r"[$#]\s*$")
+    base = browser.execute_script("return window.skyptyBytes || 0")
+    n = 4 * 1024 * 1024  # several full batches: none may exceed the WebSocket message limit
+    type_line(browser, f"head -c {n} /dev/zero | tr -c x x; echo; echo big-$((1+1))")
+    wait_text(browser, r"\nbig-2", timeout=60)
+    assert browser.execute_script("return window.skyptyBytes") - base >= n

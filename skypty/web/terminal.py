@@ -9,13 +9,14 @@ browser -> host ``{"type":"resize","cols":N,"rows":M}``; host -> browser
 import json
 import os
 
+import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
 from twisted.logger import Logger
 
 BATCH_DELAY = 0.016
-MAX_BATCH = 1024 * 1024
+MAX_BATCH = 512 * 1024  # + one 64 KiB read stays under the 1 MiB message limit
 READ_SIZE = 64 * 1024
 DEFAULT_ROWS, DEFAULT_COLS = 30, 100
 WEB_ENV = ["TERM=xterm-256color", "COLORTERM=truecolor"]
@@ -121,6 +122,11 @@ class TerminalProtocol(WebSocketServerProtocol):
             return
         self._batch.append(data)
         self._batch_size += len(data)
+        if self._batch_size >= MAX_BATCH:
+            if self._flush_call is not None:
+                self._flush_call.cancel()
+            self._flush()  # a full batch goes now; the loop continues from there
+            return
         if self._flush_call is None:
             self._flush_call = self.factory.reactor.callLater(BATCH_DELAY, self._flush)
         self._read_loop()
@@ -170,6 +176,9 @@ class TerminalProtocol(WebSocketServerProtocol):
             self._flush_call.cancel()
         if self.backend is not None:
             self.backend.close()
+
+
+txaio.set_global_log_level("info")  # autobahn's debug lines would flood the host log
 
 
 class TerminalFactory(WebSocketServerFactory):
