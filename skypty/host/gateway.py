@@ -2,8 +2,8 @@
 (request-line URI -> service) each entry point offers.
 
     control socket: dmsgpty/pty, dmsgpty/whitelist, dmsgpty/proxy
-    Noise TCP:      dmsgpty/pty, dmsgpty/sftp
-    dmsg:           dmsgpty/pty, dmsgpty/sftp
+    Noise TCP:      dmsgpty/pty
+    dmsg:           dmsgpty/pty
 """
 
 from twisted.internet import defer
@@ -119,20 +119,11 @@ def routes_for(host, entry_point):
 
         return open_proxy(host, pk_hex, port)
 
-    def sftp(avatar, query, conn):
-        sftp_config = host.config.pty.sftp
-        if not sftp_config.enabled:
-            raise BareClose()
-        from skypty.host.sftp import make_sftp_protocol
-
-        return make_sftp_protocol(avatar, sftp_config)
-
     routes = {requestline.PTY: pty}
     if entry_point == "cli":
         routes[requestline.WHITELIST] = whitelist
         routes[requestline.PROXY] = proxy
-    else:
-        routes[requestline.SFTP] = sftp
+    # dmsgpty/sftp is not served yet: its request line gets the reject byte.
     return routes
 
 

@@ -1,0 +1,39 @@
+"""The docs render without broken links, and the README's commands are the CI's."""
+
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = ["README.md"] + [os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs")))
+                        if f.endswith(".md")]
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_relative_links_resolve(doc):
+    with open(os.path.join(ROOT, doc)) as f:
+        text = f.read()
+    for target in re.findall(r"\]\(([^)]+)\)", text):
+        if re.match(r"[a-z]+://|#|mailto:", target):
+            continue
+        path = os.path.normpath(os.path.join(ROOT, os.path.dirname(doc), target.split("#")[0]))
+        assert os.path.exists(path), f"{doc} links to missing {target}"
+
+
+def test_ci_runs_the_readme_test_command():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        ci = f.read()
+    command = re.search(r"```sh\n(scripts/install-test-deps[^\n]*)\n```", readme).group(1)
+    assert command in ci
+
+
+def test_every_verb_is_documented():
+    from skypty.client.main import VERBS
+
+    with open(os.path.join(ROOT, "docs", "guide.md")) as f:
+        guide = f.read()
+    for verb in VERBS:
+        assert f"`{verb}" in guide or f"{verb}`" in guide, verb
