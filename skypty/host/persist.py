@@ -90,6 +90,10 @@ class Follower:
         if self._pending is not None:
             return defer.fail(RuntimeError("a pty.Read is already pending"))
         max_bytes = max(1, min(int(max_bytes), MAX_READ))
+        # A client asks again only once the previous reply arrived: everything
+        # before our offset is now known to be delivered (a reply in flight on a
+        # dropped link is not, and must survive for the reattach).
+        self.session.drained_to = max(self.session.drained_to, self.offset)
         result = self._take(max_bytes)
         if result is not None:
             return result
@@ -108,11 +112,9 @@ class Follower:
                 return defer.fail(OutputLost(lost))
             notice = f"\r\n[skypty: {lost} bytes of output were lost]\r\n".encode()
             self.offset = offset
-            self.session.drained_to = max(self.session.drained_to, offset)
             return defer.succeed(notice + data)
         if data:
             self.offset = offset
-            self.session.drained_to = max(self.session.drained_to, offset)
             return defer.succeed(data)
         if self.session.ended:
             return defer.fail(ShellEnded("EOF"))
@@ -149,7 +151,7 @@ class Session:
         self.status = None
         self.created = registry.clock.seconds()
         self.idle_since = self.created
-        self.drained_to = 0  # the furthest offset any follower has read
+        self.drained_to = 0  # the furthest offset a client is known to have received
 
     @property
     def ended(self):
