@@ -23,9 +23,17 @@ class EmbeddedDmsgService(service.MultiService):
         svc = internet.StreamServerEndpointService(ep, self.discovery_site)
         svc._raiseSynchronously = True
         svc.setServiceParent(self)
-        try:
-            from skypty.dmsg.server import DmsgServerService
-        except ImportError:
-            return
-        DmsgServerService(reactor, config.sk, emb.server_listen, emb.server_address,
+        from skypty.dmsg.server import DmsgServerService
+
+        DmsgServerService(reactor, server_key(config.sk), emb.server_listen, emb.server_address,
                           config.dmsg.discovery).setServiceParent(self)
+
+
+def server_key(host_sk):
+    """The embedded server's own key, stable across restarts: discovery keeps
+    one entry per key, so it must not be the host's (a client's) key."""
+    import hashlib
+
+    from skypty.keys import SecretKey
+
+    return SecretKey(hashlib.sha256(b"skypty embedded dmsg server\0" + host_sk.raw).digest())

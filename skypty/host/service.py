@@ -87,10 +87,8 @@ class HostService(service.MultiService):
         self.tcp_service = svc
 
     def _add_dmsg(self):
-        try:
-            from skypty.dmsg.client import DmsgClientService
-        except ImportError:  # the overlay is optional while it is being built
-            return
+        from skypty.dmsg.client import DmsgClientService
+
         self.dmsg = DmsgClientService(self.reactor, self.config)
         self.dmsg.setServiceParent(self)
         factory = self.connection_factory("dmsg", lambda transport: transport.getPeerPK(),

@@ -41,7 +41,11 @@
       if (typeof ev.data === "string") {
         var msg = JSON.parse(ev.data);
         if (msg.type === "session") { sessionId = window.skyptySession = msg.id; if (msg.offset !== undefined) received = msg.offset; }
-        else if (msg.type === "error") { term.write("\r\n\x1b[31m" + msg.message + "\x1b[0m\r\n"); say(msg.message); }
+        else if (msg.type === "error") {
+          // A refusal or an unreachable host: say it once; reloading the page tries again.
+          closedByShell = true;
+          term.write("\r\n\x1b[31m" + msg.message + "\x1b[0m\r\n"); say(msg.message);
+        }
         else if (msg.type === "exit") { closedByShell = true; say("session ended"); }
         return;
       }

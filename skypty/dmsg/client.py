@@ -1,0 +1,231 @@
+"""The host's dmsg client: sessions to dmsg servers, its discovery entry,
+listening on dmsg ports, and dialing other hosts by public key.
+
+When discovery is down at start the host still serves its control socket and
+TCP port; the client keeps retrying with backoff and joins once it can.
+"""
+
+import itertools
+import random
+
+from twisted.application import service
+from twisted.internet import defer, endpoints, protocol, task
+from twisted.logger import Logger
+
+from skypty.dmsg.disc import DiscoveryClient, DiscoveryError, EntryKeeper, EntryNotFound, client_entry
+from skypty.dmsg.session import DmsgSession
+from skypty.dmsg.stream import AcceptStream, DialStream
+from skypty.errors import SkyptyError
+from skypty.wire import requestline
+
+RETRY_MIN, RETRY_MAX = 1.0, 30.0
+DIAL_TIMEOUT = 20.0
+
+
+class DialError(SkyptyError):
+    pass
+
+
+def _host_port(address):
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class DmsgClientService(service.Service):
+    log = Logger()
+
+    def __init__(self, reactor, config):
+        self.reactor = reactor
+        self.sk = config.sk
+        self.pk = config.pk
+        self.wanted = config.dmsg.sessions_count
+        self.preferred = list(config.dmsg.servers)
+        self.discovery = DiscoveryClient(config.dmsg.discovery, reactor)
+        self.sessions = {}  # server pk -> DmsgSession
+        self.listeners = {}  # port -> factory
+        self._ports = itertools.count(49153)
+        self._connecting = set()
+        self._retry = RETRY_MIN
+        self._loop = None
+        self.keeper = EntryKeeper(self.discovery, self.sk,
+                                  lambda seq, ts: client_entry(self.pk, seq, ts, list(self.sessions)), reactor)
+
+    # -- lifecycle --
+    def startService(self):
+        super().startService()
+        self._loop = task.LoopingCall(self._maintain)
+        self._loop.clock = self.reactor
+        self._loop.start(RETRY_MIN, now=True)
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self.keeper.stop()
+        for session in list(self.sessions.values()):
+            session.transport.loseConnection()
+
+    @defer.inlineCallbacks
+    def _maintain(self):
+        if len(self.sessions) >= self.wanted or self._connecting:
+            return
+        try:
+            servers = yield self.discovery.available_servers()
+        except DiscoveryError as e:
+            self.log.warn("dmsg discovery unavailable: {err}", err=e)
+            return
+        candidates = [e for e in servers if e.static not in self.sessions]
+        candidates.sort(key=lambda e: (e.static not in self.preferred, random.random()))
+        for entry in candidates[: self.wanted - len(self.sessions)]:
+            yield self._connect(entry.static, entry.server.address)
+
+    @defer.inlineCallbacks
+    def _connect(self, server_pk, address):
+        self._connecting.add(server_pk)
+        try:
+            host, port = _host_port(address)
+            session = DmsgSession(True, self.sk, server_pk, self._incoming, self.reactor, on_lost=self._lost)
+            ep = endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=10)
+            yield endpoints.connectProtocol(ep, session)
+            yield session.ready
+            self.sessions[server_pk] = session
+            self.log.info("dmsg session to server {pk} at {addr}", pk=server_pk.hex(), addr=address)
+            if not self.keeper._running:
+                self.keeper.start()
+            else:
+                self.keeper.update_now()
+        except Exception as e:
+            self.log.warn("dmsg server {addr} unreachable: {err}", addr=address, err=e)
+        finally:
+            self._connecting.discard(server_pk)
+
+    def _lost(self, session):
+        for pk, s in list(self.sessions.items()):
+            if s is session:
+                del self.sessions[pk]
+                self.log.warn("dmsg session to {pk} lost; reconnecting", pk=pk.hex())
+                self.keeper.update_now()
+
+    # -- listening --
+    def listen(self, port, factory):
+        self.listeners[port] = factory
+
+    def _incoming(self, session, stream):
+        return AcceptStream(session, self.sk, self.listeners)
+
+    # -- dialing --
+    @defer.inlineCallbacks
+    def dial(self, pk, port, inner):
+        """-> Deferred[inner], connected over a KK stream to pk:port."""
+        try:
+            entry = yield self.discovery.get_entry(pk)
+        except EntryNotFound:
+            raise DialError(f"{pk.hex()[:16]}… is not in dmsg discovery (offline?)") from None
+        except DiscoveryError as e:
+            raise DialError(f"dmsg discovery unavailable: {e}") from None
+        servers = list(entry.client.delegated_servers) if entry.client else []
+        session = next((self.sessions[s] for s in servers if s in self.sessions), None)
+        if session is None:
+            raise DialError(f"{pk.hex()[:16]}… shares no dmsg server with this host")
+        stream = DialStream(session, self.sk, next(self._ports), pk, port, inner)
+        yield session.open_stream(stream)
+        result = yield stream.done.addTimeout(DIAL_TIMEOUT, self.reactor)
+        return result
+
+    @defer.inlineCallbacks
+    def visible_peers(self):
+        try:
+            keys = yield self.discovery.entries()
+        except DiscoveryError:
+            return []
+        from skypty.keys import InvalidKey, PublicKey
+
+        out = []
+        for k in keys:
+            try:
+                pk = PublicKey.from_hex(k)
+            except InvalidKey:
+                continue
+            if pk != self.pk and pk not in self.sessions:
+                out.append(pk)
+        return out
+
+    # -- the pty service of a remote host --
+    @defer.inlineCallbacks
+    def proxy_pty(self, pk_hex, port):
+        """For ``dmsgpty/proxy``: a protocol relaying the caller to pk's pty service."""
+        from skypty.keys import PublicKey
+
+        pk = PublicKey.from_hex(pk_hex)
+        remote = RequestedService(requestline.PTY)
+        yield self.dial(pk, port, remote)
+        yield remote.accepted
+        return Relay(remote)
+
+    @defer.inlineCallbacks
+    def remote_pty(self, pk, port):
+        from skypty.host.proxy import RemotePtyAvatar
+
+        remote = RequestedService(requestline.PTY)
+        yield self.dial(pk, port, remote)
+        yield remote.accepted
+        return RemotePtyAvatar(remote)
+
+
+class RequestedService(protocol.Protocol):
+    """Sends a request line on a fresh stream; ``accepted`` fires on 0x00."""
+
+    def __init__(self, uri):
+        self.uri = uri
+        self.accepted = defer.Deferred()
+        self.sink = None
+        self._early = []
+
+    def connectionMade(self):
+        self.transport.write(requestline.encode_request(self.uri))
+
+    def dataReceived(self, data):
+        if not self.accepted.called:
+            if data[:1] != requestline.ACCEPT:
+                self.accepted.errback(DialError("not authorized: the remote host rejected us "
+                                                "(this host's key is not on its whitelist)"))
+                self.transport.loseConnection()
+                return
+            data = data[1:]
+            self.accepted.callback(self)
+        if data:
+            if self.sink is None:
+                self._early.append(data)
+            else:
+                self.sink(data)
+
+    def attach(self, sink, on_lost):
+        self.sink, self.on_lost = sink, on_lost
+        for data in self._early:
+            sink(data)
+        self._early = []
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        if not self.accepted.called:
+            self.accepted.errback(DialError("not authorized: the remote host closed the stream "
+                                            "(this host's key is not on its whitelist)"))
+            self.accepted.addErrback(lambda _: None)
+        on_lost = getattr(self, "on_lost", None)
+        if on_lost is not None:
+            on_lost()
+
+
+class Relay(protocol.Protocol):
+    """Control-socket side of ``dmsgpty/proxy``: bytes both ways."""
+
+    def __init__(self, remote):
+        self.remote = remote
+
+    def connectionMade(self):
+        self.remote.attach(self.transport.write, self.transport.loseConnection)
+
+    def dataReceived(self, data):
+        self.remote.transport.write(data)
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        self.remote.transport.loseConnection()

@@ -1,0 +1,177 @@
+"""A dmsg session: TCP, Noise XK, then hashicorp/yamux in clear text.
+
+The XK cipher states do not wrap the connection: they encrypt only the
+signed stream request/response objects ("envelopes") carried on yamux
+streams.  Stream payloads are protected end to end by each stream's own KK
+handshake (skypty.dmsg.stream).
+"""
+
+import hashlib
+import struct
+
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from skypty.errors import ProtocolError
+from skypty.noise import (
+    MAX_PLAINTEXT, TAG, HandshakeFramer, NoiseError, NoiseHandshake, frame_handshake,
+)
+from skypty.wire import gob
+from skypty.wire.yamux import YamuxProtocol
+
+HANDSHAKE_TIMEOUT = 10.0
+SIG_LEN = 65
+REPLAY_WINDOW = 4096
+
+
+class DmsgError(ProtocolError):
+    pass
+
+
+class EnvelopeCipher:
+    """Session-level envelope encryption; nonces are per session, not per stream.
+
+    Envelopes of different streams may be read in another order than they
+    were sealed, so the receiver accepts any nonce it has not seen within a
+    sliding window (the reference accepts any unseen nonce; skypty still
+    refuses replays)."""
+
+    def __init__(self, encoder, decoder):
+        self.encoder, self.decoder = encoder, decoder
+        self._seen = set()
+        self._highest = 0
+
+    def seal(self, plaintext):
+        return self.encoder.encrypt_one(plaintext)
+
+    def open(self, frame):
+        if len(frame) < 2 + 8 + TAG:
+            raise DmsgError("dmsg envelope too short")
+        (nonce,) = struct.unpack_from(">Q", frame, 2)
+        if nonce in self._seen or nonce + REPLAY_WINDOW <= self._highest:
+            raise DmsgError("dmsg envelope replayed")
+        d = self.decoder
+        d.nonce = nonce - 1  # FrameDecoder demands "greater than": we track replays ourselves
+        plaintext = d.decrypt_one(frame)
+        self._seen.add(nonce)
+        self._highest = max(self._highest, nonce)
+        if len(self._seen) > REPLAY_WINDOW:
+            self._seen = {n for n in self._seen if n + REPLAY_WINDOW > self._highest}
+        return plaintext
+
+
+def sign_object(sk, value, gotype):
+    """Signature (65) || gob (from a fresh encoder, as the reference does)."""
+    raw = gob.Encoder().encode(value, gotype)
+    return sk.sign(raw) + raw
+
+
+def open_object(signed, gotype):
+    """-> (value, signature, gob bytes); the caller verifies the signer."""
+    if len(signed) <= SIG_LEN:
+        raise DmsgError("signed object too short")
+    sig, raw = signed[:SIG_LEN], signed[SIG_LEN:]
+    dec = gob.Decoder(max_message=MAX_PLAINTEXT)
+    dec.feed(raw)
+    value = dec.next_value(gotype)
+    if value is gob.NEED_MORE or dec.buffered:
+        raise DmsgError("signed object is not one gob value")
+    return value, sig, raw
+
+
+def object_hash(signed):
+    return hashlib.sha256(signed).digest()
+
+
+class EnvelopeReader:
+    """Reads one u16-framed envelope from a stream, then hands over the rest."""
+
+    def __init__(self):
+        self._buf = b""
+
+    def feed(self, data):
+        """-> (frame incl. prefix, leftover) or (None, b'')."""
+        self._buf += data
+        if len(self._buf) < 2:
+            return None, b""
+        (length,) = struct.unpack_from(">H", self._buf)
+        if length > MAX_PLAINTEXT + 8 + TAG:
+            raise DmsgError("dmsg envelope too long")
+        if len(self._buf) < 2 + length:
+            return None, b""
+        frame, rest = self._buf[:2 + length], self._buf[2 + length:]
+        self._buf = b""
+        return frame, rest
+
+
+class DmsgSession(protocol.Protocol):
+    """One session connection, either side.  After the XK handshake the
+    connection is handed to yamux; ``ready`` fires with this object."""
+
+    log = Logger()
+
+    def __init__(self, initiator, local_sk, remote_pk, accept_stream, reactor, on_lost=None):
+        self.handshake = NoiseHandshake("XK", initiator, local_sk, remote_pk)
+        self.initiator = initiator
+        self.accept_stream = accept_stream
+        self.reactor = reactor
+        self.on_lost = on_lost
+        self._framer = HandshakeFramer()
+        self.yamux = None
+        self.cipher = None
+        self.remote_pk = remote_pk
+        self.ready = defer.Deferred()
+        self._timeout = None
+
+    def connectionMade(self):
+        self._timeout = self.reactor.callLater(HANDSHAKE_TIMEOUT, self._timed_out)
+        if self.initiator:
+            self.transport.write(frame_handshake(self.handshake.write_message()))
+
+    def _timed_out(self):
+        self._timeout = None
+        self.log.warn("dmsg session handshake timed out")
+        self.transport.abortConnection()
+
+    def dataReceived(self, data):
+        if self.yamux is not None:
+            self.yamux.dataReceived(data)
+            return
+        try:
+            self._framer.feed(data)
+            while not self.handshake.complete:
+                message = self._framer.next_message()
+                if message is None:
+                    return
+                self.handshake.read_message(message)
+                if not self.handshake.complete:
+                    self.transport.write(frame_handshake(self.handshake.write_message()))
+        except NoiseError as e:
+            self.log.warn("dmsg session handshake failed: {err}", err=e)
+            self.transport.abortConnection()
+            return
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self.remote_pk = self.handshake.remote_static
+        self.cipher = EnvelopeCipher(*self.handshake.split())
+        self.yamux = YamuxProtocol(self.initiator, accept_stream=lambda s: self.accept_stream(self, s),
+                                   reactor=self.reactor)
+        self.yamux.makeConnection(self.transport)
+        rest = self._framer.take_rest()
+        self.ready.callback(self)
+        if rest:
+            self.yamux.dataReceived(rest)
+
+    def open_stream(self, proto):
+        return self.yamux.open_stream(proto)
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        if self.yamux is not None:
+            self.yamux.connectionLost(reason)
+        if not self.ready.called:
+            self.ready.errback(reason)
+            self.ready.addErrback(lambda _: None)
+        if self.on_lost is not None:
+            self.on_lost(self)

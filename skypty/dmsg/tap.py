@@ -1,0 +1,56 @@
+"""``twistd skypty-dmsg``: a self-hosted dmsg network (discovery + server)."""
+
+import hashlib
+
+from twisted.application import internet, service
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from skypty.config import ConfigError, ListenAddress
+from skypty.keys import InvalidKey, SecretKey
+
+
+class Options(usage.Options):
+    synopsis = "[--discovery 127.0.0.1:9090] [--server 127.0.0.1:8081] [--sk HEX | --seed TEXT]"
+    longdesc = ("Run a dmsg discovery service and a dmsg server, so skypty hosts can reach each other "
+                "by public key with no Skywire infrastructure. Point hosts at it with "
+                "dmsg.discovery = http://HOST:PORT of --discovery.")
+    optParameters = [
+        ["discovery", None, "127.0.0.1:9090", "Where the discovery HTTP API listens ('' = none)."],
+        ["server", None, "127.0.0.1:8081", "Where the dmsg server listens."],
+        ["address", None, None, "The server address advertised in discovery (default: --server)."],
+        ["discovery-url", None, None, "Discovery to register the server with (default: the one above)."],
+        ["sk", None, None, "The server's secret key (hex); default: derived from --seed."],
+        ["seed", None, "skypty-dmsg", "Derive the server key from this text (stable across restarts)."],
+    ]
+
+    def postOptions(self):
+        try:
+            self.server = ListenAddress.parse(self["server"], "--server")
+            self.disc = ListenAddress.parse(self["discovery"], "--discovery") if self["discovery"] else None
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
+        try:
+            self.sk = (SecretKey.from_hex(self["sk"]) if self["sk"]
+                       else SecretKey(hashlib.sha256(self["seed"].encode()).digest()))
+        except InvalidKey as e:
+            raise usage.UsageError(f"--sk: {e}")
+        if self.disc is None and not self["discovery-url"]:
+            raise usage.UsageError("without --discovery, give --discovery-url")
+
+
+def makeService(options):
+    from twisted.internet import reactor
+
+    from skypty.dmsg.discserver import make_discovery_site
+    from skypty.dmsg.server import DmsgServerService
+
+    top = service.MultiService()
+    if options.disc is not None:
+        ep = endpoints.serverFromString(reactor, options.disc.endpoint)
+        internet.StreamServerEndpointService(ep, make_discovery_site(reactor)).setServiceParent(top)
+    host = options.disc.host or "127.0.0.1" if options.disc else None
+    url = options["discovery-url"] or f"http://{host}:{options.disc.port}"
+    address = options["address"] or str(ListenAddress(options.server.host or "127.0.0.1", options.server.port))
+    DmsgServerService(reactor, options.sk, options.server, address, url).setServiceParent(top)
+    return top

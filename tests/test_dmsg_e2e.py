@@ -1,0 +1,171 @@
+"""The dmsg overlay end to end: real hosts, a real dmsg server and discovery."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pexpect
+import pytest
+
+from skypty.keys import generate_keypair
+from tests.hosts import CLIENT, Host, env, free_port, wait_for
+from tests.test_web import browser  # noqa: F401  (the headless Chromium fixture)
+
+
+class DmsgNetwork:
+    """`twistd skypty-dmsg`: discovery + server on fixed loopback ports."""
+
+    def __init__(self, tmp):
+        self.dir = str(tmp)
+        self.discovery_port, self.server_port = free_port(), free_port()
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+             "--logfile", self.dir + "/dmsg.log", "skypty-dmsg",
+             "--discovery", f"127.0.0.1:{self.discovery_port}", "--server", f"127.0.0.1:{self.server_port}"],
+            cwd=self.dir, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: self.entry_count() is not None and self.servers(), what="the dmsg network")
+        return self
+
+    def get(self, path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.discovery_port}/dmsg-discovery/{path}",
+                                        timeout=5) as r:
+                return json.load(r)
+        except OSError:
+            return None
+
+    def entry_count(self):
+        entries = self.get("entries")
+        return None if entries is None else len(entries)
+
+    def servers(self):
+        return self.get("available_servers") or []
+
+    def joined(self, host):
+        entry = self.get(f"entry/{host.pk}")
+        return bool(entry and entry.get("client", {}).get("delegated_servers"))
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(15)
+
+
+def dmsg_host(tmp, name, network, whitelist=()):
+    h = Host(tmp, name, embedded=False, discovery_port=network.discovery_port)
+    h.data["pty"]["whitelist"] = list(whitelist)
+    h.write_config()
+    return h
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dmsg")
+    network = DmsgNetwork(tmp).start()
+    a = dmsg_host(tmp, "a", network)
+    b = dmsg_host(tmp, "b", network, whitelist=[a.pk])
+    a.start()
+    b.start()
+    wait_for(lambda: network.joined(a) and network.joined(b), what="both hosts to join dmsg")
+    yield network, a, b
+    for h in (a, b):
+        h.stop()
+    network.stop()
+
+
+def test_exec_over_dmsg_through_the_local_host(net):
+    network, a, b = net
+    r = a.client("exec", b.pk, "--cliaddr", a.cli, "--", "sh", "-c", "echo out; echo err >&2; exit 5")
+    assert (r.returncode, r.stdout, r.stderr) == (5, b"out\n", b"err\n")
+
+
+def test_the_remote_whitelist_decides(net):
+    network, a, b = net
+    r = b.client("exec", a.pk, "--cliaddr", b.cli, "--", "true")  # a does not whitelist b
+    assert r.returncode == 1 and b"not authorized" in r.stderr
+
+
+def test_offline_peer_fails_fast_with_a_clear_error(net):
+    network, a, b = net
+    ghost, _ = generate_keypair()
+    start = time.monotonic()
+    r = a.client("exec", ghost.hex(), "--cliaddr", a.cli, "--", "true")
+    assert r.returncode == 1 and r.stderr.count(b"\n") == 1
+    assert time.monotonic() - start < 5
+
+
+def test_skynet_scheme_is_refused_clearly(net):
+    network, a, b = net
+    r = a.client("exec", b.pk, "--scheme", "skynet", "--cliaddr", a.cli, "--", "true")
+    assert r.returncode == 1 and b"skynet is not available yet" in r.stderr
+
+
+def test_interactive_session_over_dmsg(net):
+    network, a, b = net
+    child = pexpect.spawn(CLIENT[0], CLIENT[1:] + ["start", b.pk, "--cliaddr", a.cli, "-i", a.config_path],
+                          env=env(), timeout=20)
+    child.expect(r"\$ |# ")
+    child.sendline(f"echo on-$((2*3)) $SKYPTY_X; exit")
+    child.expect("on-6")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_list_shows_the_peers(net):
+    network, a, b = net
+    r = a.client("list", "--cliaddr", a.cli)
+    assert b.pk.encode() in r.stdout
+
+
+def test_server_restart_then_new_streams_work(tmp_path):
+    network = DmsgNetwork(tmp_path).start()
+    a = dmsg_host(tmp_path, "a", network)
+    b = dmsg_host(tmp_path, "b", network, whitelist=[a.pk])
+    try:
+        a.start()
+        b.start()
+        wait_for(lambda: network.joined(a) and network.joined(b), what="both hosts to join")
+        assert a.client("exec", b.pk, "--cliaddr", a.cli, "--", "echo", "1").stdout == b"1\n"
+        network.stop()
+        network.start()  # same ports, same server key; discovery starts empty
+        wait_for(lambda: network.joined(a) and network.joined(b), timeout=60, what="both hosts to rejoin")
+        wait_for(lambda: a.client("exec", b.pk, "--cliaddr", a.cli, "--", "echo", "2").stdout == b"2\n",
+                 timeout=30, what="a new stream after the restart")
+    finally:
+        for h in (a, b):
+            h.stop()
+        network.stop()
+
+
+def test_discovery_down_at_start_then_joins(tmp_path):
+    network = DmsgNetwork(tmp_path)  # not started yet
+    b = dmsg_host(tmp_path, "b", network)
+    try:
+        b.start()  # the control socket and TCP port serve regardless
+        r = b.client("shell", b.target, "-i", b.config_path, "--", "echo", "tcp-ok")
+        assert r.stdout == b"tcp-ok\n"
+        network.start()
+        wait_for(lambda: network.joined(b), timeout=60, what="the host to join once discovery is up")
+    finally:
+        b.stop()
+        network.stop()
+
+
+def test_web_terminal_for_a_remote_host_over_dmsg(net, browser):
+    from tests.test_web import screen_text, type_line, wait_text, web_url
+
+    network, a, b = net
+    browser.get(web_url(a).replace("/pty?", f"/pty/{b.pk}?"))  # b whitelists a
+    wait_text(browser, r"[$#]\s*$")
+    type_line(browser, "echo remote-$((5*5)) $(basename $PWD)")
+    wait_text(browser, r"\nremote-25 b\b")
+    browser.get(web_url(b).replace("/pty?", f"/pty/{a.pk}?"))  # a does not whitelist b
+    wait_text(browser, r"not authorized")
+    assert "not authorized" in screen_text(browser)
