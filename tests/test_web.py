@@ -1,10 +1,8 @@
 """The web terminal: gating over HTTP, and a real headless Chromium session."""
 
 import base64
-import json
 import os
 import re
-import shutil
 import socket
 import time
 import urllib.error
@@ -78,27 +76,6 @@ def test_websocket_without_token_or_from_another_origin_is_refused(host):
 
 
 # -- a real browser ------------------------------------------------------------------
-
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.fixture
-def browser():
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.fail("chromium and chromium-driver must be installed (scripts/install-test-deps does it)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--disable-quic", "--window-size=1000,700"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    yield driver
-    driver.quit()
-
 
 def screen_text(driver):
     return driver.execute_script("""
