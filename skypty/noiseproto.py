@@ -43,6 +43,8 @@ class NoiseProtocol(ProtocolWrapper):
         self.factory.registerProtocol(self)
 
     def connectionMade(self):
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)  # small RPC replies must not wait for Nagle
         self._timeout = self.factory.reactor.callLater(self.factory.handshake_timeout, self._timed_out)
         if self.factory.initiator:
             self.transport.write(frame_handshake(self.handshake.write_message()))

@@ -104,6 +104,15 @@ class EnvelopeReader:
         return frame, rest
 
 
+def nodelay(transport):
+    """Small RPC messages must not wait for Nagle and delayed ACKs."""
+    if hasattr(transport, "setTcpNoDelay"):
+        try:
+            transport.setTcpNoDelay(True)
+        except OSError:
+            pass
+
+
 class DmsgSession(protocol.Protocol):
     """One session connection, either side.  After the XK handshake the
     connection is handed to yamux; ``ready`` fires with this object."""
@@ -124,6 +133,7 @@ class DmsgSession(protocol.Protocol):
         self._timeout = None
 
     def connectionMade(self):
+        nodelay(self.transport)
         self._timeout = self.reactor.callLater(HANDSHAKE_TIMEOUT, self._timed_out)
         if self.initiator:
             self.transport.write(frame_handshake(self.handshake.write_message()))
