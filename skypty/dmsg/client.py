@@ -157,19 +157,23 @@ class DmsgClientService(service.Service):
         from skypty.keys import PublicKey
 
         pk = PublicKey.from_hex(pk_hex)
-        remote = RequestedService(requestline.PTY)
-        yield self.dial(pk, port, remote)
-        yield remote.accepted
+        remote = yield self._request_pty(pk, port)
         return Relay(remote)
 
     @defer.inlineCallbacks
     def remote_pty(self, pk, port):
         from skypty.host.proxy import RemotePtyAvatar
 
-        remote = RequestedService(requestline.PTY)
-        yield self.dial(pk, port, remote)
-        yield remote.accepted
+        remote = yield self._request_pty(pk, port)
         return RemotePtyAvatar(remote)
+
+    @defer.inlineCallbacks
+    def _request_pty(self, pk, port):
+        """Dial pk:port (through the dmsg client endpoint) and ask for its pty service."""
+        remote = RequestedService(requestline.PTY)
+        yield DmsgClientEndpoint(self, pk, port).connect(protocol.Factory.forProtocol(lambda: remote))
+        yield remote.accepted
+        return remote
 
 
 class RequestedService(protocol.Protocol):
@@ -229,3 +233,61 @@ class Relay(protocol.Protocol):
 
     def connectionLost(self, reason=protocol.connectionDone):
         self.remote.transport.loseConnection()
+
+
+# -- endpoints: dmsg as just another place to listen and dial ------------------------
+
+from twisted.internet import interfaces  # noqa: E402
+from zope.interface import implementer  # noqa: E402
+
+
+@implementer(interfaces.IListeningPort)
+class DmsgPort:
+    def __init__(self, client, port, factory):
+        self.client, self.port, self.factory = client, port, factory
+
+    def startListening(self):
+        self.client.listen(self.port, self.factory)
+
+    def stopListening(self):
+        if self.client.listeners.get(self.port) is self.factory:
+            del self.client.listeners[self.port]
+        return defer.succeed(None)
+
+    def getHost(self):
+        return DmsgAddress(self.client.pk, self.port)
+
+
+class DmsgAddress:
+    def __init__(self, pk, port):
+        self.pk, self.port = pk, port
+
+    def __repr__(self):
+        return f"DmsgAddress({self.pk.hex()}:{self.port})"
+
+
+@implementer(interfaces.IStreamServerEndpoint)
+class DmsgServerEndpoint:
+    """Listen on a dmsg port of this host's dmsg client."""
+
+    def __init__(self, client, port):
+        self.client, self.port = client, port
+
+    def listen(self, factory):
+        if self.port in self.client.listeners:
+            return defer.fail(DialError(f"dmsg port {self.port} is already in use"))
+        listening = DmsgPort(self.client, self.port, factory)
+        listening.startListening()
+        return defer.succeed(listening)
+
+
+@implementer(interfaces.IStreamClientEndpoint)
+class DmsgClientEndpoint:
+    """Dial pk:port over dmsg; the protocol's transport has getPeerPK()."""
+
+    def __init__(self, client, pk, port):
+        self.client, self.pk, self.port = client, pk, port
+
+    def connect(self, factory):
+        proto = factory.buildProtocol(DmsgAddress(self.pk, self.port))
+        return self.client.dial(self.pk, self.port, proto)

@@ -93,7 +93,12 @@ class HostService(service.MultiService):
         self.dmsg.setServiceParent(self)
         factory = self.connection_factory("dmsg", lambda transport: transport.getPeerPK(),
                                           reject_with_byte=True)
-        self.dmsg.listen(self.config.pty.dmsg_port, factory)
+        from skypty.dmsg.client import DmsgServerEndpoint
+
+        svc = internet.StreamServerEndpointService(
+            DmsgServerEndpoint(self.dmsg, self.config.pty.dmsg_port), factory)
+        svc._raiseSynchronously = True
+        svc.setServiceParent(self)
 
     def _add_web(self, listen):
         from skypty.web.site import TokenGate, load_or_create_token, make_web_site
