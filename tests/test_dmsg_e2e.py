@@ -11,7 +11,7 @@ import pexpect
 import pytest
 
 from skypty.keys import generate_keypair
-from tests.hosts import CLIENT, Host, env, free_port, wait_for
+from tests.hosts import CLIENT, REPO, Host, env, free_port, wait_for
 
 
 class DmsgNetwork:
@@ -168,3 +168,17 @@ def test_web_terminal_for_a_remote_host_over_dmsg(net, browser):
     browser.get(web_url(b).replace("/pty?", f"/pty/{a.pk}?"))  # a does not whitelist b
     wait_text(browser, r"not authorized")
     assert "not authorized" in screen_text(browser)
+
+
+def probe(network, sk_hex, target, path):
+    r = subprocess.run([sys.executable, "-m", "tests.dmsg_http_probe",
+                        f"http://127.0.0.1:{network.discovery_port}", sk_hex, target, path],
+                       capture_output=True, timeout=60, env=env(), cwd=REPO)
+    return r.stdout.decode().strip()
+
+
+def test_web_terminal_over_dmsg_port_80_is_gated_by_the_whitelist(net):
+    network, a, b = net
+    assert probe(network, a.data["sk"], b.pk, "/pty").startswith("HTTP/1.0 200")  # b whitelists a
+    _, stranger = generate_keypair()
+    assert probe(network, stranger.hex(), b.pk, "/pty").startswith("HTTP/1.0 403")

@@ -20,6 +20,9 @@ from skypty.host.persist import SessionRegistry
 from skypty.host.whitelist import Whitelist
 
 
+DMSG_HTTP_PORT = 80
+
+
 class HostService(service.MultiService):
     log = Logger()
 
@@ -113,15 +116,29 @@ class HostService(service.MultiService):
         host = listen.host or "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
         self.web_url = f"http://{host}:{listen.port}/pty?token={token}"
+        if self.dmsg is not None:
+            # The same terminal over dmsg, HTTP on port 80, for whitelisted keys.
+            from skypty.dmsg.client import DmsgServerEndpoint
+            from skypty.web.site import WhitelistGate
+
+            dmsg_site = make_web_site(self.reactor, self.config.pk, WhitelistGate(self.whitelist),
+                                      self.open_terminal)
+            svc = internet.StreamServerEndpointService(DmsgServerEndpoint(self.dmsg, DMSG_HTTP_PORT), dmsg_site)
+            svc.setServiceParent(self)
 
     @defer.inlineCallbacks
     def open_terminal(self, identity, target_pk, transport):
         """A terminal backend for the web: this host, or a remote one over dmsg."""
         from skypty.web.terminal import AvatarTerminal
 
+        # "local" = the token holder, i.e. this host's own user; over dmsg the peer's own key.
+        me = self.config.pk if identity == "local" else identity
         if target_pk is None or target_pk == self.config.pk:
-            _iface, avatar, _logout = yield self.login(self.config.pk, "web")
+            _iface, avatar, _logout = yield self.login(me, "web")
             return AvatarTerminal(avatar)
+        if identity != "local":
+            # A dmsg peer must not reach third hosts with this host's key.
+            raise PermissionError("relaying to another host is only offered to this host's own user")
         remote = yield gateway.dial_remote_pty(self, target_pk, self.config.pty.dmsg_port)
         return AvatarTerminal(remote)
 

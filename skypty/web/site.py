@@ -67,7 +67,7 @@ class TokenGate:
         morsel = cookie.get(COOKIE)
         return morsel.value if morsel else None
 
-    def websocket(self, request):
+    def websocket(self, request, transport=None):
         """Autobahn ConnectionRequest -> identity, or ConnectionDeny."""
         headers = request.headers
         if not _same_origin(headers.get("origin", ""), headers.get("host", "")):
@@ -85,6 +85,28 @@ class TokenGate:
             return True
         cookie = request.getCookie(COOKIE.encode())
         return self.token_ok(cookie.decode("ascii", "replace") if cookie else "")
+
+
+class WhitelistGate:
+    """Who may use the web terminal over dmsg (HTTP on dmsg port 80): the
+    stream's proven public key must be whitelisted.  No token, no cookie."""
+
+    def __init__(self, whitelist):
+        self.whitelist = whitelist
+
+    def _pk(self, transport):
+        get = getattr(transport, "getPeerPK", None)
+        return get() if get else None
+
+    def websocket(self, request, transport=None):
+        pk = self._pk(transport)
+        if pk is None or pk not in self.whitelist:
+            raise ConnectionDeny(403, "not authorized: this key is not on the host's whitelist")
+        return pk
+
+    def page(self, request):
+        pk = self._pk(request.channel.transport)
+        return pk is not None and pk in self.whitelist
 
 
 def _page(title):
@@ -111,7 +133,8 @@ class PtyPage(resource.Resource):
         if not self.gate.page(request):
             request.setResponseCode(403)
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-            return b"403 forbidden: open the URL printed by `skypty-client url` (it carries the token)\n"
+            return (b"403 forbidden: open the URL printed by `skypty-client url` (it carries the token), "
+                    b"or use a whitelisted key\n")
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"X-Frame-Options", b"DENY")

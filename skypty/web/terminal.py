@@ -74,7 +74,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         self._reading = False
         self._closed = False
         # The factory's gate raises ConnectionDeny for a stranger: nothing is spawned.
-        self.identity = self.factory.gate(request)
+        self.identity = self.factory.gate(request, self.transport)
         self.target_pk = self.factory.target_of(request.path)
         params = request.params
         self.sid = (params.get("sid") or [""])[0] or None
@@ -182,7 +182,7 @@ txaio.set_global_log_level("info")  # autobahn's debug lines would flood the hos
 
 
 class TerminalFactory(WebSocketServerFactory):
-    """*gate(request) -> identity* raises ConnectionDeny; *open_backend(identity,
+    """*gate(request, transport) -> identity* raises ConnectionDeny; *open_backend(identity,
     target_pk, transport) -> Deferred[backend]*; *target_of(path) -> pk or None*."""
 
     protocol = TerminalProtocol
