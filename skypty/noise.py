@@ -300,6 +300,21 @@ class FrameDecoder:
         return out
 
 
+def pump_handshake(handshake, framer, data):
+    """Feed stream bytes to a handshake; -> the framed replies to send.  Bytes
+    after the last handshake message stay in *framer* (``take_rest()``)."""
+    framer.feed(data)
+    replies = []
+    while not handshake.complete:
+        message = framer.next_message()
+        if message is None:
+            break
+        handshake.read_message(message)
+        if not handshake.complete:
+            replies.append(frame_handshake(handshake.write_message()))
+    return replies
+
+
 def frame_handshake(message):
     if len(message) > 0xFFFF:
         raise NoiseError("handshake message too long")

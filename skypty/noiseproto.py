@@ -12,7 +12,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import implementer
 
 from skypty.errors import ProtocolError
-from skypty.noise import HandshakeFramer, NoiseError, NoiseHandshake, frame_handshake
+from skypty.noise import HandshakeFramer, NoiseError, NoiseHandshake, frame_handshake, pump_handshake
 
 HANDSHAKE_TIMEOUT = 10.0
 
@@ -68,14 +68,10 @@ class NoiseProtocol(ProtocolWrapper):
             self._fail(e)
 
     def _handshake_data(self, data):
-        self._framer.feed(data)
-        while not self.handshake.complete:
-            message = self._framer.next_message()
-            if message is None:
-                return
-            self.handshake.read_message(message)
-            if not self.handshake.complete:
-                self.transport.write(frame_handshake(self.handshake.write_message()))
+        for reply in pump_handshake(self.handshake, self._framer, data):
+            self.transport.write(reply)
+        if not self.handshake.complete:
+            return
         # Whatever followed the last handshake message is already transport frames.
         rest = self._framer.take_rest()
         self._handshake_complete()

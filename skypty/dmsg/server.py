@@ -11,7 +11,7 @@ from twisted.internet import endpoints, protocol
 from twisted.logger import Logger
 
 from skypty.dmsg.disc import DiscoveryClient, EntryKeeper, server_entry
-from skypty.dmsg.session import DmsgError, DmsgSession, EnvelopeReader, object_hash, open_object
+from skypty.dmsg.session import DmsgError, DmsgSession, EnvelopeReader, object_hash
 from skypty.keys import InvalidKey
 from skypty.wire import types as T
 
@@ -37,11 +37,10 @@ class ServerStream(protocol.Protocol):
             self._early = getattr(self, "_early", b"") + data
             return
         try:
-            frame, rest = self._reader.feed(data)
-            if frame is None:
+            got = self._reader.take_object(data, self.session.cipher, T.StreamRequest)
+            if got is None:
                 return
-            signed = self.session.cipher.open(frame)
-            req, sig, raw = open_object(signed, T.StreamRequest)
+            req, signed, sig, raw, rest = got
             req.src_addr.pk.verify(raw, sig)
             if req.src_addr.pk != self.session.remote_pk:
                 raise DmsgError("request source is not the session's key")
@@ -95,11 +94,10 @@ class ForwardStream(protocol.Protocol):
             self.partner.transport.write(data)
             return
         try:
-            frame, rest = self._reader.feed(data)
-            if frame is None:
+            got = self._reader.take_object(data, self.origin.dst_session.cipher, T.StreamResponse)
+            if got is None:
                 return
-            signed = self.origin.dst_session.cipher.open(frame)
-            resp, sig, raw = open_object(signed, T.StreamResponse)
+            resp, signed, sig, raw, rest = got
             self.dst_pk.verify(raw, sig)
             if bytes(resp.req_hash) != object_hash(self.origin.signed):
                 raise DmsgError("response for another request")

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 from skypty.errors import ProtocolError
 from skypty.noise import (
-    MAX_PLAINTEXT, TAG, HandshakeFramer, NoiseError, NoiseHandshake, frame_handshake,
+    MAX_PLAINTEXT, TAG, HandshakeFramer, NoiseError, NoiseHandshake, frame_handshake, pump_handshake,
 )
 from skypty.wire import gob
 from skypty.wire.yamux import YamuxProtocol
@@ -103,6 +103,17 @@ class EnvelopeReader:
         self._buf = b""
         return frame, rest
 
+    def take_object(self, data, cipher, gotype):
+        """-> None until a whole envelope arrived, then
+        (value, signed object, signature, gob bytes, leftover); the caller
+        checks who signed it."""
+        frame, rest = self.feed(data)
+        if frame is None:
+            return None
+        signed = cipher.open(frame)
+        value, sig, raw = open_object(signed, gotype)
+        return value, signed, sig, raw, rest
+
 
 def nodelay(transport):
     """Small RPC messages must not wait for Nagle and delayed ACKs."""
@@ -148,14 +159,10 @@ class DmsgSession(protocol.Protocol):
             self.yamux.dataReceived(data)
             return
         try:
-            self._framer.feed(data)
-            while not self.handshake.complete:
-                message = self._framer.next_message()
-                if message is None:
-                    return
-                self.handshake.read_message(message)
-                if not self.handshake.complete:
-                    self.transport.write(frame_handshake(self.handshake.write_message()))
+            for reply in pump_handshake(self.handshake, self._framer, data):
+                self.transport.write(reply)
+            if not self.handshake.complete:
+                return
         except NoiseError as e:
             self.log.warn("dmsg session handshake failed: {err}", err=e)
             self.transport.abortConnection()

@@ -8,7 +8,7 @@ from twisted.internet import defer, interfaces, protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from skypty.dmsg.session import DmsgError, EnvelopeReader, object_hash, open_object, sign_object
+from skypty.dmsg.session import DmsgError, EnvelopeReader, object_hash, sign_object
 from skypty.keys import InvalidKey
 from skypty.noise import NoiseError, NoiseHandshake
 from skypty.wire import types as T
@@ -119,10 +119,10 @@ class DialStream(KKStream):
         if self.inner is not None:
             return self._frames(data)
         try:
-            frame, rest = self._reader.feed(data)
-            if frame is None:
+            got = self._reader.take_object(data, self.session.cipher, T.StreamResponse)
+            if got is None:
                 return
-            resp, sig, raw = open_object(self.session.cipher.open(frame), T.StreamResponse)
+            resp, _signed, sig, raw, rest = got
             self.dst_pk.verify(raw, sig)
             if bytes(resp.req_hash) != object_hash(self.signed):
                 raise DmsgError("stream response answers another request")
@@ -158,11 +158,10 @@ class AcceptStream(KKStream):
         if self.inner is not None:
             return self._frames(data)
         try:
-            frame, rest = self._reader.feed(data)
-            if frame is None:
+            got = self._reader.take_object(data, self.session.cipher, T.StreamRequest)
+            if got is None:
                 return
-            signed = self.session.cipher.open(frame)
-            req, sig, raw = open_object(signed, T.StreamRequest)
+            req, signed, sig, raw, rest = got
             req.src_addr.pk.verify(raw, sig)
             if req.dst_addr.pk != self.sk.public_key:
                 raise DmsgError("stream request for another key")
