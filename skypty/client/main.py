@@ -129,6 +129,10 @@ def build_parser():
     _cli_options(m)
     u = fs.add_parser("umount", help="unmount MOUNTPOINT")
     u.add_argument("mountpoint")
+    pp = fs.add_parser("pipe", help="relay the host's SFTP service on stdin/stdout "
+                                    "(for `sftp -D` and other SFTP clients)")
+    pp.add_argument("target", metavar="PK@HOST[:PORT]")
+    _identity_options(pp)
 
     p = verb("url", "Print the web terminal URL (with this host's access token).")
     p.add_argument("--visor", metavar="PK", help="a remote host to open through this one")

@@ -2,8 +2,8 @@
 (request-line URI -> service) each entry point offers.
 
     control socket: dmsgpty/pty, dmsgpty/whitelist, dmsgpty/proxy
-    Noise TCP:      dmsgpty/pty
-    dmsg:           dmsgpty/pty
+    Noise TCP:      dmsgpty/pty, dmsgpty/sftp
+    dmsg:           dmsgpty/pty, dmsgpty/sftp
 """
 
 from twisted.internet import defer
@@ -119,11 +119,17 @@ def routes_for(host, entry_point):
 
         return open_proxy(host, pk_hex, port)
 
+    def sftp(avatar, query, conn):
+        from skypty.host.sftp import make_sftp_protocol
+
+        return make_sftp_protocol(avatar, host.config.pty.sftp)
+
     routes = {requestline.PTY: pty}
     if entry_point == "cli":
         routes[requestline.WHITELIST] = whitelist
         routes[requestline.PROXY] = proxy
-    # dmsgpty/sftp is not served yet: its request line gets the reject byte.
+    elif host.config.pty.sftp.enabled:
+        routes[requestline.SFTP] = sftp
     return routes
 
 

@@ -1,0 +1,75 @@
+"""The host's SFTP service, driven by OpenSSH's own sftp client."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.hosts import Host, env
+
+SFTP = shutil.which("sftp")
+
+
+def run_sftp(host, batch, tmp_path):
+    if SFTP is None:
+        pytest.fail("OpenSSH's sftp client must be installed (scripts/install-test-deps does it)")
+    script = tmp_path / "batch"
+    script.write_text(batch)
+    pipe = f"{sys.executable} -m skypty.client.main fs pipe {host.target} -i {host.config_path}"
+    return subprocess.run([SFTP, "-b", str(script), "-D", pipe], capture_output=True, timeout=60, env=env(),
+                          cwd=str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sftp")
+    root = tmp / "shared"
+    root.mkdir()
+    (root / "hello.txt").write_text("hello from the host\n")
+    h = Host(tmp, "rw", extra={"sftp": {"root": str(root)}}).start()
+    ro = Host(tmp, "ro", extra={"sftp": {"root": str(root), "read_only": True}}).start()
+    yield h, ro, root
+    h.stop()
+    ro.stop()
+
+
+def test_openssh_sftp_client_file_operations(shared, tmp_path):
+    host, _, root = shared
+    big = os.urandom(3 * 1024 * 1024 + 17)
+    (tmp_path / "big.bin").write_bytes(big)
+    batch = ("ls /\nget /hello.txt got.txt\nput big.bin /up.bin\nmkdir /d\nrename /up.bin /d/moved.bin\n"
+             "chmod 600 /d/moved.bin\nsymlink /d/moved.bin /link\nrm /hello.txt\n")
+    r = run_sftp(host, batch, tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    assert (tmp_path / "got.txt").read_text() == "hello from the host\n"
+    assert (root / "d" / "moved.bin").read_bytes() == big
+    assert os.stat(root / "d" / "moved.bin").st_mode & 0o777 == 0o600
+    assert os.path.islink(root / "link")
+    assert not (root / "hello.txt").exists()
+
+
+def test_paths_cannot_leave_the_shared_root(shared, tmp_path):
+    host, _, root = shared
+    r = run_sftp(host, "get /../../../../etc/hostname escaped\n", tmp_path)
+    assert r.returncode != 0 and not (tmp_path / "escaped").exists()
+
+
+def test_read_only_share_refuses_changes(shared, tmp_path):
+    _, ro, root = shared
+    (tmp_path / "x").write_text("x")
+    r = run_sftp(ro, "put x /x\n", tmp_path)
+    assert r.returncode != 0 and b"ermission denied" in r.stderr
+    assert not (root / "x").exists()
+    r = run_sftp(ro, "ls /\n", tmp_path)
+    assert r.returncode == 0
+
+
+def test_strangers_get_no_sftp(shared, tmp_path):
+    host, _, _ = shared
+    from skypty.keys import generate_keypair
+
+    _, sk = generate_keypair()
+    r = host.client("fs", "pipe", host.target, "--sk", sk.hex(), input=b"")
+    assert r.returncode == 1 and b"not authorized" in r.stderr
