@@ -65,7 +65,27 @@ class Host:
         with open(self.config_path, "w") as f:
             json.dump(self.data, f)
 
-    def start(self):
+    def start(self, attempts=3):
+        """Start the host; if another process took one of our free ports first
+        (they are picked before the host binds them), pick new ones and retry."""
+        for attempt in range(attempts):
+            try:
+                return self._start()
+            except AssertionError as e:
+                if "Address already in use" not in str(e) or attempt == attempts - 1:
+                    raise
+                self.proc.wait()
+                self.tcp_port, self.web_port = free_port(), free_port()
+                self.data["pty"]["ssh_listen"] = f"127.0.0.1:{self.tcp_port}"
+                self.data["pty"]["web_listen"] = f"127.0.0.1:{self.web_port}"
+                if "embedded" in self.data["dmsg"]:
+                    self.discovery_port, self.server_port = free_port(), free_port()
+                    self.data["dmsg"]["discovery"] = f"http://127.0.0.1:{self.discovery_port}"
+                    self.data["dmsg"]["embedded"] = {"discovery_listen": f"127.0.0.1:{self.discovery_port}",
+                                                     "server_listen": f"127.0.0.1:{self.server_port}"}
+                self.write_config()
+
+    def _start(self):
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
              "--logfile", self.log_path, "skypty", "--config", self.config_path],

@@ -125,22 +125,38 @@ def interactive(opener, attach=None, command=None):
             if not sid:
                 _say("connection lost")
                 return 1
-            link = _reconnect(opener, sid)
+            link = _reattach(opener, sid, offset, stdin_fd if is_tty else sys.stdout.fileno())
             if link is None:
                 return 1
-            result = link.rpc.call("pty.AttachAt", T.AttachReq.cls(id=sid, offset=offset),
-                                   T.AttachReq, T.AttachResult)
-            if result.lost:
-                _say(f"{result.lost} bytes of output were lost while disconnected")
-            offset = result.offset
-            rows, cols = terminal_size(stdin_fd if is_tty else sys.stdout.fileno())
-            link.rpc.call("pty.SetPtySize", T.WinSize.cls(rows=rows, cols=cols), T.WinSize, T.EMPTY)
+            link, offset = link
     finally:
         if saved is not None:
             termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
         signal.signal(signal.SIGWINCH, old_handler)
         os.close(wake_r)
         os.close(wake_w)
+
+
+def _reattach(opener, sid, offset, size_fd):
+    """Reconnect and follow *sid* from *offset*; a link that drops again during
+    the reattach is just another drop.  -> (link, offset) or None."""
+    deadline = time.monotonic() + RECONNECT_GIVE_UP
+    while time.monotonic() < deadline:
+        link = _reconnect(opener, sid)
+        if link is None:
+            return None
+        try:
+            result = link.rpc.call("pty.AttachAt", T.AttachReq.cls(id=sid, offset=offset),
+                                   T.AttachReq, T.AttachResult)
+            rows, cols = terminal_size(size_fd)
+            link.rpc.call("pty.SetPtySize", T.WinSize.cls(rows=rows, cols=cols), T.WinSize, T.EMPTY)
+        except (TransportError, OSError):
+            link.channel.close()
+            continue
+        if result.lost:
+            _say(f"{result.lost} bytes of output were lost while disconnected")
+        return link, result.offset
+    return None
 
 
 def _reconnect(opener, sid):

@@ -154,7 +154,8 @@ class PtyAvatar:
             raise RPCFault(str(e)) from None
         self._bind(registry.get(session_id), follower)
         lost = max(0, follower.session.ring.start - follower.offset)
-        return follower.offset + lost, lost
+        follower.offset += lost  # reported here, so the first read does not report it again
+        return follower.offset, lost
 
     def _bind(self, session, follower):
         self._session, self._reader, self._proc = session, follower, session.process
