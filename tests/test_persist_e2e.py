@@ -56,7 +56,8 @@ def test_a_gap_larger_than_the_ring_is_reported(host, tmp_path):
               f"touch {done}; echo end-marker; sleep 5")
     proc = start_client(host, relay.path, ["sh", "-c", script], tmp_path / "out")
     try:
-        wait_for(lambda: relay.bytes_down > 0, what="the first output")
+        out_path = tmp_path / "out"
+        wait_for(lambda: b"start" in out_path.read_bytes(), what="the first output")
         relay.close_listener()
         relay.cut()
         wait_for(lambda: os.path.exists(done), what="the big output to be written while detached")
