@@ -179,6 +179,12 @@ def probe(network, sk_hex, target, path):
 
 def test_web_terminal_over_dmsg_port_80_is_gated_by_the_whitelist(net):
     network, a, b = net
-    assert probe(network, a.data["sk"], b.pk, "/pty").startswith("HTTP/1.0 200")  # b whitelists a
+    # The probe is a dmsg peer of its own (one key = one session on the server).
+    friend_pk, friend = generate_keypair()
+    assert b.client("whitelist-add", friend_pk.hex(), "--cliaddr", b.cli).returncode == 0
+    try:
+        assert probe(network, friend.hex(), b.pk, "/pty").startswith("HTTP/1.0 200")
+    finally:
+        b.client("whitelist-remove", friend_pk.hex(), "--cliaddr", b.cli)
     _, stranger = generate_keypair()
     assert probe(network, stranger.hex(), b.pk, "/pty").startswith("HTTP/1.0 403")
