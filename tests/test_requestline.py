@@ -26,8 +26,11 @@ def test_proxy_uri_round_trip():
     pk = V["keys"]["client_A"]["pk"]
     uri = proxy_uri(pk, 22)
     path, query = parse_uri(uri)
-    assert path == "dmsgpty/proxy" and parse_proxy_query(query) == (pk, 22)
-    for bad in ({"pk": "zz", "port": "22"}, {"pk": pk, "port": "0"}, {"pk": pk}):
+    assert path == "dmsgpty/proxy" and parse_proxy_query(query) == (pk, 22, "dmsgpty/pty")
+    path, query = parse_uri(proxy_uri(pk, 22, service="sftp"))
+    assert parse_proxy_query(query) == (pk, 22, "dmsgpty/sftp")
+    for bad in ({"pk": "zz", "port": "22"}, {"pk": pk, "port": "0"}, {"pk": pk},
+                {"pk": pk, "port": "22", "service": "whitelist"}):
         with pytest.raises(RequestLineError):
             parse_proxy_query(bad)
 

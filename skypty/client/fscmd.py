@@ -1,16 +1,18 @@
 """`skypty-client fs`: the host's files over SFTP.
 
+``fs mount`` mounts them with FUSE (``skypty.fs``); ``fs umount`` undoes it.
 ``fs pipe PK@HOST[:PORT]`` relays the host's ``dmsgpty/sftp`` service on
 stdin/stdout, so any SFTP client can use it, e.g.
-``sftp -D "skypty-client fs pipe PK@HOST:2022"``.  ``fs mount``/``umount``
-(the FUSE client) are not available in this version yet.
+``sftp -D "skypty-client fs pipe PK@HOST:2022"``.
 """
 
 import os
 import select
 import sys
 
-from skypty.client.commands import DEFAULT_TCP_PORT, fail, guarded, open_direct, parse_target
+from skypty.client.commands import DEFAULT_TCP_PORT, fail, guarded, open_direct, parse_pk, parse_target
+from skypty.client.identity import control_socket, resolve_secret_key
+from skypty.errors import SkyptyError
 from skypty.wire import requestline
 
 
@@ -18,11 +20,86 @@ from skypty.wire import requestline
 def cmd_fs(args, parser):
     if args.fs_verb == "pipe":
         return pipe(args)
-    if args.fs_verb in ("mount", "umount"):
-        return fail("fs mount/umount is not available in this version yet; "
-                    "use `sftp -D \"skypty-client fs pipe PK@HOST:PORT\"` meanwhile")
+    if args.fs_verb == "mount":
+        return mount(args)
+    if args.fs_verb == "umount":
+        return umount(args)
     parser.parse_args(["fs", "--help"])
     return 1
+
+
+def _duration(text, option):
+    from skypty.config import ConfigError, parse_duration
+
+    try:
+        return parse_duration(text, option)
+    except ConfigError as e:
+        raise SkyptyError(str(e)) from None
+
+
+def mount(args):
+    import shlex
+
+    from skypty.fs.mount import Mount, MountError, check_mountpoint, run_mount
+
+    if args.sftp_command:
+        if len(args.where) != 1:
+            return fail("with --sftp-command, give only the MOUNTPOINT")
+        (mountpoint,) = args.where
+        argv = shlex.split(args.sftp_command)
+        if not argv:
+            return fail("--sftp-command is empty")
+        name = os.path.basename(argv[0])
+    else:
+        if len(args.where) != 2:
+            return fail("usage: skypty-client fs mount PK[@HOST[:PORT]] MOUNTPOINT")
+        target, mountpoint = args.where
+        name = target
+    try:
+        import llfuse  # noqa: F401  # fail early and clearly without it
+    except ImportError:
+        return fail("fs mount needs the llfuse Python package (pip install llfuse; "
+                    "it builds against libfuse-dev and pkg-config)")
+    try:
+        check_mountpoint(mountpoint)
+    except MountError as e:
+        return fail(str(e))
+    timeout = _duration(args.timeout, "--timeout")
+    if args.sftp_command:
+        from skypty.fs.link import command_connector
+
+        env = dict(os.environ)
+        connect = lambda reactor: command_connector(reactor, argv, env)  # noqa: E731
+    elif "@" in target:
+        from skypty.fs.link import noise_tcp_connector
+
+        pk, host, port = parse_target(target, DEFAULT_TCP_PORT)
+        sk = resolve_secret_key(args)
+        connect = lambda reactor: noise_tcp_connector(reactor, host, port, sk, pk, timeout)  # noqa: E731
+    else:
+        from skypty.fs.link import control_socket_connector
+
+        pk = parse_pk(target, "host key")
+        network, address = control_socket(args)
+        connect = lambda reactor: control_socket_connector(  # noqa: E731
+            reactor, network, address, pk, args.port, timeout)
+    root = args.remote_root.encode("utf-8", "surrogateescape")
+    if len(root) > 1:
+        root = root.rstrip(b"/")
+    job = Mount(connect, mountpoint, name, remote_root=root, read_only=args.ro,
+                attr_ttl=_duration(args.attr_ttl, "--attr-ttl"), entry_ttl=_duration(args.entry_ttl, "--entry-ttl"),
+                timeout=timeout)
+    return run_mount(job, args.foreground, args.log)
+
+
+def umount(args):
+    from skypty.fs.mount import MountError, umount as unmount
+
+    try:
+        unmount(args.mountpoint)
+    except MountError as e:
+        return fail(str(e))
+    return 0
 
 
 def pipe(args):

@@ -116,18 +116,41 @@ def build_parser():
         _cli_options(p)
 
     p = verb("fs", "Mount a remote host's filesystem over SFTP (FUSE), or unmount it.")
-    fs = p.add_subparsers(dest="fs_verb", metavar="mount|umount")
-    m = fs.add_parser("mount", help="mount PK[@HOST:PORT] at MOUNTPOINT")
-    m.add_argument("target", metavar="PK[@HOST:PORT]")
-    m.add_argument("mountpoint")
-    m.add_argument("--ro", action="store_true", help="read-only")
-    m.add_argument("--remote-root", default="/", metavar="DIR")
-    m.add_argument("--attr-ttl", default="1s", metavar="DURATION")
-    m.add_argument("--entry-ttl", default="1s", metavar="DURATION")
-    m.add_argument("--foreground", action="store_true", help="stay in the foreground")
+    fs = p.add_subparsers(dest="fs_verb", metavar="mount|umount|pipe")
+    m = fs.add_parser(
+        "mount", help="mount a host's files at MOUNTPOINT",
+        usage="skypty-client fs mount [options] PK[@HOST[:PORT]] MOUNTPOINT\n"
+              "       skypty-client fs mount [options] --sftp-command CMD MOUNTPOINT",
+        description="Mount a whitelisted host's files (its dmsgpty/sftp service) with FUSE. "
+                    "PK@HOST[:PORT] connects straight to the host's Noise TCP port (its ssh_listen, "
+                    "default port 2022); a bare PK goes through the local host's control socket "
+                    "and the dmsg overlay. Returns once the mount is ready and keeps serving it in "
+                    "the background (--foreground to stay). Unmount with `skypty-client fs umount "
+                    "MOUNTPOINT`. A dropped link makes file operations fail with EIO (not hang); "
+                    "the mount reconnects by itself on the next operation.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("where", nargs="+", metavar="PK[@HOST[:PORT]] MOUNTPOINT")
+    m.add_argument("--ro", action="store_true", help="mount read-only")
+    m.add_argument("--remote-root", default="/", metavar="DIR",
+                   help="directory on the host to mount (default /, i.e. the host's sftp root)")
+    m.add_argument("--attr-ttl", default="1s", metavar="DURATION",
+                   help="how long the kernel may cache file attributes (default 1s; 0 = ask every time)")
+    m.add_argument("--entry-ttl", default="1s", metavar="DURATION",
+                   help="how long the kernel may cache name lookups (default 1s)")
+    m.add_argument("--timeout", default="15s", metavar="DURATION",
+                   help="a request unanswered this long fails with EIO and drops the link (default 15s)")
+    m.add_argument("--port", type=int, default=22, metavar="N",
+                   help="the host's dmsg port, for a bare PK (default 22)")
+    m.add_argument("--sftp-command", metavar="CMD",
+                   help="instead of a host, run CMD and speak SFTP on its stdin/stdout "
+                        "(e.g. /usr/lib/openssh/sftp-server, or 'ssh HOST -s sftp')")
+    m.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground, log to stderr")
+    m.add_argument("--log", metavar="FILE", help="in the background, append the log to FILE")
     _identity_options(m)
     _cli_options(m)
-    u = fs.add_parser("umount", help="unmount MOUNTPOINT")
+    u = fs.add_parser("umount", help="unmount MOUNTPOINT",
+                      description="Unmount a skypty mount; its background process exits. Fails "
+                                  "(exit 1) while a process still uses the mount.")
     u.add_argument("mountpoint")
     pp = fs.add_parser("pipe", help="relay the host's SFTP service on stdin/stdout "
                                     "(for `sftp -D` and other SFTP clients)")

@@ -152,25 +152,26 @@ class DmsgClientService(service.Service):
 
     # -- the pty service of a remote host --
     @defer.inlineCallbacks
-    def proxy_pty(self, pk_hex, port):
-        """For ``dmsgpty/proxy``: a protocol relaying the caller to pk's pty service."""
+    def proxy_service(self, pk_hex, port, uri=requestline.PTY):
+        """For ``dmsgpty/proxy``: a protocol relaying the caller to one of
+        pk's services (its pty service, or skypty's sftp)."""
         from skypty.keys import PublicKey
 
         pk = PublicKey.from_hex(pk_hex)
-        remote = yield self._request_pty(pk, port)
+        remote = yield self._request(pk, port, uri)
         return Relay(remote)
 
     @defer.inlineCallbacks
     def remote_pty(self, pk, port):
         from skypty.host.proxy import RemotePtyAvatar
 
-        remote = yield self._request_pty(pk, port)
+        remote = yield self._request(pk, port)
         return RemotePtyAvatar(remote)
 
     @defer.inlineCallbacks
-    def _request_pty(self, pk, port):
-        """Dial pk:port (through the dmsg client endpoint) and ask for its pty service."""
-        remote = RequestedService(requestline.PTY)
+    def _request(self, pk, port, uri=requestline.PTY):
+        """Dial pk:port (through the dmsg client endpoint) and ask for a service."""
+        remote = RequestedService(uri)
         yield DmsgClientEndpoint(self, pk, port).connect(protocol.Factory.forProtocol(lambda: remote))
         yield remote.accepted
         return remote

@@ -112,12 +112,12 @@ def routes_for(host, entry_point):
 
     def proxy(avatar, query, conn):
         try:
-            pk_hex, port = requestline.parse_proxy_query(query)
+            pk_hex, port, uri = requestline.parse_proxy_query(query)
         except requestline.RequestLineError:
             raise BareClose() from None
         from skypty.host.proxy import open_proxy
 
-        return open_proxy(host, pk_hex, port)
+        return open_proxy(host, pk_hex, port, uri)
 
     def sftp(avatar, query, conn):
         from skypty.host.sftp import make_sftp_protocol

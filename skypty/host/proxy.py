@@ -23,12 +23,12 @@ def _dmsg(host, pk_hex):
     return host.dmsg
 
 
-def open_proxy(host, pk_hex, port):
+def open_proxy(host, pk_hex, port, uri):
     try:
         dmsg = _dmsg(host, pk_hex)
     except RemoteUnavailable:
         raise BareClose() from None
-    return dmsg.proxy_pty(pk_hex, port)
+    return dmsg.proxy_service(pk_hex, port, uri)
 
 
 class RemotePty:

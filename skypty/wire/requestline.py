@@ -81,15 +81,24 @@ def match(path, patterns):
     return None
 
 
-def proxy_uri(pk_hex, port):
-    return f"{PROXY}?pk={pk_hex}&port={int(port)}"
+# What a proxy may relay: the reference relays only the pty service; skypty
+# adds ``&service=sftp`` (a reference host ignores it and relays a pty).
+PROXY_SERVICES = {"pty": PTY, "sftp": SFTP}
+
+
+def proxy_uri(pk_hex, port, service="pty"):
+    uri = f"{PROXY}?pk={pk_hex}&port={int(port)}"
+    return uri if service == "pty" else f"{uri}&service={service}"
 
 
 def parse_proxy_query(query):
-    """-> (pk hex, port), or RequestLineError."""
+    """-> (pk hex, port, service URI), or RequestLineError."""
     pk, port = query.get("pk", ""), query.get("port", "")
     if not re.fullmatch(r"[0-9a-fA-F]{66}", pk):
         raise RequestLineError("proxy: pk must be 66 hex characters")
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise RequestLineError("proxy: port must be 1..65535")
-    return pk.lower(), int(port)
+    service = query.get("service", "pty")
+    if service not in PROXY_SERVICES:
+        raise RequestLineError(f"proxy: unknown service {service!r} (pty or sftp)")
+    return pk.lower(), int(port), PROXY_SERVICES[service]

@@ -1,0 +1,178 @@
+"""An open remote file: read-ahead and write-behind, so that throughput is
+not one round trip per request.
+
+Reads are served from a grid of 64 KiB chunks; a sequential reader gets the
+next ``READ_AHEAD`` chunks requested before it asks.  Writes are sent at
+once and acknowledged to the kernel without waiting, up to ``WRITE_WINDOW``
+bytes in flight; the first failure is kept and reported by the next write,
+flush (close) or fsync, as sshfs does, so no error is lost.
+
+Runs in the reactor thread; every method returns a Deferred.
+"""
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+CHUNK = 64 * 1024
+READ_AHEAD = 16  # chunks (1 MiB) ahead of a sequential reader
+WRITE_WINDOW = 8 * 1024 * 1024
+WRITE_PIECE = 128 * 1024  # OpenSSH takes packets up to 256 KiB
+
+
+class Shared:
+    """One Deferred result that many readers may wait on."""
+
+    def __init__(self, d):
+        self.done, self.result, self._waiters = False, None, []
+        d.addBoth(self._fire)
+
+    def _fire(self, result):
+        self.done, self.result = True, result
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            (w.errback if isinstance(result, Failure) else w.callback)(result)
+        return None  # the failure, if any, is handed to every waiter
+
+    def wait(self):
+        if self.done:
+            return defer.fail(self.result) if isinstance(self.result, Failure) else defer.succeed(self.result)
+        w = defer.Deferred()
+        self._waiters.append(w)
+        return w
+
+
+class RemoteFile:
+    def __init__(self, fs, path, pflags, handle, generation):
+        self.fs, self.path = fs, path
+        self.pflags = pflags  # to reopen after a reconnect (without CREAT/TRUNC/EXCL)
+        self._handle, self._generation = handle, generation
+        self._chunks = {}  # chunk index -> Shared(bytes)
+        self._eof_chunk = None
+        self._next_read = 0
+        self._writes = set()
+        self._in_flight = 0
+        self._window_waiters = []
+        self._error = None
+        self._closed = False
+
+    # -- the SFTP handle, reopened after the link came back ------------------------
+
+    @defer.inlineCallbacks
+    def handle(self):
+        link = self.fs.link
+        if self._generation == link.generation and link.connected:
+            return self._handle
+        from twisted.conch.ssh import filetransfer as fx
+
+        flags = self.pflags & ~(fx.FXF_CREAT | fx.FXF_TRUNC | fx.FXF_EXCL)
+        self._handle, self._generation = yield self.fs.open(self.path, flags)
+        return self._handle
+
+    def _on_handle(self, request):
+        """``request(handle) -> Deferred`` through the link's deadline."""
+        return self.handle().addCallback(lambda h: self.fs.link.call(lambda _client: request(h)))
+
+    # -- reads ------------------------------------------------------------------------
+
+    def read(self, offset, size):
+        if size <= 0:
+            return defer.succeed(b"")
+        first, last = offset // CHUNK, (offset + size - 1) // CHUNK
+        sequential = offset == self._next_read
+        self._next_read = offset + size
+        ahead = READ_AHEAD if sequential else 0
+        for index in [i for i in self._chunks if i < first or i > last + READ_AHEAD]:
+            del self._chunks[index]
+        for index in range(first, last + 1 + ahead):
+            if self._eof_chunk is not None and index > self._eof_chunk:
+                break
+            known = self._chunks.get(index)
+            if known is None or (known.done and isinstance(known.result, Failure)):
+                self._chunks[index] = Shared(self._fetch(index))  # failures are not cached
+        wanted = [self._chunks[i].wait() if i in self._chunks else defer.succeed(b"")
+                  for i in range(first, last + 1)]
+        d = defer.gatherResults(wanted, consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure)  # the first failure itself
+        start = offset - first * CHUNK
+        return d.addCallback(lambda parts: b"".join(parts)[start:start + size])
+
+    @defer.inlineCallbacks
+    def _fetch(self, index):
+        """Chunk *index*, whole unless the file ends in it (servers may
+        answer short reads; ask again for the rest)."""
+        start, data = index * CHUNK, b""
+        try:
+            while len(data) < CHUNK:
+                piece = yield self._on_handle(lambda h: h.readChunk(start + len(data), CHUNK - len(data)))
+                if not piece:
+                    break
+                data += piece
+        except EOFError:
+            self._eof_chunk = index if self._eof_chunk is None else min(self._eof_chunk, index)
+        return data
+
+    def _forget_reads(self):
+        self._chunks.clear()
+        self._eof_chunk = None
+
+    # -- writes -----------------------------------------------------------------------
+
+    def write(self, offset, data):
+        if self._error is not None:
+            return self._report()
+        self._forget_reads()
+        for at in range(0, len(data), WRITE_PIECE):
+            self._send(offset + at, bytes(data[at:at + WRITE_PIECE]))
+        if self._in_flight <= WRITE_WINDOW:
+            return defer.succeed(len(data))
+        w = defer.Deferred()
+        self._window_waiters.append(w)
+        return w.addCallback(lambda _: len(data))
+
+    def _send(self, offset, piece):
+        self._in_flight += len(piece)
+        d = self._on_handle(lambda h: h.writeChunk(offset, piece))
+        self._writes.add(d)
+
+        def done(result):
+            self._writes.discard(d)
+            self._in_flight -= len(piece)
+            if isinstance(result, Failure) and self._error is None:
+                self._error = result
+            if self._in_flight <= WRITE_WINDOW // 2 or self._error is not None:
+                waiters, self._window_waiters = self._window_waiters, []
+                for w in waiters:
+                    w.callback(None)
+            return None
+        d.addBoth(done)
+
+    def _report(self):
+        error, self._error = self._error, None
+        return defer.fail(error)
+
+    @defer.inlineCallbacks
+    def flush(self):
+        """Every write so far has landed (or its error is raised, once)."""
+        while self._writes:
+            yield defer.DeferredList(list(self._writes))
+        if self._error is not None:
+            yield self._report()
+
+    def truncated(self):
+        self._forget_reads()
+
+    @defer.inlineCallbacks
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            yield self.flush()
+        finally:
+            link = self.fs.link
+            if self._generation == link.generation and link.connected:
+                yield self._handle.close().addErrback(lambda _: None)
+
+    @property
+    def pending_writes(self):
+        return bool(self._writes)

@@ -1,0 +1,391 @@
+"""The mount's SFTP session: twisted.conch's FileTransferClient over a
+skypty stream (Noise TCP, the local host's dmsg proxy, or a local command
+such as OpenSSH's ``sftp-server``).
+
+``SFTPLink`` connects lazily, reconnects after a drop and puts a deadline on
+every request: a dead link makes requests fail (EIO at the mount) instead
+of hanging, and the next request after the link returns starts a fresh
+session.  ``RemoteFS`` is the file system API the FUSE layer calls; every
+method returns a Deferred and runs in the reactor thread.
+"""
+
+import errno
+import shutil
+import struct
+
+from twisted.conch.ssh import filetransfer as fx
+from twisted.conch.ssh.common import NS
+from twisted.internet import defer, error, protocol
+from twisted.internet.endpoints import HostnameEndpoint, ProcessEndpoint, UNIXClientEndpoint
+from twisted.logger import Logger
+
+from skypty.fs.errors import LinkDown, is_generic_failure
+from skypty.wire import requestline
+
+log = Logger()
+
+# Replies are at most one read (we ask for <= 64 KiB) or one directory
+# page; OpenSSH caps packets at 256 KiB.  A server sending more is hostile.
+MAX_REPLY_PACKET = 1024 * 1024
+
+
+class SFTPClientProtocol(fx.FileTransferClient):
+    """conch's SFTP client; ``ready`` fires with itself once the server's
+    VERSION (and its extensions) arrived, ``lost`` when the stream ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.ready = defer.Deferred()
+        self.lost = defer.Deferred()
+        self.extensions = {}
+
+    def gotServerVersion(self, serverVersion, extData):
+        self.extensions = extData
+        if not self.ready.called:
+            self.ready.callback(self)
+
+    def dataReceived(self, data):
+        super().dataReceived(data)
+        if len(self.buf) >= 4 and struct.unpack("!L", self.buf[:4])[0] > MAX_REPLY_PACKET:
+            log.warn("SFTP reply over {limit} bytes; dropping the session", limit=MAX_REPLY_PACKET)
+            self.buf = b""
+            abort(self.transport)
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        super().connectionLost(reason)
+        if not self.ready.called:
+            self.ready.errback(LinkDown("the host ended the SFTP session before it started "
+                                        "(is SFTP enabled there? a non-skypty host cannot relay it)"))
+        if not self.lost.called:
+            self.lost.callback(None)
+
+    def fsetstat(self, handle, attrs):
+        # conch's ClientFile.setAttrs sends FSTAT by mistake; this is FSETSTAT.
+        return self._sendRequest(fx.FXP_FSETSTAT, handle + self._packAttributes(attrs))
+
+
+class ServiceGate(protocol.Protocol):
+    """Sends a request line; once the host accepts, the stream belongs to
+    *inner* (``accepted`` fires), else ``accepted`` fails with the reason."""
+
+    def __init__(self, uri, inner):
+        self.uri, self.inner = uri, inner
+        self.accepted = defer.Deferred()
+        self._open = False
+
+    def connectionMade(self):
+        self.transport.write(requestline.encode_request(self.uri))
+
+    def dataReceived(self, data):
+        if self._open:
+            self.inner.dataReceived(data)
+            return
+        if not data:
+            return
+        if data[:1] != requestline.ACCEPT:
+            self.transport.loseConnection()
+            self.accepted.errback(LinkDown("not authorized: the host rejected the request"))
+            return
+        self._open = True
+        self.inner.makeConnection(self.transport)
+        self.accepted.callback(None)
+        if data[1:]:
+            self.inner.dataReceived(data[1:])
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        if self._open:
+            self.inner.connectionLost(reason)
+        elif not self.accepted.called:
+            self.accepted.errback(LinkDown("not authorized: the host closed the connection "
+                                           "(this key is not on its whitelist, or it serves no SFTP)"))
+
+
+def abort(transport):
+    """Drop a stream now, whatever it is wrapped in (Noise wraps TCP)."""
+    while transport is not None and not hasattr(transport, "abortConnection"):
+        inner = getattr(transport, "transport", None)
+        if inner is None:
+            transport.loseConnection()
+            return
+        transport = inner
+    if transport is not None:
+        transport.abortConnection()
+
+
+# -- ways to reach an SFTP server ---------------------------------------------------
+
+def noise_tcp_connector(reactor, host, port, local_sk, remote_pk, timeout):
+    """A direct Noise XK connection to ``host:port`` (the host's ssh_listen)."""
+    from skypty.noiseproto import connect_noise_xk
+
+    def connect():
+        sftp = SFTPClientProtocol()
+        gate = ServiceGate(requestline.SFTP, sftp)
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+        d = connect_noise_xk(endpoint, local_sk, remote_pk,
+                             protocol.Factory.forProtocol(lambda: gate), reactor=reactor)
+        d.addCallback(lambda _: gate.accepted)
+        d.addCallback(lambda _: sftp.ready)
+        return d
+    return connect
+
+
+def control_socket_connector(reactor, network, address, remote_pk, port, timeout):
+    """Through the local host, which dials the peer over dmsg
+    (``dmsgpty/proxy?...&service=sftp``)."""
+    uri = requestline.proxy_uri(remote_pk.hex(), port, service="sftp")
+
+    def connect():
+        sftp = SFTPClientProtocol()
+        gate = ServiceGate(uri, sftp)
+        if network == "unix":
+            endpoint = UNIXClientEndpoint(reactor, address, timeout=timeout)
+        else:
+            host, _, tcp_port = address.rpartition(":")
+            endpoint = HostnameEndpoint(reactor, host.strip("[]") or "127.0.0.1", int(tcp_port),
+                                        timeout=timeout)
+        d = endpoint.connect(protocol.Factory.forProtocol(lambda: gate))
+        d.addCallback(lambda _: gate.accepted)
+        d.addCallback(lambda _: sftp.ready)
+        return d
+    return connect
+
+
+def command_connector(reactor, argv, env):
+    """A local command speaking SFTP on its stdin/stdout (OpenSSH's
+    sftp-server, or ``ssh host -s sftp``), like sshfs's passive mode."""
+    executable = shutil.which(argv[0])
+    if executable is None:
+        raise LinkDown(f"{argv[0]}: command not found")
+
+    def connect():
+        sftp = SFTPClientProtocol()
+        d = ProcessEndpoint(reactor, executable, argv, env=env).connect(
+            protocol.Factory.forProtocol(lambda: sftp))
+        d.addCallback(lambda _: sftp.ready)
+        return d
+    return connect
+
+
+def describe(failure):
+    err = failure.value
+    if isinstance(err, LinkDown):
+        return str(err)
+    if isinstance(err, (defer.TimeoutError, error.TimeoutError, defer.CancelledError)):
+        return "the host did not answer in time"
+    if isinstance(err, error.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(err, (error.ConnectError, OSError)):
+        return str(err).strip() or err.__class__.__name__
+    return f"{err.__class__.__name__}: {err}"
+
+
+class SFTPLink:
+    """One SFTP session at a time, made on demand.
+
+    After a failed attempt, requests fail at once for *retry_after* seconds
+    (a down host answers EIO quickly instead of stalling every syscall).
+    """
+
+    def __init__(self, reactor, connect, timeout=15.0, retry_after=1.0):
+        self.reactor, self._connect = reactor, connect
+        self.timeout, self.retry_after = timeout, retry_after
+        self.generation = 0  # bumped per session: SFTP handles die with theirs
+        self.extensions = {}
+        self.last_error = None
+        self._client = None
+        self._waiters = None
+        self._down_until = 0.0
+        self._closed = False
+
+    @property
+    def connected(self):
+        return self._client is not None and self._client.connected
+
+    def session(self):
+        if self._closed:
+            return defer.fail(LinkDown("unmounting"))
+        if self.connected:
+            return defer.succeed(self._client)
+        if self._waiters is None:
+            if self.reactor.seconds() < self._down_until:
+                return defer.fail(LinkDown(self.last_error or "the host is unreachable"))
+            self._waiters = []
+            d = defer.maybeDeferred(self._connect)
+            d.addTimeout(self.timeout, self.reactor)
+            d.addCallbacks(self._up, self._down)
+        waiter = defer.Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def _up(self, client):
+        self._client = client
+        self.generation += 1
+        self.extensions = client.extensions
+        if self.generation > 1:
+            log.info("SFTP session re-established")
+        client.lost.addCallback(lambda _: self._lost(client))
+        waiters, self._waiters = self._waiters, None
+        for w in waiters:
+            w.callback(client)
+
+    def _down(self, failure):
+        self.last_error = describe(failure)
+        self._down_until = self.reactor.seconds() + self.retry_after
+        log.warn("cannot reach the host: {why}", why=self.last_error)
+        waiters, self._waiters = self._waiters, None
+        for w in waiters:
+            w.errback(LinkDown(self.last_error))
+
+    def _lost(self, client):
+        if self._client is client:
+            self._client = None
+            if not self._closed:
+                log.warn("SFTP session lost; reconnecting on the next request")
+
+    def call(self, request):
+        """``request(client) -> Deferred`` on the current session, with the
+        link's deadline; a missed deadline drops the session."""
+        def run(client):
+            d = request(client)
+            d.addTimeout(self.timeout, self.reactor)
+            d.addErrback(self._request_failed, client)
+            return d
+        return self.session().addCallback(run)
+
+    def _request_failed(self, failure, client):
+        if failure.check(defer.TimeoutError, defer.CancelledError):
+            self.last_error = f"no answer from the host in {self.timeout:g}s"
+            if self._client is client:
+                abort(client.transport)
+            raise LinkDown(self.last_error)
+        if failure.check(error.ConnectionLost, error.ConnectionDone):
+            raise LinkDown("the link to the host dropped")
+        return failure
+
+    def close(self):
+        self._closed = True
+        if self.connected:
+            self._client.transport.loseConnection()
+
+
+class RemoteFS:
+    """Path-level operations on the host (paths are bytes, absolute)."""
+
+    def __init__(self, link):
+        self.link = link
+
+    def lstat(self, path):
+        return self.link.call(lambda c: c.getAttrs(path, 0))
+
+    def setstat(self, path, attrs):
+        return self.link.call(lambda c: c.setAttrs(path, attrs))
+
+    @defer.inlineCallbacks
+    def listdir(self, path):
+        """-> [(name, attrs)] without '.' and '..'."""
+        directory = yield self.link.call(lambda c: c.openDirectory(path))
+        entries = []
+        try:
+            while True:
+                try:
+                    page = yield self.link.call(lambda c: directory.read())
+                except EOFError:
+                    break
+                entries.extend((name, attrs) for name, _, attrs in page if name not in (b".", b".."))
+        finally:
+            if self.link.connected:
+                directory.close().addErrback(lambda _: None)
+        return entries
+
+    def open(self, path, pflags, attrs=None):
+        """-> Deferred[(ClientFile, the generation of the session it lives in)]."""
+        d = self.link.call(lambda c: c.openFile(path, pflags, dict(attrs or {})))
+        return d.addCallback(lambda handle: (handle, self.link.generation))
+
+    @defer.inlineCallbacks
+    def _explain(self, failure, path, decide):
+        """OpenSSH answers a bare FX_FAILURE; look at *path* to name the errno."""
+        if not is_generic_failure(failure.value):
+            return failure
+        try:
+            attrs = yield self.lstat(path)
+        except Exception:
+            attrs = None
+        code = decide(attrs)
+        if code is None:
+            return failure
+        raise OSError(code, errno.errorcode.get(code, "error"), path)
+
+    def mkdir(self, path, mode):
+        d = self.link.call(lambda c: c.makeDirectory(path, {"permissions": mode}))
+        return d.addErrback(self._explain, path, lambda a: errno.EEXIST if a is not None else errno.EIO)
+
+    def rmdir(self, path):
+        @defer.inlineCallbacks
+        def explain(failure):
+            if not is_generic_failure(failure.value):
+                return failure
+            try:
+                attrs = yield self.lstat(path)
+            except Exception:
+                return failure
+            if not _is_dir(attrs):
+                raise OSError(errno.ENOTDIR, "Not a directory", path)
+            if (yield self.listdir(path)):
+                raise OSError(errno.ENOTEMPTY, "Directory not empty", path)
+            return failure
+        return self.link.call(lambda c: c.removeDirectory(path)).addErrback(explain)
+
+    def remove(self, path):
+        d = self.link.call(lambda c: c.removeFile(path))
+        return d.addErrback(self._explain, path, lambda a: errno.EISDIR if a is not None and _is_dir(a)
+                            else errno.EPERM)
+
+    @defer.inlineCallbacks
+    def rename(self, old, new):
+        """POSIX rename (replaces *new*), with OpenSSH's extension when the
+        server has it; otherwise SFTP's rename, clearing the target first."""
+        if b"posix-rename@openssh.com" in self.link.extensions:
+            yield self.link.call(lambda c: c.extendedRequest(b"posix-rename@openssh.com", NS(old) + NS(new)))
+            return
+        try:
+            yield self.link.call(lambda c: c.renameFile(old, new))
+        except fx.SFTPError as e:
+            if not (e.code == fx.FX_FAILURE or e.code == fx.FX_FILE_ALREADY_EXISTS):
+                raise
+            target = yield self.lstat(new)  # ENOENT here: the failure was something else
+            yield (self.rmdir(new) if _is_dir(target) else self.remove(new))
+            yield self.link.call(lambda c: c.renameFile(old, new))
+
+    def symlink(self, target, path):
+        # OpenSSH's order: the target first (conch's client sends its first
+        # argument first).
+        return self.link.call(lambda c: c.makeLink(target, path))
+
+    def readlink(self, path):
+        d = self.link.call(lambda c: c._sendRequest(fx.FXP_READLINK, NS(path)))
+        return d.addCallback(lambda names: names[0][0])
+
+    def hardlink(self, old, new):
+        if b"hardlink@openssh.com" not in self.link.extensions:
+            return defer.fail(OSError(errno.ENOTSUP, "the server has no hard links", new))
+        return self.link.call(lambda c: c.extendedRequest(b"hardlink@openssh.com", NS(old) + NS(new)))
+
+    @defer.inlineCallbacks
+    def statvfs(self, path):
+        """-> dict of statvfs fields, or None when the server cannot tell."""
+        if b"statvfs@openssh.com" not in self.link.extensions:
+            return None
+        data = yield self.link.call(lambda c: c.extendedRequest(b"statvfs@openssh.com", NS(path)))
+        if len(data) < 88:
+            return None
+        names = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
+                 "f_favail", "f_fsid", "f_flag", "f_namemax")
+        return dict(zip(names, struct.unpack(">11Q", data[:88])))
+
+
+def _is_dir(attrs):
+    import stat
+
+    return stat.S_ISDIR(attrs.get("permissions", 0))

@@ -1,0 +1,328 @@
+"""llfuse's callbacks, answered from the host over SFTP.
+
+llfuse calls these in its worker threads holding ``llfuse.lock``; each
+remote call releases the lock and blocks on the reactor thread
+(``blockingCallFromThread``), so several kernel requests are in flight at
+once.  The inode table and the attribute cache are only touched with the
+lock held.
+"""
+
+import errno
+import itertools
+import os
+import stat
+import time
+import zlib
+
+import llfuse
+from twisted.conch.ssh import filetransfer as fx
+from twisted.internet.threads import blockingCallFromThread
+
+from skypty.fs.errors import errno_for
+from skypty.fs.files import RemoteFile
+from skypty.fs.inodes import InodeTable, StaleInode
+
+
+def sftp_open_flags(flags):
+    access = flags & os.O_ACCMODE
+    pflags = {os.O_RDONLY: fx.FXF_READ, os.O_WRONLY: fx.FXF_WRITE}.get(access, fx.FXF_READ | fx.FXF_WRITE)
+    if flags & os.O_APPEND:
+        pflags |= fx.FXF_APPEND
+    if flags & os.O_CREAT:
+        pflags |= fx.FXF_CREAT
+    if flags & os.O_TRUNC:
+        pflags |= fx.FXF_TRUNC
+    if flags & os.O_EXCL:
+        pflags |= fx.FXF_EXCL
+    return pflags
+
+
+def _writes(flags):
+    return flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_CREAT | os.O_APPEND)
+
+
+class SFTPOperations(llfuse.Operations):
+    def __init__(self, reactor, fs, root_path=b"/", read_only=False, attr_ttl=1.0, entry_ttl=1.0):
+        super().__init__()
+        self.reactor, self.fs = reactor, fs
+        self.read_only = read_only
+        self.attr_ttl, self.entry_ttl = attr_ttl, entry_ttl
+        self.inodes = InodeTable(root_path)
+        self._attrs = {}  # path -> (sftp attrs, expiry): lookups after a readdir cost nothing
+        self._files = {}  # fh -> RemoteFile
+        self._open_by_inode = {}  # inode -> {RemoteFile}
+        self._dirs = {}  # fh -> [(name, attrs)]
+        self._fh = itertools.count(1)
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _remote(self, fn, *args):
+        """``fn(*args) -> Deferred`` in the reactor; its result, or FUSEError."""
+        with llfuse.lock_released:
+            try:
+                return blockingCallFromThread(self.reactor, fn, *args)
+            except llfuse.FUSEError:
+                raise
+            except EOFError:
+                raise llfuse.FUSEError(errno.EIO) from None
+            except Exception as e:
+                raise llfuse.FUSEError(errno_for(e)) from None
+
+    def _path(self, inode):
+        try:
+            return self.inodes.path(inode)
+        except StaleInode:
+            raise llfuse.FUSEError(errno.ENOENT) from None
+
+    def _child(self, parent_inode, name):
+        try:
+            return self.inodes.child(parent_inode, name)
+        except StaleInode:
+            raise llfuse.FUSEError(errno.ENOENT) from None
+
+    def _refuse_writes(self):
+        if self.read_only:
+            raise llfuse.FUSEError(errno.EROFS)
+
+    def _cache(self, path, attrs):
+        if self.attr_ttl > 0:
+            self._attrs[path] = (attrs, time.monotonic() + self.attr_ttl)
+        return attrs
+
+    def _uncache(self, path):
+        self._attrs.pop(path, None)
+
+    def _uncache_tree(self, path):
+        prefix = path + b"/"
+        for p in [p for p in self._attrs if p == path or p.startswith(prefix)]:
+            del self._attrs[p]
+
+    def _lstat(self, path):
+        cached = self._attrs.get(path)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        return self._cache(path, self._remote(self.fs.lstat, path))
+
+    def _entry(self, inode, attrs):
+        entry = llfuse.EntryAttributes()
+        entry.st_ino = inode
+        entry.generation = 0
+        entry.entry_timeout = self.entry_ttl
+        entry.attr_timeout = self.attr_ttl
+        mode = attrs.get("permissions", stat.S_IFREG | 0o644)
+        if not stat.S_IFMT(mode):
+            mode |= stat.S_IFREG
+        entry.st_mode = mode
+        entry.st_nlink = 2 if stat.S_ISDIR(mode) else 1
+        entry.st_uid = attrs.get("uid", os.getuid())
+        entry.st_gid = attrs.get("gid", os.getgid())
+        entry.st_rdev = 0
+        entry.st_size = attrs.get("size", 0)
+        entry.st_blksize = 65536
+        entry.st_blocks = (entry.st_size + 511) // 512
+        entry.st_atime_ns = int(attrs.get("atime", 0)) * 10**9
+        entry.st_mtime_ns = int(attrs.get("mtime", 0)) * 10**9
+        entry.st_ctime_ns = entry.st_mtime_ns
+        return entry
+
+    def _looked_up(self, path):
+        attrs = self._lstat(path)
+        return self._entry(self.inodes.remember(path), attrs)
+
+    def _settle_writes(self, inode):
+        """Sizes are only right once this inode's queued writes have landed."""
+        for f in list(self._open_by_inode.get(inode, ())):
+            if f.pending_writes:
+                self._remote(f.flush)
+
+    # -- names ------------------------------------------------------------------------
+
+    def lookup(self, parent_inode, name, ctx):
+        return self._looked_up(self._child(parent_inode, name))
+
+    def forget(self, inode_list):
+        for inode, count in inode_list:
+            self.inodes.forget(inode, count)
+
+    def getattr(self, inode, ctx):
+        path = self._path(inode)
+        if self._open_by_inode.get(inode):
+            self._settle_writes(inode)
+            self._uncache(path)
+        return self._entry(inode, self._lstat(path))
+
+    def setattr(self, inode, attr, fields, fh, ctx):
+        self._refuse_writes()
+        path = self._path(inode)
+        self._settle_writes(inode)
+        changes = {}
+        if fields.update_size:
+            changes["size"] = attr.st_size
+        if fields.update_mode:
+            changes["permissions"] = stat.S_IMODE(attr.st_mode)
+        if fields.update_uid or fields.update_gid or fields.update_atime or fields.update_mtime:
+            self._uncache(path)
+            current = self._lstat(path)
+            if fields.update_uid or fields.update_gid:
+                changes["uid"] = attr.st_uid if fields.update_uid else current.get("uid", 0)
+                changes["gid"] = attr.st_gid if fields.update_gid else current.get("gid", 0)
+            if fields.update_atime or fields.update_mtime:
+                # SFTP v3 sets both times together, in whole seconds.
+                changes["atime"] = attr.st_atime_ns // 10**9 if fields.update_atime else current.get("atime", 0)
+                changes["mtime"] = attr.st_mtime_ns // 10**9 if fields.update_mtime else current.get("mtime", 0)
+        if changes:
+            self._remote(self.fs.setstat, path, changes)
+            if "size" in changes:
+                for f in self._open_by_inode.get(inode, ()):
+                    f.truncated()
+        self._uncache(path)
+        return self._entry(inode, self._lstat(path))
+
+    def readlink(self, inode, ctx):
+        return self._remote(self.fs.readlink, self._path(inode))
+
+    def mkdir(self, parent_inode, name, mode, ctx):
+        self._refuse_writes()
+        path = self._child(parent_inode, name)
+        self._remote(self.fs.mkdir, path, stat.S_IMODE(mode))
+        self._uncache(path)
+        return self._looked_up(path)
+
+    def rmdir(self, parent_inode, name, ctx):
+        self._refuse_writes()
+        path = self._child(parent_inode, name)
+        self._remote(self.fs.rmdir, path)
+        self._uncache_tree(path)
+        self.inodes.removed(path)
+
+    def unlink(self, parent_inode, name, ctx):
+        self._refuse_writes()
+        path = self._child(parent_inode, name)
+        self._remote(self.fs.remove, path)
+        self._uncache(path)
+        self.inodes.removed(path)
+
+    def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, ctx):
+        self._refuse_writes()
+        old = self._child(parent_inode_old, name_old)
+        new = self._child(parent_inode_new, name_new)
+        self._remote(self.fs.rename, old, new)
+        self._uncache_tree(old)
+        self._uncache_tree(new)
+        self.inodes.renamed(old, new)
+        for files in self._open_by_inode.values():
+            for f in files:
+                if f.path == old or f.path.startswith(old + b"/"):
+                    f.path = new + f.path[len(old):]
+
+    def symlink(self, parent_inode, name, target, ctx):
+        self._refuse_writes()
+        path = self._child(parent_inode, name)
+        self._remote(self.fs.symlink, target, path)
+        self._uncache(path)
+        return self._looked_up(path)
+
+    def link(self, inode, new_parent_inode, new_name, ctx):
+        self._refuse_writes()
+        path = self._child(new_parent_inode, new_name)
+        self._remote(self.fs.hardlink, self._path(inode), path)
+        self._uncache(path)
+        return self._looked_up(path)
+
+    def statfs(self, ctx):
+        st = llfuse.StatvfsData()
+        found = self._remote(self.fs.statvfs, self.inodes.root_path)
+        if found is None:  # the server cannot tell: say "plenty", as sshfs does
+            found = dict(f_bsize=4096, f_frsize=4096, f_blocks=2**30, f_bfree=2**30, f_bavail=2**30,
+                         f_files=2**20, f_ffree=2**20, f_favail=2**20, f_namemax=255)
+        for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
+                     "f_favail", "f_namemax"):
+            setattr(st, name, found[name])
+        return st
+
+    def access(self, inode, mode, ctx):
+        if mode & os.W_OK and self.read_only:
+            return False
+        return True  # the host's own permissions decide on every request
+
+    # -- directories ------------------------------------------------------------------
+
+    def opendir(self, inode, ctx):
+        path = self._path(inode)
+        entries = self._remote(self.fs.listdir, path)
+        for name, attrs in entries:
+            self._cache(os.path.join(path, name), attrs)
+        fh = next(self._fh)
+        self._dirs[fh] = (path, entries)
+        return fh
+
+    def readdir(self, fh, off):
+        path, entries = self._dirs[fh]
+        for index in range(off, len(entries)):
+            name, attrs = entries[index]
+            child = os.path.join(path, name)
+            # readdir hands out no references: a known inode, or a stable
+            # stand-in number (the kernel only uses it for d_ino).
+            inode = self.inodes.known(child) or (zlib.crc32(child) | 1 << 40)
+            yield name, self._entry(inode, attrs), index + 1
+
+    def releasedir(self, fh):
+        self._dirs.pop(fh, None)
+
+    # -- files ------------------------------------------------------------------------
+
+    def _opened(self, inode, path, handle, generation, pflags):
+        remote = RemoteFile(self.fs, path, pflags, handle, generation)
+        remote.inode = inode
+        fh = next(self._fh)
+        self._files[fh] = remote
+        self._open_by_inode.setdefault(inode, set()).add(remote)
+        return fh
+
+    def open(self, inode, flags, ctx):
+        if _writes(flags):
+            self._refuse_writes()
+        path = self._path(inode)
+        pflags = sftp_open_flags(flags)
+        handle, generation = self._remote(self.fs.open, path, pflags)
+        if flags & os.O_TRUNC:
+            self._uncache(path)
+        return self._opened(inode, path, handle, generation, pflags)
+
+    def create(self, parent_inode, name, mode, flags, ctx):
+        self._refuse_writes()
+        path = self._child(parent_inode, name)
+        pflags = sftp_open_flags(flags | os.O_CREAT)
+        handle, generation = self._remote(self.fs.open, path, pflags, {"permissions": stat.S_IMODE(mode)})
+        self._uncache(path)
+        entry = self._looked_up(path)
+        return self._opened(entry.st_ino, path, handle, generation, pflags), entry
+
+    def read(self, fh, off, size):
+        return self._remote(self._files[fh].read, off, size)
+
+    def write(self, fh, off, buf):
+        remote = self._files[fh]
+        self._uncache(remote.path)
+        return self._remote(remote.write, off, buf)
+
+    def flush(self, fh):
+        remote = self._files.get(fh)
+        if remote is not None:
+            self._remote(remote.flush)
+            self._uncache(remote.path)
+
+    def fsync(self, fh, datasync):
+        self.flush(fh)
+
+    def release(self, fh):
+        remote = self._files.pop(fh, None)
+        if remote is None:
+            return
+        opened = self._open_by_inode.get(remote.inode)
+        if opened is not None:
+            opened.discard(remote)
+            if not opened:
+                del self._open_by_inode[remote.inode]
+        self._uncache(remote.path)
+        self._remote(remote.close)
