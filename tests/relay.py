@@ -1,4 +1,5 @@
-"""A unix-socket relay that tests can cut, and hold closed, at will."""
+"""A relay (unix socket, or TCP when given (host, port) addresses) that
+tests can cut, and hold closed, at will."""
 
 import os
 import socket
@@ -15,10 +16,16 @@ class Relay:
         self._listener = None
         self.open()
 
+    @staticmethod
+    def _socket(address):
+        return socket.socket(socket.AF_INET if isinstance(address, tuple) else socket.AF_UNIX)
+
     def open(self):
-        if os.path.exists(self.path):
+        if isinstance(self.path, str) and os.path.exists(self.path):
             os.unlink(self.path)
-        self._listener = socket.socket(socket.AF_UNIX)
+        self._listener = self._socket(self.path)
+        if isinstance(self.path, tuple):
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(self.path)
         self._listener.listen(8)
         threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
@@ -26,8 +33,13 @@ class Relay:
     def close_listener(self):
         """Refuse new connections until open() (the socket file goes away)."""
         listener, self._listener = self._listener, None
+        try:
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        except OSError:
+            pass
         listener.close()
-        os.unlink(self.path)
+        if isinstance(self.path, str):
+            os.unlink(self.path)
 
     def _accept(self, listener):
         while True:
@@ -35,8 +47,13 @@ class Relay:
                 client, _ = listener.accept()
             except OSError:
                 return
-            upstream = socket.socket(socket.AF_UNIX)
-            upstream.connect(self.target)
+            upstream = self._socket(self.target)
+            try:
+                upstream.connect(self.target)
+            except OSError:
+                client.close()
+                upstream.close()
+                continue
             with self._lock:
                 self._conns += [client, upstream]
                 self.connections += 1

@@ -42,19 +42,11 @@ def mount(args):
 
     from skypty.fs.mount import Mount, MountError, check_mountpoint, run_mount
 
+    target, mountpoint, name = args.target, args.mountpoint, args.target
     if args.sftp_command:
-        if len(args.where) != 1:
-            return fail("with --sftp-command, give only the MOUNTPOINT")
-        (mountpoint,) = args.where
         argv = shlex.split(args.sftp_command)
         if not argv:
             return fail("--sftp-command is empty")
-        name = os.path.basename(argv[0])
-    else:
-        if len(args.where) != 2:
-            return fail("usage: skypty-client fs mount PK[@HOST[:PORT]] MOUNTPOINT")
-        target, mountpoint = args.where
-        name = target
     try:
         import llfuse  # noqa: F401  # fail early and clearly without it
     except ImportError:

@@ -120,7 +120,7 @@ def build_parser():
     m = fs.add_parser(
         "mount", help="mount a host's files at MOUNTPOINT",
         usage="skypty-client fs mount [options] PK[@HOST[:PORT]] MOUNTPOINT\n"
-              "       skypty-client fs mount [options] --sftp-command CMD MOUNTPOINT",
+              "       skypty-client fs mount [options] --sftp-command CMD NAME MOUNTPOINT",
         description="Mount a whitelisted host's files (its dmsgpty/sftp service) with FUSE. "
                     "PK@HOST[:PORT] connects straight to the host's Noise TCP port (its ssh_listen, "
                     "default port 2022); a bare PK goes through the local host's control socket "
@@ -129,7 +129,9 @@ def build_parser():
                     "MOUNTPOINT`. A dropped link makes file operations fail with EIO (not hang); "
                     "the mount reconnects by itself on the next operation.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    m.add_argument("where", nargs="+", metavar="PK[@HOST[:PORT]] MOUNTPOINT")
+    m.add_argument("target", metavar="PK[@HOST[:PORT]]",
+                   help="the host (with --sftp-command: just a NAME shown by mount and df)")
+    m.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
     m.add_argument("--ro", action="store_true", help="mount read-only")
     m.add_argument("--remote-root", default="/", metavar="DIR",
                    help="directory on the host to mount (default /, i.e. the host's sftp root)")

@@ -8,6 +8,7 @@ so ``fs mount`` returns with the file system ready, like sshfs.
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -170,6 +171,9 @@ class Mount:
                 subprocess.run(unmount_command(self.mountpoint, lazy=True), capture_output=True)
                 thread.join(10)
 
+        # llfuse wakes its worker threads with SIGUSR1 when the loop ends;
+        # without a handler that signal would kill the whole process.
+        signal.signal(signal.SIGUSR1, lambda signum, frame: None)
         reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
         reactor.callWhenRunning(start)
         reactor.run()
