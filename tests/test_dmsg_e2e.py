@@ -1,6 +1,7 @@
 """The dmsg overlay end to end: real hosts, a real dmsg server and discovery."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -188,3 +189,31 @@ def test_web_terminal_over_dmsg_port_80_is_gated_by_the_whitelist(net):
         b.client("whitelist-remove", friend_pk.hex(), "--cliaddr", b.cli)
     _, stranger = generate_keypair()
     assert probe(network, stranger.hex(), b.pk, "/pty").startswith("HTTP/1.0 403")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+def test_fs_mount_of_a_remote_host_over_dmsg(net, tmp_path):
+    from tests.test_fs_mount import mount_processes, mounted
+
+    network, a, b = net
+    share = os.path.join(b.dir, "share")
+    os.makedirs(share, exist_ok=True)
+    with open(os.path.join(share, "on-b.txt"), "w") as f:
+        f.write("from b\n")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = a.client("fs", "mount", b.pk, str(mnt), "--cliaddr", a.cli, "-i", a.config_path, "--remote-root", share)
+    assert r.returncode == 0, r.stderr.decode()
+    try:
+        assert (mnt / "on-b.txt").read_text() == "from b\n"
+        (mnt / "from-a.txt").write_bytes(b"a" * 300_000)
+        with open(os.path.join(share, "from-a.txt"), "rb") as f:
+            assert f.read() == b"a" * 300_000
+    finally:
+        r = a.client("fs", "umount", str(mnt))
+        assert r.returncode == 0, r.stderr.decode()
+    wait_for(lambda: not mount_processes(mnt), timeout=15, what="the mount process to exit")
+    assert not mounted(mnt)
+    # a does not whitelist b: b cannot mount a
+    r = b.client("fs", "mount", a.pk, str(mnt), "--cliaddr", b.cli, "-i", b.config_path)
+    assert r.returncode == 1 and b"not authorized" in r.stderr and r.stderr.count(b"\n") == 1, r.stderr

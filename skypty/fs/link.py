@@ -207,15 +207,16 @@ class SFTPLink:
             return defer.fail(LinkDown("unmounting"))
         if self.connected:
             return defer.succeed(self._client)
-        if self._waiters is None:
-            if self.reactor.seconds() < self._down_until:
-                return defer.fail(LinkDown(self.last_error or "the host is unreachable"))
-            self._waiters = []
-            d = defer.maybeDeferred(self._connect)
-            d.addTimeout(self.timeout, self.reactor)
-            d.addCallbacks(self._up, self._down)
         waiter = defer.Deferred()
-        self._waiters.append(waiter)
+        if self._waiters is not None:  # a connect is under way: wait for it
+            self._waiters.append(waiter)
+            return waiter
+        if self.reactor.seconds() < self._down_until:
+            return defer.fail(LinkDown(self.last_error or "the host is unreachable"))
+        self._waiters = [waiter]
+        d = defer.maybeDeferred(self._connect)
+        d.addTimeout(self.timeout, self.reactor)
+        d.addCallbacks(self._up, self._down)
         return waiter
 
     def _up(self, client):

@@ -1,0 +1,239 @@
+"""The FUSE client's cores without a mount: inode bookkeeping, errno
+mapping, the link's deadlines (task.Clock) and read-ahead/write-behind."""
+
+import errno
+
+import pytest
+from twisted.conch.ssh import filetransfer as fx
+from twisted.internet import defer, task
+from twisted.internet.testing import StringTransport
+
+from skypty.fs.errors import LinkDown, errno_for, is_generic_failure
+from skypty.fs.files import CHUNK, READ_AHEAD, WRITE_WINDOW, RemoteFile
+from skypty.fs.inodes import ROOT_INODE, InodeTable, StaleInode
+from skypty.fs.link import SFTPClientProtocol, SFTPLink
+
+
+# -- inodes ----------------------------------------------------------------------------
+
+def test_lookups_and_forget():
+    t = InodeTable(b"/srv")
+    a = t.remember(b"/srv/a")
+    assert t.remember(b"/srv/a") == a and t.path(a) == b"/srv/a"
+    t.forget(a, 1)
+    assert t.known(b"/srv/a") == a
+    t.forget(a, 1)
+    assert t.known(b"/srv/a") is None and len(t) == 1
+    with pytest.raises(StaleInode):
+        t.path(a)
+    t.forget(ROOT_INODE, 5)  # the root stays
+    assert t.path(ROOT_INODE) == b"/srv"
+
+
+def test_rename_moves_a_whole_tree_and_replaces_the_target():
+    t = InodeTable(b"/")
+    d, f, other = t.remember(b"/d"), t.remember(b"/d/sub/f"), t.remember(b"/e")
+    t.renamed(b"/d", b"/e")
+    assert t.path(d) == b"/e" and t.path(f) == b"/e/sub/f"
+    with pytest.raises(StaleInode):
+        t.path(other)  # replaced: nameless until the kernel forgets it
+    assert t.known(b"/d") is None and t.known(b"/d/sub/f") is None
+    t.renamed(b"/e/sub", b"/e/subway")
+    assert t.path(f) == b"/e/subway/f"
+    t.renamed(b"/e/sub", b"/x")  # a prefix that is not a path component moves nothing
+    assert t.path(f) == b"/e/subway/f"
+
+
+def test_child_names():
+    t = InodeTable(b"/srv")
+    sub = t.remember(b"/srv/sub")
+    assert t.child(ROOT_INODE, b"..") == b"/srv"  # never above the mounted root
+    assert t.child(sub, b"..") == b"/srv" and t.child(sub, b".") == b"/srv/sub"
+    t.removed(b"/srv/sub")
+    with pytest.raises(StaleInode):
+        t.child(sub, b"x")
+
+
+# -- errno -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("exc, expected", [
+    (fx.SFTPError(fx.FX_NO_SUCH_FILE, "No such file"), errno.ENOENT),
+    (fx.SFTPError(fx.FX_PERMISSION_DENIED, "denied"), errno.EACCES),
+    (fx.SFTPError(fx.FX_FAILURE, "Directory not empty"), errno.ENOTEMPTY),
+    (fx.SFTPError(fx.FX_FAILURE, "File exists"), errno.EEXIST),
+    (fx.SFTPError(fx.FX_FAILURE, "Failure"), errno.EIO),
+    (fx.SFTPError(fx.FX_OP_UNSUPPORTED, "no"), errno.ENOTSUP),
+    (NotImplementedError("x"), errno.ENOTSUP),
+    (LinkDown("gone"), errno.EIO),
+    (OSError(errno.EISDIR, "Is a directory"), errno.EISDIR),
+    (RuntimeError("?"), errno.EIO),
+])
+def test_errno_for(exc, expected):
+    assert errno_for(exc) == expected
+
+
+def test_generic_failures_are_told_apart():
+    assert is_generic_failure(fx.SFTPError(fx.FX_FAILURE, "Failure"))
+    assert not is_generic_failure(fx.SFTPError(fx.FX_FAILURE, "Directory not empty"))
+    assert not is_generic_failure(fx.SFTPError(fx.FX_NO_SUCH_FILE, "x"))
+
+
+# -- the link ----------------------------------------------------------------------------
+
+def connected_client(clock):
+    client = SFTPClientProtocol()
+    transport = StringTransport()
+    client.makeConnection(transport)
+    client.gotServerVersion(3, {b"statvfs@openssh.com": b"2"})
+    return client, transport
+
+
+def test_an_unanswered_request_fails_with_linkdown_and_drops_the_session():
+    clock = task.Clock()
+    client, transport = connected_client(clock)
+    link = SFTPLink(clock, lambda: defer.succeed(client), timeout=5)
+    outcome = []
+    link.call(lambda c: c.getAttrs(b"/x", 0)).addBoth(outcome.append)
+    assert transport.value()  # the request went out
+    clock.advance(4.9)
+    assert outcome == []
+    clock.advance(0.2)
+    assert isinstance(outcome[0].value, LinkDown) and "no answer" in str(outcome[0].value)
+    assert transport.disconnecting  # aborted: the next request starts a new session
+
+
+def test_failed_connects_are_not_retried_for_a_moment():
+    clock = task.Clock()
+    attempts = []
+
+    def connect():
+        attempts.append(clock.seconds())
+        return defer.fail(ConnectionRefusedError("refused"))
+
+    link = SFTPLink(clock, connect, timeout=5, retry_after=1.0)
+    for _ in range(3):
+        d = link.call(lambda c: c.getAttrs(b"/", 0))
+        assert isinstance(d.result.value, LinkDown)
+        d.addErrback(lambda _: None)
+    assert len(attempts) == 1
+    clock.advance(1.5)
+    link.call(lambda c: c.getAttrs(b"/", 0)).addErrback(lambda _: None)
+    assert len(attempts) == 2
+
+
+def test_a_lost_session_is_replaced_on_the_next_request():
+    clock = task.Clock()
+    sessions = []
+
+    def connect():
+        client, transport = connected_client(clock)
+        sessions.append((client, transport))
+        return defer.succeed(client)
+
+    link = SFTPLink(clock, connect)
+    link.call(lambda c: c.getAttrs(b"/", 0)).addErrback(lambda _: None)
+    first, _ = sessions[0]
+    pending = link.call(lambda c: c.getAttrs(b"/a", 0))
+    from twisted.internet import error
+    from twisted.python.failure import Failure
+
+    first.connectionLost(Failure(error.ConnectionLost()))
+    assert isinstance(pending.result.value, LinkDown)
+    pending.addErrback(lambda _: None)
+    link.call(lambda c: c.getAttrs(b"/", 0)).addErrback(lambda _: None)
+    assert len(sessions) == 2 and link.generation == 2
+
+
+# -- read-ahead and write-behind ----------------------------------------------------------
+
+class FakeHandle:
+    def __init__(self, size):
+        self.data = bytearray(bytes(range(256)) * (size // 256 + 1))[:size]
+        self.reads, self.writes = [], []
+
+    def readChunk(self, offset, length):
+        d = defer.Deferred()
+        self.reads.append((offset, length, d))
+        return d
+
+    def writeChunk(self, offset, data):
+        d = defer.Deferred()
+        self.writes.append((offset, data, d))
+        return d
+
+    def answer_reads(self):
+        while self.reads:
+            offset, length, d = self.reads.pop(0)
+            if offset >= len(self.data):
+                d.errback(EOFError())
+            else:
+                d.callback(bytes(self.data[offset:offset + length]))
+
+
+class FakeLink:
+    generation, connected = 1, True
+
+    def call(self, request):
+        return request(None)
+
+
+class FakeFS:
+    link = FakeLink()
+
+
+def test_sequential_reads_are_pipelined_ahead():
+    handle = FakeHandle(10 * 1024 * 1024)
+    f = RemoteFile(FakeFS(), b"/f", fx.FXF_READ, handle, 1)
+    first = f.read(0, 131072)
+    # the two chunks asked for and READ_AHEAD more are all in flight at once
+    assert len(handle.reads) == 2 + READ_AHEAD
+    handle.answer_reads()
+    assert first.result == bytes(handle.data[:131072])
+    second = f.read(131072, 131072)
+    assert second.called and second.result == bytes(handle.data[131072:262144])  # already here
+    assert len(handle.reads) == 2  # the window slides on
+
+
+def test_reads_at_random_offsets_and_past_the_end():
+    handle = FakeHandle(3 * CHUNK + 100)
+    f = RemoteFile(FakeFS(), b"/f", fx.FXF_READ, handle, 1)
+    d = f.read(CHUNK - 10, 50)
+    assert len(handle.reads) == 2  # no read-ahead for a jump
+    handle.answer_reads()
+    assert d.result == bytes(handle.data[CHUNK - 10:CHUNK + 40])
+    d = f.read(3 * CHUNK + 50, CHUNK)
+    handle.answer_reads()
+    assert d.result == bytes(handle.data[3 * CHUNK + 50:])
+    d = f.read(10 * CHUNK, 10)
+    handle.answer_reads()
+    assert d.result == b""
+
+
+def test_writes_do_not_wait_and_the_first_error_is_reported_once():
+    handle = FakeHandle(0)
+    f = RemoteFile(FakeFS(), b"/f", fx.FXF_WRITE, handle, 1)
+    acks = [f.write(i * 131072, b"x" * 131072) for i in range(4)]
+    assert all(a.called for a in acks) and len(handle.writes) == 4  # pipelined
+    handle.writes[1][2].errback(fx.SFTPError(fx.FX_FAILURE, "No space left on device"))
+    for _, _, d in handle.writes[::2]:
+        d.callback(None)
+    handle.writes[3][2].callback(None)
+    later = f.write(0, b"y")
+    assert isinstance(later.result.value, fx.SFTPError)
+    later.addErrback(lambda _: None)
+    assert len(handle.writes) == 4  # the failing write was refused, not sent
+    done = f.flush()
+    assert done.called and done.result is None  # reported once, not twice
+
+
+def test_writes_beyond_the_window_wait():
+    handle = FakeHandle(0)
+    f = RemoteFile(FakeFS(), b"/f", fx.FXF_WRITE, handle, 1)
+    piece = b"z" * 131072
+    acks = [f.write(i * len(piece), piece) for i in range(WRITE_WINDOW // len(piece) + 1)]
+    assert not acks[-1].called  # back-pressure: the kernel waits
+    flushed = f.flush()
+    assert not flushed.called
+    for _, _, d in list(handle.writes):
+        d.callback(None)
+    assert acks[-1].called and flushed.called
