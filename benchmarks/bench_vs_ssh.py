@@ -33,7 +33,8 @@ def start_sshd(tmp):
     with open(f"{tmp}/sshd_config", "w") as f:
         f.write(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp}/host_key\n"
                 f"AuthorizedKeysFile {tmp}/authorized_keys\nPasswordAuthentication no\n"
-                "UsePAM no\nStrictModes no\nPidFile none\nPermitRootLogin yes\n")
+                "UsePAM no\nStrictModes no\nPidFile none\nPermitRootLogin yes\n"
+                "Subsystem sftp /usr/lib/openssh/sftp-server\n")
     os.makedirs("/run/sshd", exist_ok=True)
     proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", f"{tmp}/sshd_config"],
                             stderr=subprocess.DEVNULL)

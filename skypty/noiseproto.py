@@ -60,10 +60,12 @@ class NoiseProtocol(ProtocolWrapper):
             if self._decoder is None:
                 self._handshake_data(data)
             else:
-                for plaintext in self._decoder.receive(data):
-                    self.wrappedProtocol.dataReceived(plaintext)
-                    if self._failed:
-                        return
+                frames = self._decoder.receive(data)
+                if frames:
+                    # One delivery per TCP read, not per 4 KiB frame: a stream
+                    # parser that appends to a bytes buffer (conch's SFTP)
+                    # would otherwise copy each packet ~30 times.
+                    self.wrappedProtocol.dataReceived(frames[0] if len(frames) == 1 else b"".join(frames))
         except ProtocolError as e:
             self._fail(e)
 

@@ -182,15 +182,15 @@ class FakeFS:
 
 
 def test_sequential_reads_are_pipelined_ahead():
-    handle = FakeHandle(10 * 1024 * 1024)
+    handle = FakeHandle(40 * CHUNK)
     f = RemoteFile(FakeFS(), b"/f", fx.FXF_READ, handle, 1)
-    first = f.read(0, 131072)
+    first = f.read(0, 2 * CHUNK)
     # the two chunks asked for and READ_AHEAD more are all in flight at once
     assert len(handle.reads) == 2 + READ_AHEAD
     handle.answer_reads()
-    assert first.result == bytes(handle.data[:131072])
-    second = f.read(131072, 131072)
-    assert second.called and second.result == bytes(handle.data[131072:262144])  # already here
+    assert first.result == bytes(handle.data[:2 * CHUNK])
+    second = f.read(2 * CHUNK, 2 * CHUNK)
+    assert second.called and second.result == bytes(handle.data[2 * CHUNK:4 * CHUNK])  # already here
     assert len(handle.reads) == 2  # the window slides on
 
 

@@ -73,3 +73,48 @@ def test_strangers_get_no_sftp(shared, tmp_path):
     _, sk = generate_keypair()
     r = host.client("fs", "pipe", host.target, "--sk", sk.hex(), input=b"")
     assert r.returncode == 1 and b"not authorized" in r.stderr
+
+
+def test_hostile_packets_are_bounded(tmp_path):
+    """A declared 2 GiB packet is refused before it is buffered; a read asks
+    for at most MAX_READ bytes whatever the peer requests."""
+    import struct
+
+    from twisted.internet.testing import StringTransport
+
+    from skypty.host.sftp import MAX_READ, ConfinedSFTPServer, make_sftp_protocol
+    from skypty.config import SftpConfig
+
+    proto = make_sftp_protocol(None, SftpConfig(root=str(tmp_path)))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(struct.pack("!LB", 2**31, 1) + b"x" * 1000)
+    assert transport.disconnecting and proto.buf == b""
+
+    (tmp_path / "big").write_bytes(b"z" * (MAX_READ * 3))
+    server = ConfinedSFTPServer(str(tmp_path))
+    f = server.openFile(b"/big", 1, {})
+    try:
+        assert len(f.readChunk(0, 2**31)) == MAX_READ
+    finally:
+        f.close()
+
+
+def test_links_are_served_as_links(tmp_path):
+    """lstat/readlink/remove act on the link itself; targets stay verbatim."""
+    from skypty.host.sftp import ConfinedSFTPServer
+
+    (tmp_path / "target.txt").write_text("t")
+    server = ConfinedSFTPServer(str(tmp_path))
+    server.makeLink(b"target.txt", b"/rel")  # OpenSSH order: target first
+    assert os.readlink(tmp_path / "rel") == "target.txt"
+    assert server.readLink(b"/rel") == "target.txt"
+    import stat
+
+    assert stat.S_ISLNK(server.getAttrs(b"/rel", 0)["permissions"])
+    assert stat.S_ISREG(server.getAttrs(b"/rel", 1)["permissions"])
+    server.removeFile(b"/rel")
+    assert (tmp_path / "target.txt").exists() and not os.path.lexists(tmp_path / "rel")
+    os.symlink("/etc/hostname", tmp_path / "escape")
+    with pytest.raises(Exception):
+        server.openFile(b"/escape", 1, {})  # following it would leave the root

@@ -13,7 +13,7 @@ Runs in the reactor thread; every method returns a Deferred.
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-CHUNK = 64 * 1024
+CHUNK = 128 * 1024
 READ_AHEAD = 16  # chunks (1 MiB) ahead of a sequential reader
 WRITE_WINDOW = 8 * 1024 * 1024
 WRITE_PIECE = 128 * 1024  # OpenSSH takes packets up to 256 KiB

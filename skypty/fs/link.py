@@ -20,6 +20,7 @@ from twisted.internet.endpoints import HostnameEndpoint, ProcessEndpoint, UNIXCl
 from twisted.logger import Logger
 
 from skypty.fs.errors import LinkDown, is_generic_failure
+from skypty.wire.sftp import PacketGather, QuietLogger
 from skypty.wire import requestline
 
 log = Logger()
@@ -33,8 +34,11 @@ class SFTPClientProtocol(fx.FileTransferClient):
     """conch's SFTP client; ``ready`` fires with itself once the server's
     VERSION (and its extensions) arrived, ``lost`` when the stream ends."""
 
+    _log = QuietLogger()
+
     def __init__(self):
         super().__init__()
+        self._packets = PacketGather(MAX_REPLY_PACKET)
         self.ready = defer.Deferred()
         self.lost = defer.Deferred()
         self.extensions = {}
@@ -45,11 +49,15 @@ class SFTPClientProtocol(fx.FileTransferClient):
             self.ready.callback(self)
 
     def dataReceived(self, data):
-        super().dataReceived(data)
-        if len(self.buf) >= 4 and struct.unpack("!L", self.buf[:4])[0] > MAX_REPLY_PACKET:
+        whole = self._packets.feed(self.buf, data)
+        if whole is None:
+            return
+        if whole is PacketGather.TOO_BIG:
             log.warn("SFTP reply over {limit} bytes; dropping the session", limit=MAX_REPLY_PACKET)
             self.buf = b""
             abort(self.transport)
+            return
+        super().dataReceived(whole)
 
     def connectionLost(self, reason=protocol.connectionDone):
         super().connectionLost(reason)

@@ -17,6 +17,8 @@ from twisted.conch.ssh.filetransfer import FX_FAILURE, FX_PERMISSION_DENIED, SFT
 from twisted.conch.unix import SFTPServerForUnixConchUser, UnixSFTPFile
 from twisted.python.filepath import FilePath
 
+from skypty.wire.sftp import PacketGather, QuietLogger
+
 # OpenSSH's limits: a packet is at most 256 KiB, a read answers at most
 # 255 KiB (shorter reads are legal SFTP, so clients loop).
 MAX_PACKET = 256 * 1024
@@ -204,14 +206,22 @@ class BoundedFileTransferServer(filetransfer.FileTransferServer):
     """conch's SFTP server with OpenSSH's packet bound, and errors that say
     what failed (strerror), so that clients can map them back to errno."""
 
+    _log = QuietLogger()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._packets = PacketGather(MAX_PACKET)
+
     def dataReceived(self, data):
-        super().dataReceived(data)
-        # Whatever is left is the head of an incomplete packet: refuse it as
-        # soon as its declared length is over the bound, before buffering more.
-        if len(self.buf) >= 4 and struct.unpack("!L", self.buf[:4])[0] > MAX_PACKET:
+        whole = self._packets.feed(self.buf, data)
+        if whole is None:
+            return
+        if whole is PacketGather.TOO_BIG:
             self._log.warn("SFTP packet over {limit} bytes refused; closing", limit=MAX_PACKET)
             self.buf = b""
             self.transport.loseConnection()
+            return
+        super().dataReceived(whole)
 
     def packet_EXTENDED(self, data):
         # OpenSSH's rename/link extensions answer with a STATUS, not an
