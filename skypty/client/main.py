@@ -128,7 +128,7 @@ def build_parser():
                     "the background (--foreground to stay). Unmount with `skypty-client fs umount "
                     "MOUNTPOINT`. A dropped link makes file operations fail with EIO (not hang); "
                     "the mount reconnects by itself on the next operation.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    )
     m.add_argument("target", metavar="PK[@HOST[:PORT]]",
                    help="the host (with --sftp-command: just a NAME shown by mount and df)")
     m.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
