@@ -201,6 +201,8 @@ def test_mount_failures_are_one_clear_line(host, tmp_path):
     assert r.returncode == 1 and b"refused" in r.stderr
     r = host.client("fs", "mount", host.target, str(tmp_path / "missing"), "-i", host.config_path)
     assert r.returncode == 1 and b"not a directory" in r.stderr
+    r = host.client("fs", "mount", "--sftp-command", "no-such-sftp-server", "x", str(mnt))
+    assert r.returncode == 1 and r.stderr == b"skypty-client: --sftp-command: no-such-sftp-server: command not found\n"
     assert not mounted(mnt) and not mount_processes(mnt)
 
 

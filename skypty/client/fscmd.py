@@ -47,6 +47,10 @@ def mount(args):
         argv = shlex.split(args.sftp_command)
         if not argv:
             return fail("--sftp-command is empty")
+        import shutil
+
+        if shutil.which(argv[0]) is None:
+            return fail(f"--sftp-command: {argv[0]}: command not found")
     try:
         import llfuse  # noqa: F401  # fail early and clearly without it
     except ImportError:

@@ -100,7 +100,10 @@ class Mount:
 
     def fuse_options(self):
         safe_name = self.name.replace(",", "_")
-        options = {f"fsname=skypty#{safe_name}", "subtype=skypty", "big_writes", "max_read=131072"}
+        # nonempty: like sshfs on fuse3, a directory with files in it may be
+        # mounted over (they are hidden until the unmount, not touched).
+        options = {f"fsname=skypty#{safe_name}", "subtype=skypty", "big_writes", "max_read=131072",
+                   "nonempty"}
         if self.read_only:
             options.add("ro")
         return options
@@ -114,7 +117,12 @@ class Mount:
         from skypty.fs.link import RemoteFS, SFTPLink
 
         log = Logger(namespace="skypty.fs")
-        link = SFTPLink(reactor, self.connect(reactor), timeout=self.timeout)
+        try:
+            connector = self.connect(reactor)
+        except Exception as e:
+            on_failure(str(e))
+            return 1
+        link = SFTPLink(reactor, connector, timeout=self.timeout)
         fs = RemoteFS(link)
         state = {"thread": None, "failed": None}
 
