@@ -133,17 +133,14 @@ class ConfinedSFTPServer(SFTPServerForUnixConchUser):
         super()._setAttrs(path, attrs)
 
     def extendedRequest(self, extName, extData):
-        if extName == b"posix-rename@openssh.com":
+        two_paths = {b"posix-rename@openssh.com": lambda old, new: os.rename(self._entryPath(old),
+                                                                            self._entryPath(new)),
+                     b"hardlink@openssh.com": lambda old, new: os.link(self._absPath(old), self._entryPath(new))}
+        if extName in two_paths:
             old, rest = getNS(extData)
             new, _ = getNS(rest)
             self._refuse_if_read_only()
-            os.rename(self._entryPath(old), self._entryPath(new))
-            return b""
-        if extName == b"hardlink@openssh.com":
-            old, rest = getNS(extData)
-            new, _ = getNS(rest)
-            self._refuse_if_read_only()
-            os.link(self._absPath(old), self._entryPath(new))
+            two_paths[extName](old, new)
             return b""
         if extName == b"statvfs@openssh.com":
             path, _ = getNS(extData)
