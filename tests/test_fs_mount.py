@@ -228,3 +228,16 @@ def test_foreground_mount_unmounts_on_sigterm(host, workdir, tmp_path):
             proc.wait()
         if mounted(mnt):
             subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_hard_links_and_df(host, workdir, tmp_path):
+    remote_dir, remote_name = workdir
+    m = Mounted(host, tmp_path / "mnt").mount(host.target, "--remote-root", remote_name)
+    try:
+        (m.mountpoint / "orig").write_text("same\n")
+        os.link(m.mountpoint / "orig", m.mountpoint / "alias")
+        assert (m.mountpoint / "alias").read_text() == "same\n"
+        assert os.stat(remote_dir / "orig").st_ino == os.stat(remote_dir / "alias").st_ino
+        assert os.statvfs(m.mountpoint).f_blocks == os.statvfs(remote_dir).f_blocks  # statvfs@openssh.com
+    finally:
+        m.umount()
