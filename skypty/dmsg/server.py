@@ -28,20 +28,20 @@ class ServerStream(protocol.Protocol):
         self._reader = EnvelopeReader()
         self.state = "request"
         self.partner = None
+        self._early = b""  # bytes after the request, held until the splice
 
     def dataReceived(self, data):
         if self.state == "spliced":
             self.partner.transport.write(data)
             return
         if self.state != "request":
-            self._early = getattr(self, "_early", b"") + data
+            self._early += data
             return
         try:
-            got = self._reader.take_object(data, self.session.cipher, T.StreamRequest)
+            got = self._reader.take_stream_request(data, self.session.cipher)
             if got is None:
                 return
-            req, signed, sig, raw, rest = got
-            req.src_addr.pk.verify(raw, sig)
+            req, signed, rest = got
             if req.src_addr.pk != self.session.remote_pk:
                 raise DmsgError("request source is not the session's key")
             if not req.src_addr.port or not req.dst_addr.port or req.timestamp <= 0:

@@ -114,6 +114,18 @@ class EnvelopeReader:
         value, sig, raw = open_object(signed, gotype)
         return value, signed, sig, raw, rest
 
+    def take_stream_request(self, data, cipher):
+        """-> None until whole, then (StreamRequest, signed object, leftover),
+        its signature verified against its own source key (InvalidKey if not)."""
+        from skypty.wire import types as T
+
+        got = self.take_object(data, cipher, T.StreamRequest)
+        if got is None:
+            return None
+        req, signed, sig, raw, rest = got
+        req.src_addr.pk.verify(raw, sig)
+        return req, signed, rest
+
 
 def nodelay(transport):
     """Small RPC messages must not wait for Nagle and delayed ACKs."""

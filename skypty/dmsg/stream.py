@@ -158,11 +158,10 @@ class AcceptStream(KKStream):
         if self.inner is not None:
             return self._frames(data)
         try:
-            got = self._reader.take_object(data, self.session.cipher, T.StreamRequest)
+            got = self._reader.take_stream_request(data, self.session.cipher)
             if got is None:
                 return
-            req, signed, sig, raw, rest = got
-            req.src_addr.pk.verify(raw, sig)
+            req, signed, rest = got
             if req.dst_addr.pk != self.sk.public_key:
                 raise DmsgError("stream request for another key")
             factory = self.listeners.get(req.dst_addr.port)
