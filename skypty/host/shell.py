@@ -85,6 +85,41 @@ class _PtyProtocol(protocol.ProcessProtocol):
         self.owner._ended(reason)
 
 
+def _drain_on_read(transport, limit=64 * 1024):
+    """Read the pty master until it is empty (up to *limit*, one delivery:
+    the output queue's bound stays "one chunk over the mark") on each wake-up.
+
+    The kernel hands a pty master out in pieces of at most ~4 KiB; Twisted
+    reads one piece per reactor iteration, so a busy terminal costs one
+    iteration (and one delivery downstream) per 4 KiB.
+    """
+    import errno as _errno
+
+    one_read = transport.doRead
+
+    def doRead():
+        chunks, total = [], 0
+        while total < limit:
+            try:
+                data = os.read(transport.fd, limit - total)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == _errno.EINTR:
+                    continue
+                break  # EIO once the child side is closed: let Twisted see it
+            if not data:
+                break
+            chunks.append(data)
+            total += len(data)
+        if not chunks:
+            return one_read()  # nothing, or the end: Twisted's own handling
+        transport.proto.childDataReceived(1, b"".join(chunks))
+        return None
+
+    transport.doRead = doRead
+
+
 class PtyProcess:
     """One child process on a pty."""
 
@@ -112,6 +147,7 @@ class PtyProcess:
         except (OSError, error.ProcessExitedAlready) as e:
             raise SpawnError(f"cannot start {name}: {e}") from None
         self.pid = self.transport.pid
+        _drain_on_read(self.transport)
         if rows and cols:
             self.resize(rows, cols)
         return self
