@@ -235,6 +235,39 @@ def test_keepalive_closes_a_silent_session():
     session.connectionLost(None)
 
 
+class Exploding(protocol.Protocol):
+    """A stream handler with a bug a hostile peer can reach."""
+
+    def dataReceived(self, data):
+        if b"boom" in data:
+            raise ValueError("handler bug")
+        self.transport.write(data)
+
+    def connectionLost(self, reason):
+        pass
+
+
+def test_a_faulty_stream_handler_ends_that_stream_only():
+    # Regression (#13.5): an exception in one stream's dataReceived unwound
+    # through the session's parser and dropped every other stream with it.
+    client, server, pump = memory_pair(lambda stream: Exploding())
+    good, bad = Collect(), Collect()
+    client.open_stream(good)
+    client.open_stream(bad)
+    pump.flush()
+    bad.transport.write(b"boom")
+    good.transport.write(b"hello")
+    pump.flush()
+    assert bad.done.called  # reset by the server: that stream is over
+    assert not good.done.called
+    assert b"".join(good.data) == b"hello"
+    good.transport.write(b" again")
+    pump.flush()
+    assert b"".join(good.data) == b"hello again"
+    assert not client.closed.called and not server.closed.called
+    assert len(server.streams) == 1
+
+
 class LoopbackTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_several_streams_over_real_tcp(self):

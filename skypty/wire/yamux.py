@@ -340,8 +340,8 @@ class YamuxStream:
         if self.paused:
             self._held.append(data)
             return
-        self.protocol.dataReceived(data)
-        self.session.core.consumed(self.stream_id, len(data))
+        if self.session._guard(self, self.protocol.dataReceived, data):
+            self.session.core.consumed(self.stream_id, len(data))
 
     def _writable(self):
         if self._producer_paused and self.session.core.queued(self.stream_id) < HIGH_WATER // 2:
@@ -356,7 +356,7 @@ class YamuxStream:
         if self.disconnecting:
             self.session._stream_gone(self.stream_id, error.ConnectionDone())
         elif interfaces.IHalfCloseableProtocol.providedBy(self.protocol):
-            self.protocol.readConnectionLost()
+            self.session._guard(self, self.protocol.readConnectionLost)
         else:
             # A protocol that cannot half-close: the peer's FIN ends the stream.
             self.session.core.close_stream(self.stream_id)
@@ -420,16 +420,35 @@ class YamuxProtocol(protocol.Protocol):
         proto.makeConnection(stream)
         return defer.succeed(proto)
 
+    def _guard(self, stream, call, *args):
+        """Run one stream's protocol callback.  A fault there (a bug, or a
+        hostile peer finding one) ends that stream only: it must never unwind
+        through the core's parser and take the session and every other
+        stream with it.  -> True if the callback returned normally."""
+        try:
+            call(*args)
+            return True
+        except Exception:
+            self.log.failure("yamux stream {sid} handler failed; resetting that stream only",
+                             sid=stream.stream_id)
+            if not stream.disconnected:
+                stream.abortConnection()
+            return False
+
     # events from the core
     def stream_opened(self, sid):
         stream = YamuxStream(self, sid)
-        proto = self.accept_stream(stream) if self.accept_stream else None
+        try:
+            proto = self.accept_stream(stream) if self.accept_stream else None
+        except Exception:
+            self.log.failure("yamux stream {sid}: accepting it failed", sid=sid)
+            proto = None
         if proto is None:
             self.core.reset_stream(sid)
             return
         self.streams[sid] = stream
         stream.protocol = proto
-        proto.makeConnection(stream)
+        self._guard(stream, proto.makeConnection, stream)
 
     def stream_data(self, sid, data):
         stream = self.streams.get(sid)
@@ -459,7 +478,10 @@ class YamuxProtocol(protocol.Protocol):
         stream = self.streams.pop(sid, None)
         if stream is not None and not stream.disconnected:
             stream.disconnected = True
-            stream.protocol.connectionLost(failure.Failure(reason))
+            try:
+                stream.protocol.connectionLost(failure.Failure(reason))
+            except Exception:
+                self.log.failure("yamux stream {sid}: connectionLost failed", sid=sid)
 
     def dataReceived(self, data):
         try:
