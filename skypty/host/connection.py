@@ -15,6 +15,9 @@ from skypty.host.auth import IPtyAvatar, NotWhitelisted, ProvenPublicKey
 from skypty.wire import requestline
 
 REQUEST_TIMEOUT = 10.0
+# After refusing, how long we keep reading (and discarding) what the peer
+# already sent before closing for good; see HostConnection.close_refused.
+REFUSAL_LINGER = 5.0
 # A client may pipeline its first RPC call behind the request line while we
 # are still logging it in; keep only that much.
 MAX_EARLY_BYTES = 64 * 1024
@@ -36,6 +39,7 @@ class HostConnection(protocol.Protocol):
         self._early_size = 0
         self._parser = requestline.RequestLineParser()
         self._timeout = None
+        self._linger = None
 
     # -- connection ---------------------------------------------------------------
     def connectionMade(self):
@@ -64,13 +68,26 @@ class HostConnection(protocol.Protocol):
         failure.trap(NotWhitelisted)
         self.log.warn("refused {pk} on {entry}: not whitelisted", pk=self.peer_pk.hex(),
                       entry=self.factory.entry_point, peer=str(self.transport.getPeer()))
-        self._state = "closed"
         self._cancel_timeout()
-        if self.factory.reject_with_byte:
-            self.transport.write(requestline.REJECT)
+        self.close_refused(requestline.REJECT if self.factory.reject_with_byte else b"")
+
+    def close_refused(self, reply=b""):
+        """End a refused connection so that the peer reliably sees the refusal.
+
+        Closing a TCP (or unix) socket while the peer's request line is still
+        unread makes the kernel answer with a reset, which the peer may see
+        on its send or its recv instead of our reply or EOF.  So: send the
+        reply, half-close (FIN), and keep reading and discarding until the
+        peer closes too, or REFUSAL_LINGER passes."""
+        self._state = "closed"
+        if reply:
+            self.transport.write(reply)
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is None:  # a dmsg stream: its close is already a clean FIN
             self.transport.loseConnection()
-        else:
-            self.transport.abortConnection()
+            return
+        half_close()
+        self._linger = self.factory.reactor.callLater(REFUSAL_LINGER, self.transport.abortConnection)
 
     def _internal_error(self, failure):
         self.log.failure("login failed on {entry}", failure, entry=self.factory.entry_point)
@@ -152,6 +169,8 @@ class HostConnection(protocol.Protocol):
 
     def connectionLost(self, reason=protocol.connectionDone):
         self._cancel_timeout()
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
         self._state = "closed"
         if self.inner is not None:
             self.inner.connectionLost(reason)
