@@ -109,22 +109,23 @@ class HostConnection(protocol.Protocol):
     def _request_data(self, data):
         try:
             uri, leftover = self._parser.feed(data)
+            if uri is not None:
+                path, query = requestline.parse_uri(uri)
         except ProtocolError as e:
-            self.log.warn("bad request line from {pk}: {err}", pk=self.peer_pk.hex(), err=e)
-            self._state = "closed"
-            self.transport.abortConnection()
+            # Ends this connection (this stream, over dmsg) only, with a reject.
+            self.log.warn("bad request line from {pk} on {entry}: {err}", pk=self.peer_pk.hex(),
+                          entry=self.factory.entry_point, err=e)
+            self._cancel_timeout()
+            self.close_refused(requestline.REJECT)
             return
         if uri is None:
             return
         self._cancel_timeout()
-        path, query = requestline.parse_uri(uri)
         route = self.factory.routes.get(path)
         if route is None:
             self.log.warn("rejected {uri!r} from {pk} on {entry}", uri=uri, pk=self.peer_pk.hex(),
                           entry=self.factory.entry_point)
-            self._state = "closed"
-            self.transport.write(requestline.REJECT)
-            self.transport.loseConnection()
+            self.close_refused(requestline.REJECT)
             return
         self._state = "starting"
         try:
