@@ -68,3 +68,20 @@ def test_hostile_input_is_bounded(data, step):
                 break
     except RequestLineError:
         pass
+
+
+@pytest.mark.parametrize("line", [b"\x04///[", b"\x08///[*:1]", b"\x0a///[vg.x]/"])
+def test_unparseable_uri_is_refused_by_the_parser(line):
+    # urlsplit's ValueError escaped parse_uri, after the parser had handed the URI to routing
+    with pytest.raises(RequestLineError, match="does not parse"):
+        RequestLineParser().feed(line)
+    with pytest.raises(RequestLineError):
+        parse_uri(line[1:].decode())
+
+
+@pytest.mark.parametrize("port", ["%C2%B2", "%D9%A1", "+22", " 22", "022222"])
+def test_proxy_port_is_ascii_digits(port):
+    pk = V["keys"]["client_A"]["pk"]
+    _, query = parse_uri(f"dmsgpty/proxy?pk={pk}&port={port}")
+    with pytest.raises(RequestLineError, match="port"):
+        parse_proxy_query(query)

@@ -57,17 +57,22 @@ class RequestLineParser:
         leftover = self._buf[1 + length:] + rest
         self._buf = b""
         try:
-            self.uri = raw.decode("ascii")
+            uri = raw.decode("ascii")
         except UnicodeDecodeError:
             raise RequestLineError("request URI is not ASCII") from None
+        parse_uri(uri)  # refuse it here, where callers handle RequestLineError, not at routing
+        self.uri = uri
         return self.uri, leftover
 
 
 def parse_uri(uri):
-    """-> (path without one leading '/', {name: first value})."""
+    """-> (path without one leading '/', {name: first value}), or RequestLineError."""
     if uri.startswith("/"):
         uri = uri[1:]
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError as e:  # a bad bracketed host such as '//[' or '//[*:1]' (as Go's url.Parse refuses)
+        raise RequestLineError(f"request URI does not parse: {e}") from None
     query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
     return parts.path, query
 
@@ -96,7 +101,8 @@ def parse_proxy_query(query):
     pk, port = query.get("pk", ""), query.get("port", "")
     if not re.fullmatch(r"[0-9a-fA-F]{66}", pk):
         raise RequestLineError("proxy: pk must be 66 hex characters")
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    # ASCII digits only: str.isdigit() also takes '²' (int() refuses it) and '١' (int() reads 1)
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         raise RequestLineError("proxy: port must be 1..65535")
     service = query.get("service", "pty")
     if service not in PROXY_SERVICES:
