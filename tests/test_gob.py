@@ -172,3 +172,10 @@ def test_mutated_vector_streams_only_raise_gob_error(noise):
                 pass
     except gob.GobError:
         pass
+
+
+def test_an_array_sent_as_bytes_must_have_its_length():
+    # A peer may send a [32]byte as a []byte; a short one used to convert with no length check.
+    assert gob.convert(bytes(range(32)), T.SHA256) == list(range(32))
+    with pytest.raises(gob.GobError, match="32 elements"):
+        gob.convert(b"\x01" * 5, T.SHA256)

@@ -609,7 +609,7 @@ def convert(generic, t):
         return t.cls(**kwargs)
     if isinstance(t, (Slice, Array)):
         if isinstance(t.elem, _Builtin) and t.elem.builtin_id == 3 and isinstance(generic, bytes):
-            return list(generic)
+            generic = list(generic)  # a []byte for a slice or array of small uints
         if not isinstance(generic, list):
             raise GobError(f"gob: expected {t.gostring}")
         if isinstance(t, Array) and len(generic) != t.length:
