@@ -58,3 +58,70 @@ def test_a_refused_peer_that_never_closes_is_dropped_after_the_linger(host):
         wait_for(closed, timeout=15, what="the host to close the lingering connection")
     finally:
         channel.close()
+
+
+def _rpc(channel):
+    from skypty.client.rpc import BlockingRPC, request_service
+
+    return BlockingRPC(channel, request_service(channel, requestline.PTY))
+
+
+def _gone(channel):
+    """True once the host has closed this channel (EOF or reset)."""
+    import select
+
+    ready, _, _ = select.select([channel], [], [], 0)
+    if not ready:
+        return False
+    try:
+        return channel.recv() == b""
+    except OSError:
+        return True
+
+
+def test_whitelist_remove_ends_live_sessions_on_every_entry_point(tmp_path):
+    # Regression (#13.6): after whitelist-remove the key's open shell kept working.
+    from skypty.client.transport import connect_control
+    from skypty.wire import types as T
+
+    a = Host(tmp_path, "a", persistent=True).start()
+    b = Host(tmp_path, "b", embedded=False, discovery_port=a.discovery_port).start()
+    try:
+        pk, sk = generate_keypair()
+        assert a.client("whitelist-add", pk.hex(), b.pk, "--cliaddr", a.cli).returncode == 0
+        a_pk = PublicKey.from_hex(a.pk)
+        sleep = T.CommandReq.cls(name="sleep", arg=["600"])
+        baseline = len(a.children())
+
+        shell = connect_noise("127.0.0.1", a.tcp_port, a_pk, sk)  # a plain shell over TCP
+        _rpc(shell).call("pty.Start", sleep, T.CommandReq, T.EMPTY)
+        detached = connect_noise("127.0.0.1", a.tcp_port, a_pk, sk)  # a persistent one, then detached
+        _rpc(detached).call("pty.StartSession", sleep, T.CommandReq, T.STRING)
+        detached.close()
+        execing = connect_noise("127.0.0.1", a.tcp_port, a_pk, sk)  # a one-shot command in flight
+        _rpc(execing).start("pty.Exec", T.CommandExecReq.cls(name="sleep", arg=["600"]),
+                            T.CommandExecReq, T.CommandExecResult)
+        # b reaches a over dmsg through b's own control socket (b's key)
+        wait_for(lambda: b.client("exec", a.pk, "--cliaddr", b.cli, "--", "true").returncode == 0,
+                 timeout=30, what="b to reach a over dmsg")
+        proxied = connect_control("unix", b.cli)
+        from skypty.client.rpc import BlockingRPC, request_service
+
+        BlockingRPC(proxied, request_service(proxied, requestline.proxy_uri(a.pk, 22))).call(
+            "pty.Start", sleep, T.CommandReq, T.EMPTY)
+        wait_for(lambda: len(a.children()) >= baseline + 4, what="four processes for the two keys")
+
+        for key in (pk.hex(), b.pk):
+            assert a.client("whitelist-remove", key, "--cliaddr", a.cli).returncode == 0
+        for channel in (shell, execing, proxied):
+            wait_for(lambda: _gone(channel), what="the revoked key's connection to drop")
+        wait_for(lambda: len(a.children()) == baseline, what="the revoked keys' processes to end")
+        assert [p for p, state in a.children() if state == "Z"] == []
+        log = a.log()
+        assert f"revoked {pk.hex()}" in log and f"revoked {b.pk}" in log
+        assert "owner taken off the whitelist" in log  # the detached session is gone too
+        for channel in (shell, execing, proxied):
+            channel.close()
+    finally:
+        b.stop()
+        a.stop()

@@ -13,6 +13,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
+from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 
@@ -42,6 +43,7 @@ class NotWhitelisted(cred_error.UnauthorizedLogin):
 
 @implementer(ICredentialsChecker)
 class WhitelistChecker:
+    log = Logger()
     credentialInterfaces = (IProvenPublicKey,)
 
     def __init__(self, whitelist):
@@ -54,19 +56,97 @@ class WhitelistChecker:
         return defer.fail(NotWhitelisted(pk))
 
 
+@attr.s
+class Mind:
+    """What the realm is told about a login: where it came from, and how to
+    end it from our side (abort its connection) when the key is revoked."""
+
+    entry_point = attr.ib()
+    disconnect = attr.ib(default=None)
+
+
+def entry_point_of(mind):
+    return getattr(mind, "entry_point", mind)
+
+
+class LiveLogins:
+    """Who is logged in right now, by key, so that taking a key off the
+    whitelist ends its live connections on every entry point at once."""
+
+    def __init__(self):
+        self._by_key = {}  # pk -> {login token: (avatar, mind)}
+
+    def add(self, pk, avatar, mind):
+        """-> a callable that forgets this login (call it on logout)."""
+        token = object()
+        self._by_key.setdefault(pk, {})[token] = (avatar, mind)
+
+        def forget():
+            logins = self._by_key.get(pk)
+            if logins is not None:
+                logins.pop(token, None)
+                if not logins:
+                    del self._by_key[pk]
+
+        return forget
+
+    def keys(self):
+        return list(self._by_key)
+
+    def count(self, pk):
+        return len(self._by_key.get(pk, ()))
+
+    def revoke(self, pk):
+        """End every live login of *pk*: its processes are killed (a persistent
+        shell too: nothing is left to reattach to), then its connection is
+        dropped.  -> the entry points of the logins that were ended."""
+        ended = []
+        for avatar, mind in list(self._by_key.pop(pk, {}).values()):
+            ended.append(entry_point_of(mind))
+            revoke = getattr(avatar, "revoke", None)
+            if revoke is not None:
+                revoke()
+            disconnect = getattr(mind, "disconnect", None)
+            if disconnect is not None:
+                disconnect()
+        return ended
+
+
 @implementer(IRealm)
 class PtyRealm:
-    """Builds a PtyAvatar for a whitelisted key; *avatar_factory(pk)* does the work."""
+    """Builds a PtyAvatar for a whitelisted key; *avatar_factory(pk, entry_point)*
+    does the work.  Every login is kept in *live* until it logs out."""
 
-    def __init__(self, avatar_factory):
+    def __init__(self, avatar_factory, live=None):
         self.avatar_factory = avatar_factory
+        self.live = live if live is not None else LiveLogins()
 
     def requestAvatar(self, avatarId, mind, *interfaces):
         if IPtyAvatar not in interfaces:
             raise NotImplementedError("skypty only offers IPtyAvatar")
-        avatar = self.avatar_factory(avatarId, mind)
-        return IPtyAvatar, avatar, avatar.logout
+        avatar = self.avatar_factory(avatarId, entry_point_of(mind))
+        forget = self.live.add(avatarId, avatar, mind)
+
+        def logout():
+            forget()
+            avatar.logout()
+
+        return IPtyAvatar, avatar, logout
 
 
-def make_portal(whitelist, avatar_factory):
-    return Portal(PtyRealm(avatar_factory), [WhitelistChecker(whitelist)])
+def make_portal(whitelist, avatar_factory, live=None):
+    """The one portal every entry point logs in through.  A key taken off
+    *whitelist* loses its live logins at once (see LiveLogins.revoke)."""
+    realm = PtyRealm(avatar_factory, live)
+
+    def drop_removed(whitelist):
+        for pk in realm.live.keys():
+            if pk not in whitelist:
+                ended = realm.live.revoke(pk)
+                WhitelistChecker.log.info("revoked {pk}: ended {n} live connection(s) ({entries})", pk=pk.hex(),
+                                          n=len(ended), entries=",".join(sorted(set(ended))))
+
+    whitelist.observe(drop_removed)
+    portal = Portal(realm, [WhitelistChecker(whitelist)])
+    portal.live = realm.live
+    return portal

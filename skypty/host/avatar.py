@@ -15,7 +15,7 @@ from skypty.host.auth import IPtyAvatar
 from skypty.host.command import ExecError, run_exec
 from skypty.host.persist import OutputLost
 from skypty.wire.rpc import RPCError
-from skypty.host.shell import DirectReader, PtyProcess, ShellEnded, SpawnError
+from skypty.host.shell import DirectReader, PipeProcess, PtyProcess, ShellEnded, SpawnError
 
 ERR_EOF = "EOF"
 ERR_RUNNING = "a pty session is already running"
@@ -46,7 +46,9 @@ class PtyAvatar:
         self.entry_point = entry_point
         self._proc = None
         self._reader = None  # DirectReader, or a persistent session's follower
+        self._err_reader = None  # stderr of a piped (terminal-less) process
         self._session = None
+        self._execs = set()  # one-shot commands in flight (Deferreds)
         self.logged_out = False
 
     @property
@@ -69,6 +71,44 @@ class PtyAvatar:
         self.log.info("pty started for {pk} via {entry}: {cmd} pid {pid}", pk=self.public_key.hex(),
                       entry=self.entry_point, cmd=name, pid=proc.pid)
         proc.when_ended().addCallback(self._shell_ended, name)
+
+    def start_piped(self, name, args, env):
+        """skypty extension: the command without a terminal (stdin/stdout/stderr
+        are pipes), for a client whose own stdin is not a tty."""
+        if self._reader is not None:
+            raise RPCFault(ERR_RUNNING)
+        reader, err_reader = DirectReader(), DirectReader()
+        try:
+            proc = PipeProcess.spawn(self.context.reactor, name, args, env, sink=reader, err_sink=err_reader)
+        except SpawnError as e:
+            raise RPCFault(str(e)) from None
+        reader.process = err_reader.process = proc
+        self._proc, self._reader, self._err_reader = proc, reader, err_reader
+        self.log.info("piped command started for {pk} via {entry}: {cmd} pid {pid}",
+                      pk=self.public_key.hex(), entry=self.entry_point, cmd=name, pid=proc.pid)
+        proc.when_ended().addCallback(self._shell_ended, name)
+
+    def read_stderr(self, max_bytes):
+        if self._err_reader is None:
+            return defer.fail(RPCFault(ERR_NO_SESSION))
+
+        def eof(failure):
+            failure.trap(ShellEnded)
+            raise RPCFault(ERR_EOF)
+
+        return self._err_reader.read(max_bytes).addErrback(eof)
+
+    def close_stdin(self):
+        proc = self._current_process()
+        if not isinstance(proc, PipeProcess):
+            raise RPCFault("pty.CloseStdin: the command runs on a pty (send ^D instead)")
+        proc.close_stdin()
+
+    def exit_status(self):
+        """skypty extension: the exit status of this connection's shell or
+        command (waiting for it to end): its code, or 128+signal."""
+        proc = self._current_process()
+        return proc.when_ended().addCallback(lambda status: 128 - status if status < 0 else status)
 
     def _shell_ended(self, status, name):
         self.log.info("pty ended for {pk} via {entry}: {cmd} exit {status}", pk=self.public_key.hex(),
@@ -116,6 +156,13 @@ class PtyAvatar:
         self.log.info("exec for {pk} via {entry}: {cmd}", pk=self.public_key.hex(),
                       entry=self.entry_point, cmd=name)
         d = run_exec(self.context.reactor, name, args, env, stdin, timeout_ms)
+        self._execs.add(d)
+
+        def done(result):
+            self._execs.discard(d)
+            return result
+
+        d.addBoth(done)
 
         def failed(failure):
             failure.trap(ExecError)
@@ -157,16 +204,33 @@ class PtyAvatar:
         follower.offset += lost  # reported here, so the first read does not report it again
         return follower.offset, lost
 
+    def output_end(self):
+        """How many bytes the attached session has written in all (0 if none)."""
+        return self._session.ring.end if self._session is not None else 0
+
     def _bind(self, session, follower):
         self._session, self._reader, self._proc = session, follower, session.process
         self.log.info("session {sid} attached by {pk} via {entry}", sid=session.id,
                       pk=self.public_key.hex(), entry=self.entry_point)
 
     # -- end of the connection ------------------------------------------------------
+    def revoke(self):
+        """This key was taken off the whitelist: kill what it runs here (a
+        persistent shell too, so there is nothing to reattach to) and any
+        one-shot command still in flight."""
+        if self._session is not None and self.context.sessions is not None:
+            self.context.sessions.forget(self._session.id, "owner taken off the whitelist")
+        self.logout()  # cancels execs; detaches from the (now dead) session
+
+    def _cancel_execs(self):
+        for d in list(self._execs):
+            d.cancel()  # kills the command's process group
+
     def logout(self):
         """The stream dropped: kill a plain shell, detach from a persistent one."""
         if self.logged_out:
             return
+        self._cancel_execs()  # nobody is left to read the result
         self.logged_out = True
         if self._session is not None:
             self._reader.detach()
@@ -174,3 +238,5 @@ class PtyAvatar:
         elif self._proc is not None:
             self._proc.stop()
             self._reader.fail_pending(RPCFault(ERR_EOF))
+            if self._err_reader is not None:
+                self._err_reader.fail_pending(RPCFault(ERR_EOF))

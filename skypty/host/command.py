@@ -1,6 +1,7 @@
 """One-shot commands for pty.Exec: no pty, own session, bounded capture.
 
-The child runs under util-linux ``setsid`` (Twisted's spawnProcess has no
+The child starts in the user's home directory (as ``ssh host cmd`` does) and
+runs under util-linux ``setsid`` (Twisted's spawnProcess has no
 pre-exec hook, and a fresh child is never a group leader, so setsid simply
 execs it in a new session): on timeout the whole process group is killed.
 """
@@ -14,7 +15,7 @@ import attr
 from twisted.internet import defer, protocol
 
 from skypty.errors import SkyptyError
-from skypty.host.shell import build_env
+from skypty.host.shell import build_env, home_directory
 
 DEFAULT_TIMEOUT_MS = 30_000
 MAX_TIMEOUT_MS = 5 * 60_000
@@ -96,9 +97,10 @@ def run_exec(reactor, name, args=(), env=(), stdin=b"", timeout_ms=0, cwd=None):
     done = defer.Deferred()
     proto = _ExecProtocol(stdin or b"", done)
     started = time.monotonic()
+    full_env = build_env(env)
     try:
         transport = reactor.spawnProcess(
-            proto, SETSID, [SETSID, name, *args], env=build_env(env), path=cwd or None,
+            proto, SETSID, [SETSID, name, *args], env=full_env, path=cwd or home_directory(full_env),
             childFDs={0: "w", 1: "r", 2: "r"})
     except OSError as e:
         return defer.fail(ExecError(f"exec: cannot start {name}: {e}"))
@@ -106,23 +108,35 @@ def run_exec(reactor, name, args=(), env=(), stdin=b"", timeout_ms=0, cwd=None):
     timed_out = []
 
     def kill_group():
-        timed_out.append(True)
         for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
             try:
                 target()
             except (ProcessLookupError, PermissionError):
                 pass
 
-    timer = reactor.callLater(timeout, kill_group)
+    def time_out():
+        timed_out.append(True)
+        kill_group()
+
+    timer = reactor.callLater(timeout, time_out)
+
+    def cancel(_result):
+        # The caller went away (connection dropped, key revoked): kill the
+        # command now; it is still reaped below, its result just goes nowhere.
+        kill_group()
+
+    result = defer.Deferred(canceller=cancel)
 
     def finished(p):
         if timer.active():
             timer.cancel()
-        return ExecResult(
-            stdout=p.out.value(), stderr=p.err.value(),
-            stdout_truncated=p.out.truncated, stderr_truncated=p.err.truncated,
-            exit_code=TIMED_OUT_EXIT_CODE if timed_out else p.status,
-            timed_out=bool(timed_out),
-            duration_ms=int((time.monotonic() - started) * 1000))
+        if not result.called:
+            result.callback(ExecResult(
+                stdout=p.out.value(), stderr=p.err.value(),
+                stdout_truncated=p.out.truncated, stderr_truncated=p.err.truncated,
+                exit_code=TIMED_OUT_EXIT_CODE if timed_out else p.status,
+                timed_out=bool(timed_out),
+                duration_ms=int((time.monotonic() - started) * 1000)))
 
-    return done.addCallback(finished)
+    done.addCallback(finished)
+    return result

@@ -11,7 +11,7 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 
 from skypty.errors import ProtocolError
-from skypty.host.auth import IPtyAvatar, NotWhitelisted, ProvenPublicKey
+from skypty.host.auth import IPtyAvatar, Mind, NotWhitelisted, ProvenPublicKey
 from skypty.wire import requestline
 
 REQUEST_TIMEOUT = 10.0
@@ -47,7 +47,7 @@ class HostConnection(protocol.Protocol):
         self.peer_pk = f.peer_pk(self.transport)
         self._timeout = f.reactor.callLater(REQUEST_TIMEOUT, self._timed_out)
         creds = ProvenPublicKey(self.peer_pk, f.entry_point)
-        d = f.portal.login(creds, f.entry_point, IPtyAvatar)
+        d = f.portal.login(creds, Mind(f.entry_point, disconnect=self._revoked), IPtyAvatar)
         d.addCallbacks(self._logged_in, self._refused)
         d.addErrback(self._internal_error)
 
@@ -88,6 +88,13 @@ class HostConnection(protocol.Protocol):
             return
         half_close()
         self._linger = self.factory.reactor.callLater(REFUSAL_LINGER, self.transport.abortConnection)
+
+    def _revoked(self):
+        """The peer's key was taken off the whitelist while connected."""
+        self.log.info("dropping {pk} on {entry}: taken off the whitelist", pk=self.peer_pk.hex(),
+                      entry=self.factory.entry_point)
+        self._state = "closed"
+        self.transport.abortConnection()
 
     def _internal_error(self, failure):
         self.log.failure("login failed on {entry}", failure, entry=self.factory.entry_point)
@@ -153,8 +160,16 @@ class HostConnection(protocol.Protocol):
 
     def _service_failed(self, failure):
         self.log.warn("service failed for {pk}: {err}", pk=self.peer_pk.hex(), err=failure.getErrorMessage())
-        self._state = "closed"
-        self.transport.loseConnection()
+        if self.factory.entry_point != "cli":
+            self._state = "closed"
+            self.transport.loseConnection()  # the reference's bare close, for foreign clients
+            return
+        # On our own control socket the client deserves the real reason: the
+        # reject byte, one length byte, then UTF-8 "reason-word: text" (reference
+        # clients read the first byte and ignore the rest).
+        reason = getattr(failure.value, "reason", "failed")
+        text = f"{reason}: {failure.getErrorMessage()}".encode("utf-8")[:255]
+        self.close_refused(requestline.REJECT + bytes((len(text),)) + text)
 
     def _timed_out(self):
         self._timeout = None

@@ -237,6 +237,13 @@ class SessionRegistry:
                 session.process.stop()
             self.log.info("session {sid} ended: {why}", sid=session_id, why=why)
 
+    def forget_owned_by(self, owners_gone, why):
+        """End every session (attached or detached) whose owner
+        *owners_gone(owner)* says is gone, e.g. taken off the whitelist."""
+        for session in list(self._sessions.values()):
+            if owners_gone(session.owner):
+                self.forget(session.id, why)
+
     def list(self):
         return [s.describe() for s in self._sessions.values()]
 
