@@ -14,14 +14,24 @@ from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.websocket.types import ConnectionDeny
+from twisted.logger import Logger
 from twisted.web import resource, static
-from twisted.web.server import Site
 
 from skypty.keys import InvalidKey, PublicKey
+from skypty.web import httpguard
 from skypty.web.terminal import TerminalFactory
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 COOKIE = "skypty_token"
+MAX_BODY = 64 * 1024  # the web terminal takes no uploads
+
+log = Logger()
+
+
+def refused(entry_point, peer, why):
+    """One log line per refusal: who (a dmsg peer's proven key, else host:port)
+    and where.  Never the token: *why* is one of our fixed phrases."""
+    log.warn("refused {peer} on {entry}: {why}", peer=peer, entry=entry_point, why=why)
 
 
 def load_or_create_token(path):
@@ -50,6 +60,8 @@ def _same_origin(origin, host):
 class TokenGate:
     """Who may use the local web listener: holders of the host's token."""
 
+    entry_point = "web"
+
     def __init__(self, token):
         self.token = token
 
@@ -71,9 +83,11 @@ class TokenGate:
         """Autobahn ConnectionRequest -> identity, or ConnectionDeny."""
         headers = request.headers
         if not _same_origin(headers.get("origin", ""), headers.get("host", "")):
+            refused(self.entry_point, httpguard.peer_name(transport), "cross-origin WebSocket")
             raise ConnectionDeny(403, "cross-origin WebSocket refused")
         token = (request.params.get("token") or [None])[0] or self.from_cookie_header(headers.get("cookie"))
         if not self.token_ok(token):
+            refused(self.entry_point, httpguard.peer_name(transport), "WebSocket without a valid token")
             raise ConnectionDeny(403, "a valid token is required (see skypty-client url)")
         return "local"
 
@@ -84,12 +98,17 @@ class TokenGate:
             request.addCookie(COOKIE, self.token, path="/", httpOnly=True, sameSite="strict")
             return True
         cookie = request.getCookie(COOKIE.encode())
-        return self.token_ok(cookie.decode("ascii", "replace") if cookie else "")
+        if self.token_ok(cookie.decode("ascii", "replace") if cookie else ""):
+            return True
+        refused(self.entry_point, httpguard.peer_name(request.channel.transport), "page without a valid token")
+        return False
 
 
 class WhitelistGate:
     """Who may use the web terminal over dmsg (HTTP on dmsg port 80): the
     stream's proven public key must be whitelisted.  No token, no cookie."""
+
+    entry_point = "web-dmsg"
 
     def __init__(self, whitelist):
         self.whitelist = whitelist
@@ -98,15 +117,21 @@ class WhitelistGate:
         get = getattr(transport, "getPeerPK", None)
         return get() if get else None
 
-    def websocket(self, request, transport=None):
+    def _admitted(self, transport, what):
         pk = self._pk(transport)
-        if pk is None or pk not in self.whitelist:
+        if pk is not None and pk in self.whitelist:
+            return pk
+        refused(self.entry_point, httpguard.peer_name(transport), f"{what}: not whitelisted")
+        return None
+
+    def websocket(self, request, transport=None):
+        pk = self._admitted(transport, "WebSocket")
+        if pk is None:
             raise ConnectionDeny(403, "not authorized: this key is not on the host's whitelist")
         return pk
 
     def page(self, request):
-        pk = self._pk(request.channel.transport)
-        return pk is not None and pk in self.whitelist
+        return self._admitted(request.channel.transport, "page") is not None
 
 
 def _page(title):
@@ -129,14 +154,19 @@ class PtyPage(resource.Resource):
     def render_GET(self, request):
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if upgrade == b"websocket":
+            # Autobahn takes the connection over and runs the gate on the handshake.
+            httpguard.upgraded(request)
             return self.ws_resource.render(request)
         if not self.gate.page(request):
             request.setResponseCode(403)
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             return (b"403 forbidden: open the URL printed by `skypty-client url` (it carries the token), "
                     b"or use a whitelisted key\n")
+        httpguard.authenticated(request)
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-store")
+        # The page's URL may carry ?token=: never send it on as a Referer.
+        request.setHeader(b"Referrer-Policy", b"no-referrer")
         request.setHeader(b"X-Frame-Options", b"DENY")
         return _page(self.title)
 
@@ -173,13 +203,11 @@ def target_of(path):
 
 
 def make_web_site(reactor, own_pk, gate, open_backend):
-    factory = TerminalFactory(reactor, gate.websocket, open_backend, target_of)
+    factory = TerminalFactory(reactor, gate.websocket, open_backend, target_of, gate.entry_point)
     ws_resource = WebSocketResource(factory)
     root = resource.Resource()
     pty = PtyRoot(gate, ws_resource, own_pk)
     root.putChild(b"pty", pty)
     root.putChild(b"pty-static", static.File(STATIC_DIR))
     root.putChild(b"", resource.ForbiddenResource("see /pty"))
-    site = Site(root)
-    site.displayTracebacks = False
-    return site
+    return httpguard.GuardedSite(root, gate.entry_point, reactor=reactor, max_body=MAX_BODY)

@@ -12,8 +12,11 @@ import os
 import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import Logger
+
+from skypty.web.httpguard import peer_name
 
 BATCH_DELAY = 0.016
 MAX_BATCH = 512 * 1024  # + one 64 KiB read stays under the 1 MiB message limit
@@ -102,7 +105,13 @@ class TerminalProtocol(WebSocketServerProtocol):
 
     def _failed(self, failure):
         message = failure.getErrorMessage()
-        self.log.warn("web terminal failed: {err}", err=message)
+        # A dmsg peer is named by its proven key; "local" (the token holder) by its address.
+        who = (self.identity.hex() if hasattr(self.identity, "hex")
+               else f"the token holder at {peer_name(self.transport)}")
+        target = self.target_pk.hex() if self.target_pk is not None else "this host"
+        verb = "refused" if failure.check(PermissionError, UnauthorizedLogin) else "failed for"
+        self.log.warn("web terminal {verb} {who} on {entry} (to {target}): {err}", verb=verb, who=who,
+                      entry=self.factory.entry_point, target=target, err=message)
         if not self._closed:
             self._send_json({"type": "error", "message": message})
             self.sendClose(code=1000)
@@ -183,16 +192,18 @@ txaio.set_global_log_level("info")  # autobahn's debug lines would flood the hos
 
 class TerminalFactory(WebSocketServerFactory):
     """*gate(request, transport) -> identity* raises ConnectionDeny; *open_backend(identity,
-    target_pk, transport) -> Deferred[backend]*; *target_of(path) -> pk or None*."""
+    target_pk, transport) -> Deferred[backend]*; *target_of(path) -> pk or None*;
+    *entry_point* names this listener in log lines."""
 
     protocol = TerminalProtocol
 
-    def __init__(self, reactor, gate, open_backend, target_of):
+    def __init__(self, reactor, gate, open_backend, target_of, entry_point="web"):
         super().__init__()
         self.reactor = reactor
         self.gate = gate
         self.open_backend = open_backend
         self.target_of = target_of
+        self.entry_point = entry_point
         # Origin is checked by the gate (it knows the Host); pings keep proxies honest.
         self.setProtocolOptions(autoPingInterval=10, autoPingTimeout=30,
                                 maxMessagePayloadSize=1024 * 1024, maxFramePayloadSize=1024 * 1024)
