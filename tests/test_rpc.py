@@ -1,4 +1,5 @@
 
+import pytest
 from twisted.internet import defer, protocol, reactor
 from twisted.trial import unittest
 
@@ -139,3 +140,17 @@ class LoopbackTests(unittest.TestCase):
         client.transport.loseConnection()
         yield self.assertFailure(pending_read, RPCError)
         yield closed
+
+
+def test_a_server_refuses_a_call_over_its_cap_before_buffering_it():
+    from skypty.errors import ProtocolError
+    from skypty.wire import gob
+    from skypty.wire.rpc import MAX_CALL
+
+    server = RPCServerConnection(pty_methods([])[0], lambda data: None)
+    with pytest.raises(ProtocolError, match="over the limit"):
+        server.data_received(gob.encode_uint(MAX_CALL + 1) + b"\x00" * 100)
+    # ... while a 1 MiB pty.Write still goes through
+    server = RPCServerConnection(pty_methods([])[0], None)
+    call, results = pump(RPCClientConnection(), server)
+    assert results[call("pty.Write", b"x" * (1 << 20), T.BYTES, T.INT)] == 1 << 20

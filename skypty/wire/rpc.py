@@ -15,6 +15,10 @@ from skypty.wire import gob
 from skypty.wire.types import EMPTY, Request, Response
 
 MAX_OUTSTANDING = 64
+# The largest call a server reads: a pty.Write or a 1 MiB exec stdin with room
+# to spare.  Replies may be larger (an exec result carries up to 2 x 16 MiB),
+# so the client keeps gob's own cap.
+MAX_CALL = 4 * 1024 * 1024
 
 
 class RPCError(SkyptyError):
@@ -43,12 +47,12 @@ class RPCServerConnection:
     *pause()/resume()* (optional) stop and restart reading, used when too
     many calls are outstanding."""
 
-    def __init__(self, methods, send, pause=None, resume=None, log=None):
+    def __init__(self, methods, send, pause=None, resume=None, log=None, max_message=MAX_CALL):
         self.methods = methods
         self.send = send
         self._pause, self._resume = pause, resume
         self.log = log
-        self._dec = gob.Decoder()
+        self._dec = gob.Decoder(max_message=max_message)
         self._enc = gob.Encoder()
         self._header = None
         self.outstanding = 0
@@ -122,9 +126,9 @@ class RPCClientConnection:
     """Client side: ``start_call`` encodes a call; ``data_received`` returns
     the finished calls as (seq, value-or-RPCError).  No Twisted here."""
 
-    def __init__(self):
+    def __init__(self, max_message=gob.MAX_MESSAGE):
         self._enc = gob.Encoder()
-        self._dec = gob.Decoder()
+        self._dec = gob.Decoder(max_message=max_message)
         self._pending = {}  # seq -> reply type
         self._next_seq = 0
         self._response = None
