@@ -13,17 +13,15 @@ from twisted.internet import defer, endpoints, protocol, task
 from twisted.logger import Logger
 
 from skypty.dmsg.disc import DiscoveryClient, DiscoveryError, EntryKeeper, EntryNotFound, client_entry
+from skypty.dmsg.errors import (
+    DialError, DiscoveryUnavailable, NoAnswer, NoSharedServer, NotInDiscovery, NotWhitelisted, StreamRefused,
+)
 from skypty.dmsg.session import DmsgSession
 from skypty.dmsg.stream import AcceptStream, DialStream
-from skypty.errors import SkyptyError
 from skypty.wire import requestline
 
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
 DIAL_TIMEOUT = 20.0
-
-
-class DialError(SkyptyError):
-    pass
 
 
 def _host_port(address):
@@ -120,16 +118,28 @@ class DmsgClientService(service.Service):
         try:
             entry = yield self.discovery.get_entry(pk)
         except EntryNotFound:
-            raise DialError(f"{pk.hex()[:16]}… is not in dmsg discovery (offline?)") from None
+            raise NotInDiscovery(f"{pk.hex()} is not in dmsg discovery (offline?)") from None
         except DiscoveryError as e:
-            raise DialError(f"dmsg discovery unavailable: {e}") from None
+            raise DiscoveryUnavailable(f"dmsg discovery unavailable: {e}") from None
         servers = list(entry.client.delegated_servers) if entry.client else []
         session = next((self.sessions[s] for s in servers if s in self.sessions), None)
         if session is None:
-            raise DialError(f"{pk.hex()[:16]}… shares no dmsg server with this host")
+            raise NoSharedServer(f"{pk.hex()} shares no dmsg server with this host")
         stream = DialStream(session, self.sk, next(self._ports), pk, port, inner)
-        yield session.open_stream(stream)
-        result = yield stream.done.addTimeout(DIAL_TIMEOUT, self.reactor)
+        try:
+            yield session.open_stream(stream)
+            result = yield stream.done.addTimeout(DIAL_TIMEOUT, self.reactor)
+        except defer.TimeoutError:
+            raise NoAnswer(f"{pk.hex()} did not answer over dmsg within {DIAL_TIMEOUT:.0f}s") from None
+        except DialError:
+            raise
+        except Exception as e:
+            # DialStream says "refused the stream" when the peer answered no;
+            # anything else (the stream closed unanswered) is a peer that is gone.
+            if "refused the stream" in str(e):
+                raise StreamRefused(f"{pk.hex()} refused the stream on dmsg port {port} "
+                                    "(nothing listens there)") from None
+            raise NoAnswer(f"{pk.hex()} is not reachable over dmsg (stopped?): {e}") from None
         return result
 
     @defer.inlineCallbacks
@@ -171,7 +181,7 @@ class DmsgClientService(service.Service):
     @defer.inlineCallbacks
     def _request(self, pk, port, uri=requestline.PTY):
         """Dial pk:port (through the dmsg client endpoint) and ask for a service."""
-        remote = RequestedService(uri)
+        remote = RequestedService(uri, own_pk=self.pk, peer_pk=pk)
         yield DmsgClientEndpoint(self, pk, port).connect(protocol.Factory.forProtocol(lambda: remote))
         yield remote.accepted
         return remote
@@ -180,8 +190,9 @@ class DmsgClientService(service.Service):
 class RequestedService(protocol.Protocol):
     """Sends a request line on a fresh stream; ``accepted`` fires on 0x00."""
 
-    def __init__(self, uri):
+    def __init__(self, uri, own_pk=None, peer_pk=None):
         self.uri = uri
+        self.own_pk, self.peer_pk = own_pk, peer_pk
         self.accepted = defer.Deferred()
         self.sink = None
         self._early = []
@@ -192,8 +203,7 @@ class RequestedService(protocol.Protocol):
     def dataReceived(self, data):
         if not self.accepted.called:
             if data[:1] != requestline.ACCEPT:
-                self.accepted.errback(DialError("not authorized: the remote host rejected us "
-                                                "(this host's key is not on its whitelist)"))
+                self.accepted.errback(self._refusal())
                 self.transport.loseConnection()
                 return
             data = data[1:]
@@ -204,6 +214,13 @@ class RequestedService(protocol.Protocol):
             else:
                 self.sink(data)
 
+    def _peer(self):
+        return self.peer_pk.hex() if self.peer_pk is not None else "the remote host"
+
+    def _refusal(self):
+        own = self.own_pk.hex() if self.own_pk is not None else "this host's key"
+        return NotWhitelisted(f"host {self._peer()} does not whitelist {own}")
+
     def attach(self, sink, on_lost):
         self.sink, self.on_lost = sink, on_lost
         for data in self._early:
@@ -212,8 +229,10 @@ class RequestedService(protocol.Protocol):
 
     def connectionLost(self, reason=protocol.connectionDone):
         if not self.accepted.called:
-            self.accepted.errback(DialError("not authorized: the remote host closed the stream "
-                                            "(this host's key is not on its whitelist)"))
+            # The stream was accepted, then closed before any answer: a host
+            # that cannot serve the request (a reference proxy's bare close).
+            self.accepted.errback(NoAnswer(f"{self._peer()} closed the stream without answering "
+                                           f"the request for {self.uri}"))
             self.accepted.addErrback(lambda _: None)
         on_lost = getattr(self, "on_lost", None)
         if on_lost is not None:

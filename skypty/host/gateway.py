@@ -42,7 +42,7 @@ def pty_methods(avatar, sessions_visible):
 
     def attach_at(req):
         offset, lost = avatar.attach(req.id, req.offset)
-        return T.AttachResult.cls(offset=offset, lost=lost)
+        return T.AttachResult.cls(offset=offset, lost=lost, end=avatar.output_end())
 
     def sessions(_):
         if avatar.context.sessions is None:
@@ -72,6 +72,12 @@ def pty_methods(avatar, sessions_visible):
         "pty.Attach": Method(T.STRING, T.EMPTY, empty(lambda sid: avatar.attach(sid))),
         "pty.AttachAt": Method(T.AttachReq, T.AttachResult, attach_at),
         "pty.Sessions": Method(T.EMPTY, T.SessionList, sessions),
+        # skypty extensions (a reference host answers "can't find method"):
+        "pty.ExitStatus": Method(T.EMPTY, T.INT, lambda _: avatar.exit_status()),
+        "pty.StartPiped": Method(T.CommandReq, T.EMPTY, empty(
+            lambda r: avatar.start_piped(r.name, r.arg, r.env))),
+        "pty.ReadStderr": Method(T.INT, T.BYTES, lambda n: avatar.read_stderr(n)),
+        "pty.CloseStdin": Method(T.EMPTY, T.EMPTY, empty(lambda _: avatar.close_stdin())),
     }
 
 
@@ -89,6 +95,19 @@ def whitelist_methods(host):
             raise RPCFault(str(e)) from None
         return EMPTY
 
+    def sources(_):
+        own, hypervisors = host.config.pk, set(host.config.hypervisors)
+        from_config = set(host.config.pty.whitelist)
+
+        def source(pk):
+            if pk == own:
+                return "own"
+            if pk in hypervisors:
+                return "hypervisor"
+            return "config" if pk in from_config else "runtime"
+
+        return [T.WhitelistEntry.cls(pk=pk, source=source(pk)) for pk in host.whitelist.keys()]
+
     def web_url(_):
         if not host.web_url:
             raise RPCFault("the web terminal is off on this host (set pty.web_listen)")
@@ -98,6 +117,7 @@ def whitelist_methods(host):
         "whitelist.Whitelist": Method(T.EMPTY, T.PubKeys, lambda _: host.whitelist.keys()),
         "whitelist.WhitelistAdd": Method(T.PubKeys, T.EMPTY, add),
         "whitelist.WhitelistRemove": Method(T.PubKeys, T.EMPTY, remove),
+        "whitelist.Sources": Method(T.EMPTY, T.WhitelistEntries, sources),  # skypty extension
         "host.WebURL": Method(T.EMPTY, T.STRING, web_url),
         "host.Peers": Method(T.EMPTY, T.PubKeys, lambda _: host.visible_peers()),
     }

@@ -3,18 +3,17 @@
 ``dmsgpty/proxy?pk=..&port=..`` on the control socket, and the web
 terminal's ``/pty/<pk>``, dial the peer with this host's own key and relay
 its pty service.  Without a dmsg overlay there is nothing to dial: the
-request fails with a clear message (the web) or a bare close (the proxy URI,
-as the reference does).
+request fails with a clear message: on the web, and on the control socket
+(the reject byte and a reason, see HostConnection._service_failed).
 """
 
 from twisted.internet import defer
 
-from skypty.errors import SkyptyError
-from skypty.host.connection import BareClose
+from skypty.dmsg.errors import DialError
 
 
-class RemoteUnavailable(SkyptyError):
-    pass
+class RemoteUnavailable(DialError):
+    reason = "no-overlay"
 
 
 def _dmsg(host, pk_hex):
@@ -26,8 +25,8 @@ def _dmsg(host, pk_hex):
 def open_proxy(host, pk_hex, port, uri):
     try:
         dmsg = _dmsg(host, pk_hex)
-    except RemoteUnavailable:
-        raise BareClose() from None
+    except RemoteUnavailable as e:
+        return defer.fail(e)
     return dmsg.proxy_service(pk_hex, port, uri)
 
 

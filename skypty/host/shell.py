@@ -4,11 +4,19 @@ A PtyProcess owns one child on a pty (``spawnProcess(usePTY=True)``: the child
 gets its own session and the pty as controlling terminal).  Its output goes to
 a sink: a DirectReader (bounded queue with back-pressure, for the plain
 pty.Read RPC) or a persistent session's ring (skypty.host.persist).
+
+A PipeProcess is the same child without a terminal (skypty's
+``pty.StartPiped``, for a client whose stdin is not a tty, as ``ssh`` without
+``-t``): stdin, stdout and stderr are pipes, and closing stdin is the EOF.
+
+Both start in the user's home directory, as a login does, not in the
+daemon's working directory.
 """
 
 import collections
 import fcntl
 import os
+import pwd
 import shutil
 import signal
 import struct
@@ -56,6 +64,19 @@ def build_env(client_env):
             if "\0" not in name + value:
                 env[name] = value
     return env
+
+
+def home_directory(env):
+    """Where a shell or command starts: $HOME, else the passwd entry's home, else /."""
+    candidates = [env.get("HOME")]
+    try:
+        candidates.append(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:
+        pass
+    for path in candidates:
+        if path and os.path.isdir(path):
+            return path
+    return "/"
 
 
 def resolve_command(name, env):
@@ -143,7 +164,8 @@ class PtyProcess:
         argv = [name or path, *args]
         try:
             self.transport = reactor.spawnProcess(
-                _PtyProtocol(self), path, argv, env=full_env, path=cwd or None, usePTY=True)
+                _PtyProtocol(self), path, argv, env=full_env, path=cwd or home_directory(full_env),
+                usePTY=True)
         except (OSError, error.ProcessExitedAlready) as e:
             raise SpawnError(f"cannot start {name}: {e}") from None
         self.pid = self.transport.pid
@@ -219,6 +241,64 @@ class PtyProcess:
         waiters, self._ended_waiters = self._ended_waiters, []
         for d in waiters:
             d.callback(self.status)
+
+
+class _PipeProtocol(protocol.ProcessProtocol):
+    def __init__(self, owner):
+        self.owner = owner
+
+    def childDataReceived(self, fd, data):
+        self.owner._output(fd, data)
+
+    def processEnded(self, reason):
+        self.owner._ended(reason)
+
+
+class PipeProcess(PtyProcess):
+    """One child without a terminal: stdin/stdout/stderr are pipes.
+
+    *sink* gets stdout, *err_sink* stderr; both are told when the child has
+    been reaped (after its last byte).  The child runs in a session of its
+    own (util-linux ``setsid``, as one-shot exec does) so ``stop`` reaches
+    everything it started.
+    """
+
+    def __init__(self, reactor, sink, err_sink):
+        super().__init__(reactor, sink)
+        self.err_sink = err_sink
+
+    @classmethod
+    def spawn(cls, reactor, name, args=(), env=(), cwd=None, sink=None, err_sink=None):
+        from skypty.host.command import SETSID
+
+        full_env = build_env(env)
+        path = resolve_command(name, full_env)
+        self = cls(reactor, sink, err_sink)
+        try:
+            self.transport = reactor.spawnProcess(
+                _PipeProtocol(self), SETSID, [SETSID, path, *args], env=full_env,
+                path=cwd or home_directory(full_env), childFDs={0: "w", 1: "r", 2: "r"})
+        except OSError as e:
+            raise SpawnError(f"cannot start {name}: {e}") from None
+        self.pid = self.transport.pid
+        return self
+
+    def resize(self, rows, cols, xpixel=0, ypixel=0):
+        pass  # no terminal, nothing to resize (as sshd ignores window-change without a pty)
+
+    def close_stdin(self):
+        if self.running and self.transport is not None:
+            self.transport.closeStdin()
+
+    def _output(self, fd, data):
+        sink = self.err_sink if fd == 2 else self.sink
+        if sink is not None:
+            sink.output_received(data)
+
+    def _ended(self, reason):
+        super()._ended(reason)
+        if self.err_sink is not None:
+            self.err_sink.output_ended(self.status)
 
 
 @implementer(IOutputSink)

@@ -34,10 +34,16 @@ CommandExecResult = Struct("CommandExecResult", [
     ("ExitCode", INT), ("TimedOut", BOOL), ("DurationMS", INT, "duration_ms")])
 # skypty's offset-aware reattach (a reference host answers "can't find method").
 AttachReq = Struct("AttachReq", [("ID", STRING, "id"), ("Offset", INT)])
-AttachResult = Struct("AttachResult", [("Offset", INT), ("Lost", INT)])
+# End: where the session's output stands now (End - Offset = bytes the client
+# is about to be replayed); hosts before it leave it 0.
+AttachResult = Struct("AttachResult", [("Offset", INT), ("Lost", INT), ("End", INT)])
 SessionInfo = Struct("SessionInfo", [("ID", STRING, "id"), ("Owner", STRING), ("Command", STRING),
                                      ("Attached", INT), ("IdleSeconds", INT)])
 SessionList = Slice(SessionInfo, gostring="[]SessionInfo")
+# skypty's labelled whitelist (whitelist.Sources): Source is "own",
+# "hypervisor", "config" or "runtime" (added since the host started).
+WhitelistEntry = Struct("WhitelistEntry", [("PK", PubKey, "pk"), ("Source", STRING)])
+WhitelistEntries = Slice(WhitelistEntry, gostring="[]WhitelistEntry")
 
 # dmsg
 Addr = Struct("Addr", [("PK", PubKey, "pk"), ("Port", UINT16)])
