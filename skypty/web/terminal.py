@@ -14,7 +14,6 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from skypty.web.httpguard import peer_name
 
@@ -69,7 +68,10 @@ class AvatarTerminal:
 
 
 class TerminalProtocol(WebSocketServerProtocol):
-    log = Logger()
+    # Autobahn logs through self.log; a plain twisted Logger would let its debug
+    # lines (the raw handshake, ?token= included) into the host log.  txaio's
+    # logger honours the level set below.
+    log = txaio.make_logger()
 
     def onConnect(self, request):
         self.backend = None
