@@ -12,6 +12,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import implementer
 
 from skypty.errors import ProtocolError
+from skypty.netopts import enable_keepalive
 from skypty.noise import HandshakeFramer, NoiseError, NoiseHandshake, frame_handshake, pump_handshake
 
 HANDSHAKE_TIMEOUT = 10.0
@@ -45,6 +46,7 @@ class NoiseProtocol(ProtocolWrapper):
     def connectionMade(self):
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)  # small RPC replies must not wait for Nagle
+        enable_keepalive(self.transport)  # a black-holed peer is noticed within about a minute
         self._timeout = self.factory.reactor.callLater(self.factory.handshake_timeout, self._timed_out)
         if self.factory.initiator:
             self.transport.write(frame_handshake(self.handshake.write_message()))

@@ -125,3 +125,80 @@ def test_whitelist_remove_ends_live_sessions_on_every_entry_point(tmp_path):
     finally:
         b.stop()
         a.stop()
+
+
+BLACKHOLE_CLIENT = """
+import sys
+from skypty.client.rpc import BlockingRPC, request_service
+from skypty.client.transport import connect_noise
+from skypty.keys import PublicKey, SecretKey
+from skypty.wire import types as T
+host, port, pk, sk = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+channel = connect_noise(host, port, PublicKey.from_hex(pk), SecretKey.from_hex(sk))
+rpc = BlockingRPC(channel, request_service(channel, "dmsgpty/pty"))
+rpc.call("pty.Start", T.CommandReq.cls(name="sleep", arg=["600"]), T.CommandReq, T.EMPTY)
+print("started", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def netns():
+    """A network namespace joined to this one by a veth pair (10.213.N.1 here,
+    .2 there), so a test can black-hole a live TCP connection."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.fail("the black-hole test needs root and iproute2 (CI runs as root; install-test-deps installs iproute2)")
+    n = os.getpid() % 200 + 20
+    name, here, there = f"skypty{os.getpid()}", f"skh{os.getpid()}", f"skn{os.getpid()}"
+    run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True)  # noqa: E731
+    run("ip", "netns", "add", name)
+    try:
+        run("ip", "link", "add", here, "type", "veth", "peer", "name", there)
+        run("ip", "link", "set", there, "netns", name)
+        run("ip", "addr", "add", f"10.213.{n}.1/30", "dev", here)
+        run("ip", "link", "set", here, "up")
+        run("ip", "netns", "exec", name, "ip", "addr", "add", f"10.213.{n}.2/30", "dev", there)
+        run("ip", "netns", "exec", name, "ip", "link", "set", there, "up")
+        run("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
+        yield name, f"10.213.{n}.1", lambda: run("ip", "netns", "exec", name, "ip", "link", "set", there, "down")
+    finally:
+        subprocess.run(["ip", "link", "del", here], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_a_black_holed_tcp_client_loses_its_shell(tmp_path, netns, monkeypatch):
+    # Regression (#13.10): a client whose link silently died kept its shell
+    # for 70 s and more.  TCP keepalive notices; the timers are shortened
+    # here (the default notices within about a minute).
+    import subprocess
+    import sys
+
+    from tests.hosts import env
+
+    name, address, black_hole = netns
+    monkeypatch.setenv("SKYPTY_TCP_KEEPALIVE", "2,1,2")
+    host = Host(tmp_path, "bh")
+    host.data["pty"]["ssh_listen"] = f":{host.tcp_port}"
+    host.write_config()
+    host.start()
+    client = None
+    try:
+        baseline = len(host.children())
+        client = subprocess.Popen(
+            ["ip", "netns", "exec", name, sys.executable, "-c", BLACKHOLE_CLIENT, address, str(host.tcp_port),
+             host.pk, host.data["sk"]],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env())
+        assert client.stdout.readline() == b"started\n"
+        wait_for(lambda: len(host.children()) == baseline + 1, what="the client's shell")
+        black_hole()  # no FIN, no RST: packets just stop
+        wait_for(lambda: len(host.children()) == baseline, timeout=30,
+                 what="the host to notice the dead link and end the shell")
+    finally:
+        if client is not None:
+            client.kill()
+            client.wait()
+        host.stop()
