@@ -17,9 +17,10 @@ def host(tmp_path_factory):
 
 
 def start_client(host, relay_path, command, out_path):
-    """The client writes to a file, as a terminal would never block it."""
+    """The client writes to a file, as a terminal would never block it; -t: a pty
+    (a persistent session) although stdin is not a terminal."""
     out = open(out_path, "wb")
-    proc = subprocess.Popen(CLIENT + ["start", "--cliaddr", relay_path, "-i", host.config_path, "--"] + command,
+    proc = subprocess.Popen(CLIENT + ["start", "-t", "--cliaddr", relay_path, "-i", host.config_path, "--"] + command,
                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, env=env())
     out.close()
     return proc

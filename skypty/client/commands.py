@@ -3,8 +3,10 @@
 import os
 import sys
 
+from skypty.client.cmdline import remote_argv
+from skypty.client.errors import ClientError, explain_rpc, not_whitelisted, proxy_refusal
 from skypty.client.identity import IdentityError, control_socket, resolve_secret_key
-from skypty.client.rpc import BlockingRPC, request_service
+from skypty.client.rpc import BlockingRPC, RejectedError, request_service
 from skypty.client.transport import TransportError, connect_control, connect_noise
 from skypty.errors import SkyptyError
 from skypty.wire import requestline
@@ -14,11 +16,16 @@ from skypty.wire.rpc import RPCError
 DEFAULT_TCP_PORT = 2022
 STDIN_LIMIT = 1024 * 1024
 EXIT_TIMEOUT = 124
+EXIT_USAGE = 2
 
 
 def fail(message, code=1):
     sys.stderr.write(f"skypty-client: {message}\n")
     return code
+
+
+def usage_error(message):
+    return ClientError(message, EXIT_USAGE)
 
 
 def parse_pk(text, what="public key"):
@@ -54,24 +61,48 @@ def timeout_ms(args):
         raise SkyptyError(str(e)) from None
 
 
+def no_key_flags(args, what):
+    """The control socket speaks as the local host: a key of our own would be ignored."""
+    for flag, given in (("--sk", getattr(args, "sk", None)), ("--no-visor-key", getattr(args, "no_visor_key", False))):
+        if given:
+            raise usage_error(f"{flag} has no effect on {what}: the local host's control socket "
+                              "acts with that host's own key (pick the host with -i CONFIG or --cliaddr)")
+
+
 # -- channels -----------------------------------------------------------------------
 
 def open_direct(pk, host, port, args, uri=requestline.PTY):
     sk = resolve_secret_key(args)
     channel = connect_noise(host, port, pk, sk)
-    return channel, request_service(channel, uri)
+    try:
+        return channel, request_service(channel, uri)
+    except RejectedError as e:
+        channel.close()
+        if e.closed:  # after a good handshake, a Noise TCP host hangs up on strangers
+            raise ClientError(not_whitelisted(pk.hex(), sk.public_key.hex())) from None
+        raise ClientError(f"host {pk.hex()} refused {uri} (that service is off there)") from None
 
 
 def open_control(args, uri):
     network, address = control_socket(args)
     channel = connect_control(network, address)
-    return channel, request_service(channel, uri)
+    try:
+        return channel, request_service(channel, uri)
+    except RejectedError as e:
+        channel.close()
+        raise ClientError(f"the local host at {address} refused {uri}" + (f": {e.text}" if e.text else "")) from None
 
 
 def open_remote_via_host(args, pk):
     if getattr(args, "scheme", None) == "skynet":
         raise SkyptyError("--scheme skynet is not available yet; use --scheme dmsg or --via tcp://PK@HOST:PORT")
-    return open_control(args, requestline.proxy_uri(pk.hex(), args.port))
+    network, address = control_socket(args)
+    channel = connect_control(network, address)
+    try:
+        return channel, request_service(channel, requestline.proxy_uri(pk.hex(), args.port))
+    except RejectedError as e:
+        channel.close()
+        raise ClientError(proxy_refusal(e.reason, e.text, pk.hex(), args.port)) from None
 
 
 def _exec_env():
@@ -79,13 +110,21 @@ def _exec_env():
 
 
 def run_exec(channel, early, command, timeout, stdin=b""):
-    """pty.Exec on an accepted channel; mirrors the exit code."""
+    """pty.Exec on an accepted channel; mirrors the exit code.  A host without
+    pty.Exec runs the command on a pty instead (skypty.client.classic)."""
     rpc = BlockingRPC(channel, early)
     channel.settimeout(timeout / 1000.0 + 30)
+    out, err = sys.stdout.buffer, sys.stderr.buffer
     req = T.CommandExecReq.cls(name=command[0], arg=list(command[1:]), env=_exec_env(), stdin=stdin,
                                timeout_ms=timeout)
-    result = rpc.call("pty.Exec", req, T.CommandExecReq, T.CommandExecResult)
-    out, err = sys.stdout.buffer, sys.stderr.buffer
+    try:
+        result = rpc.call("pty.Exec", req, T.CommandExecReq, T.CommandExecResult)
+    except RPCError as e:
+        if "can't find method pty.Exec" not in str(e) and "can't find service pty.Exec" not in str(e):
+            raise
+        from skypty.client.classic import run_exec_on_pty
+
+        return run_exec_on_pty(rpc, channel, command, timeout, stdin, out, err, _exec_env())
     out.write(result.stdout)
     out.flush()
     err.write(result.stderr)
@@ -111,15 +150,27 @@ def _read_stdin(args):
 
 
 def guarded(fn):
-    """Turn every expected failure into one clear line and exit code 1."""
+    """Turn every expected failure into one clear line and its exit code."""
     def run(args, parser):
         try:
             return fn(args, parser)
-        except (TransportError, IdentityError, RPCError, SkyptyError, OSError) as e:
+        except ClientError as e:
+            return fail(str(e), e.code)
+        except RPCError as e:
+            return fail(explain_rpc(str(e), getattr(args, "attach", None)) or str(e))
+        except (TransportError, IdentityError, SkyptyError, OSError) as e:
             if isinstance(e, TimeoutError) or e.__class__.__name__ == "timeout":
                 return fail("timed out waiting for the host")
             return fail(str(e) or e.__class__.__name__)
     return run
+
+
+def _want_pty(args):
+    if getattr(args, "tty", False) and getattr(args, "no_tty", False):
+        raise usage_error("-t and -T contradict each other")
+    if getattr(args, "tty", False):
+        return True
+    return False if getattr(args, "no_tty", False) else None
 
 
 # -- verbs -------------------------------------------------------------------------------
@@ -127,88 +178,137 @@ def guarded(fn):
 @guarded
 def cmd_exec(args, parser):
     if not args.command:
-        return fail("exec needs a command: skypty-client exec PK -- CMD [ARG...]")
+        raise usage_error("exec needs a command: skypty-client exec PK -- CMD [ARG...]")
     pk = parse_pk(args.pk, "host key")
     if args.via:
         via = args.via[len("tcp://"):] if args.via.startswith("tcp://") else args.via
         via_pk, host, port = parse_target(via, DEFAULT_TCP_PORT)
         if via_pk != pk:
-            return fail("--via names a different host key than PK")
+            raise usage_error("--via names a different host key than PK")
         channel, early = open_direct(pk, host, port, args)
     else:
+        no_key_flags(args, "exec without --via")
         channel, early = open_remote_via_host(args, pk)
-    return run_exec(channel, early, args.command, timeout_ms(args), _read_stdin(args))
+    return run_exec(channel, early, remote_argv(args.command), timeout_ms(args), _read_stdin(args))
 
 
 @guarded
 def cmd_shell(args, parser):
+    want_pty = _want_pty(args)
     pk, host, port = parse_target(args.target, args.port or DEFAULT_TCP_PORT)
-    if args.command and not args.tty:
+    command = remote_argv(args.command) if args.command else None
+    if command and not want_pty and not args.attach:
         channel, early = open_direct(pk, host, port, args)
-        return run_exec(channel, early, args.command, timeout_ms(args), b"")
+        return run_exec(channel, early, command, timeout_ms(args), b"")
     from skypty.client.interactive import interactive
 
-    return interactive(lambda: open_direct(pk, host, port, args), attach=args.attach,
-                       command=args.command or None)
+    return interactive(lambda: open_direct(pk, host, port, args), attach=args.attach, command=command,
+                       want_pty=want_pty, escape=args.escape, label=f"{host}:{port}")
 
 
 @guarded
 def cmd_start(args, parser):
     from skypty.client.interactive import interactive
 
+    want_pty = _want_pty(args)
     if args.pk:
+        no_key_flags(args, "start PK")
         pk = parse_pk(args.pk, "host key")
         opener = lambda: open_remote_via_host(args, pk)  # noqa: E731
+        label = pk.hex()
     else:
+        no_key_flags(args, "start")
         opener = lambda: open_control(args, requestline.PTY)  # noqa: E731
-    return interactive(opener, attach=args.attach, command=args.command or None)
+        label = "the local host"
+    command = remote_argv(args.command) if args.command else None
+    return interactive(opener, attach=args.attach, command=command, want_pty=want_pty,
+                       escape=args.escape, label=label)
 
 
-def _whitelist_rpc(args):
+def _whitelist_rpc(args, verb="this verb"):
+    no_key_flags(args, verb)
     channel, early = open_control(args, requestline.WHITELIST)
     return BlockingRPC(channel, early)
 
 
+SOURCE_LABELS = {"own": "own key", "hypervisor": "hypervisor", "config": "config",
+                 "runtime": "added at runtime"}
+
+
+def _missing(error):
+    return "can't find method" in str(error) or "can't find service" in str(error)
+
+
+def _current_whitelist(rpc):
+    return set(rpc.call("whitelist.Whitelist", T.EMPTY.cls(), T.EMPTY, T.PubKeys))
+
+
 @guarded
 def cmd_whitelist(args, parser):
-    for pk in _whitelist_rpc(args).call("whitelist.Whitelist", T.EMPTY.cls(), T.EMPTY, T.PubKeys):
-        print(pk.hex())
+    rpc = _whitelist_rpc(args, "whitelist")
+    try:
+        entries = [(e.pk, SOURCE_LABELS.get(e.source, e.source))
+                   for e in rpc.call("whitelist.Sources", T.EMPTY.cls(), T.EMPTY, T.WhitelistEntries)]
+    except RPCError as e:
+        if not _missing(e):
+            raise
+        # An older host: the keys without where they come from.
+        entries = [(pk, "") for pk in rpc.call("whitelist.Whitelist", T.EMPTY.cls(), T.EMPTY, T.PubKeys)]
+    for pk, label in entries:
+        print(f"{pk.hex()}  {label}".rstrip())
     return 0
 
 
 @guarded
 def cmd_whitelist_add(args, parser):
-    keys = [parse_pk(k) for k in args.pks]
-    _whitelist_rpc(args).call("whitelist.WhitelistAdd", keys, T.PubKeys, T.EMPTY)
+    keys = list(dict.fromkeys(parse_pk(k) for k in args.pks))
+    rpc = _whitelist_rpc(args, "whitelist-add")
+    before = _current_whitelist(rpc)
+    rpc.call("whitelist.WhitelistAdd", keys, T.PubKeys, T.EMPTY)
+    for pk in keys:
+        if pk in before:
+            print(f"{pk.hex()} was already whitelisted (nothing changed)")
+        else:
+            print(f"added {pk.hex()}")
     return 0
 
 
 @guarded
 def cmd_whitelist_remove(args, parser):
-    keys = [parse_pk(k) for k in args.pks]
-    _whitelist_rpc(args).call("whitelist.WhitelistRemove", keys, T.PubKeys, T.EMPTY)
+    keys = list(dict.fromkeys(parse_pk(k) for k in args.pks))
+    rpc = _whitelist_rpc(args, "whitelist-remove")
+    before = _current_whitelist(rpc)
+    rpc.call("whitelist.WhitelistRemove", keys, T.PubKeys, T.EMPTY)
+    for pk in keys:
+        if pk in before:
+            print(f"removed {pk.hex()}")
+        else:
+            print(f"{pk.hex()} was not on the whitelist (nothing to remove)")
     return 0
 
 
 @guarded
 def cmd_list(args, parser):
     if args.sessions:
+        no_key_flags(args, "list")
         channel, early = open_control(args, requestline.PTY)
         rows = BlockingRPC(channel, early).call("pty.Sessions", T.EMPTY.cls(), T.EMPTY, T.SessionList)
         if not rows:
             print("no sessions")
+            return 0
+        print(f"{'ID':<16}  {'OWNER':<17}  {'STATE':<12} COMMAND")
         for s in rows:
             state = "attached" if s.attached else f"idle {s.idle_seconds}s"
-            print(f"{s.id}  {s.owner[:16]}…  {state:<12} {s.command}")
+            print(f"{s.id:<16}  {s.owner[:16]}…  {state:<12} {s.command}")
         return 0
-    peers = _whitelist_rpc(args).call("host.Peers", T.EMPTY.cls(), T.EMPTY, T.PubKeys)
+    peers = _whitelist_rpc(args, "list").call("host.Peers", T.EMPTY.cls(), T.EMPTY, T.PubKeys)
     for pk in peers:
         print(pk.hex())
     return 0
 
 
 def _web_url(args):
-    url = _whitelist_rpc(args).call("host.WebURL", T.EMPTY.cls(), T.EMPTY, T.STRING)
+    url = _whitelist_rpc(args, args.verb).call("host.WebURL", T.EMPTY.cls(), T.EMPTY, T.STRING)
     if args.visor:
         base, _, query = url.partition("?")
         url = f"{base}/{parse_pk(args.visor).hex()}?{query}"

@@ -25,13 +25,16 @@ def config_path(args):
     return getattr(args, "input", None) or os.environ.get("SKYPTY_CONFIG") or DEFAULT_CONFIG
 
 
-def read_config_json(path):
+KEY_HINT = "use -i CONFIG, --sk HEX or --no-visor-key"
+SOCKET_HINT = "it names the local host's control socket; or give --cliaddr"
+
+
+def read_config_json(path, hint=KEY_HINT):
     try:
         with open(path, "rb") as f:
             return json.loads(f.read(16 * 1024 * 1024))
     except OSError as e:
-        raise IdentityError(f"cannot read config {path}: {e.strerror} "
-                            "(use -i CONFIG, --sk HEX or --no-visor-key)") from None
+        raise IdentityError(f"cannot read config {path}: {e.strerror} ({hint})") from None
     except ValueError as e:
         raise IdentityError(f"config {path} is not valid JSON: {e}") from None
 
@@ -57,14 +60,21 @@ def resolve_secret_key(args):
         raise IdentityError(f"{path}: sk: {e}") from None
 
 
+def _config_named(args):
+    """True when the user named the config (-p, -i or $SKYPTY_CONFIG)."""
+    return bool(getattr(args, "pkg", False) or getattr(args, "input", None) or os.environ.get("SKYPTY_CONFIG"))
+
+
 def control_socket(args):
-    """(network, address) of the local host's control socket."""
+    """(network, address) of the local host's control socket: --cliaddr, else
+    the one the config names.  A config the user named must be readable;
+    only the implicit ./skywire-config.json may be missing (then /tmp/pty.sock)."""
     if getattr(args, "cliaddr", None):
         return getattr(args, "clinet", None) or "unix", args.cliaddr
     path = config_path(args)
-    try:
-        data = read_config_json(path)
-    except IdentityError:
+    if _config_named(args) or os.path.exists(path):
+        data = read_config_json(path, SOCKET_HINT)
+    else:
         data = {}
     section = (data.get("pty") or data.get("dmsgpty") or {}) if isinstance(data, dict) else {}
     return (getattr(args, "clinet", None) or section.get("cli_network") or "unix",

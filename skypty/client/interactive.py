@@ -1,4 +1,4 @@
-"""Interactive shells: raw terminal, resize, keep-alive, reattach.
+"""Interactive shells: raw terminal, resize, keep-alive, reattach, exit status.
 
 One select() loop, no threads: a pty.Read is always outstanding, keystrokes
 become pty.Write calls, SIGWINCH becomes pty.SetPtySize, and a pty.Ping goes
@@ -6,6 +6,13 @@ out every 30 s.  On a host with persistent sessions the shell is started
 with pty.StartSession; if the link drops, the loop reconnects with backoff
 and reattaches with pty.AttachAt at the exact byte it had, so nothing is
 printed twice and a gap (if the host's ring overflowed) is reported.
+
+Like ssh: keys typed while connecting are kept (the terminal switches to raw
+mode without flushing them); the escape character (``~.``, ``~?``) works at
+the start of a line; the remote exit status becomes ours (skypty's
+``pty.ExitStatus``; 0 from a host without it); and without a terminal on
+stdin no pty is asked for at all: the command gets our stdin as a pipe
+(skypty's ``pty.StartPiped``), EOF included.
 """
 
 import fcntl
@@ -18,6 +25,8 @@ import termios
 import time
 import tty
 
+from skypty.client.errors import ClientError, explain_rpc
+from skypty.client.escape import DISCONNECT, SHOW_HELP, EscapeFilter
 from skypty.client.rpc import BlockingRPC, RejectedError
 from skypty.client.transport import TransportError
 from skypty.wire import types as T
@@ -28,6 +37,8 @@ READ_SIZE = 64 * 1024  # the most a pty.Read may ask for: fewer round trips
 MAX_RECONNECT_WAIT = 10.0
 RECONNECT_GIVE_UP = 120.0
 LOST_PREFIX = "dmsgpty: output lost: "
+EXIT_ESCAPED = 255  # "~." (ssh's code for a connection it closed)
+CTRL_D = b"\x04"
 
 
 def terminal_size(fd):
@@ -53,6 +64,10 @@ def _say(text):
     sys.stderr.flush()
 
 
+def _missing(error):
+    return "can't find method" in str(error) or "can't find service" in str(error)
+
+
 class Link:
     """One connected pty RPC channel."""
 
@@ -62,27 +77,39 @@ class Link:
         self.rpc = BlockingRPC(channel, early)
 
 
+def _explained(error, sid=None):
+    text = explain_rpc(str(error), sid)
+    return ClientError(text) if text else error
+
+
 def _start(link, command, rows, cols, attach):
     """-> (session id or None, offset)."""
     rpc = link.rpc
     size = T.WinSize.cls(rows=rows, cols=cols)
     if attach:
         try:
-            result = rpc.call("pty.AttachAt", T.AttachReq.cls(id=attach, offset=0), T.AttachReq, T.AttachResult)
-            offset = result.offset
+            try:
+                result = rpc.call("pty.AttachAt", T.AttachReq.cls(id=attach, offset=0),
+                                  T.AttachReq, T.AttachResult)
+                offset = result.offset
+                replayed = f"{result.end - result.offset} bytes replayed" if result.end else "replaying its output"
+            except RPCError as e:
+                if not _missing(e):
+                    raise
+                rpc.call("pty.Attach", attach, T.STRING, T.EMPTY)
+                offset, replayed = 0, "replaying its output"
         except RPCError as e:
-            if "can't find method" not in str(e):
-                raise
-            rpc.call("pty.Attach", attach, T.STRING, T.EMPTY)
-            offset = 0
+            raise _explained(e, attach) from None
         rpc.call("pty.SetPtySize", size, T.WinSize, T.EMPTY)
+        sys.stderr.write(f"[skypty: reattached session {attach} ({replayed})]\r\n")
+        sys.stderr.flush()
         return attach, offset
     name = command[0] if command else os.environ.get("SKYPTY_REMOTE_SHELL", "")
     req = T.CommandReq.cls(name=name or "", arg=list(command[1:]) if command else [], size=size, env=_env())
     try:
         sid = rpc.call("pty.StartSession", req, T.CommandReq, T.STRING)
     except RPCError as e:
-        if "can't find method" not in str(e):
+        if not _missing(e):
             raise
         if not req.name:
             req = T.CommandReq.cls(name="/bin/bash", arg=[], size=size, env=_env())
@@ -91,13 +118,43 @@ def _start(link, command, rows, cols, attach):
     return sid, 0
 
 
-def interactive(opener, attach=None, command=None):
-    stdin_fd, stdout = sys.stdin.fileno(), sys.stdout.buffer
+def exit_status(link):
+    """The remote exit status (skypty's pty.ExitStatus); 0 from a host without it."""
+    try:
+        return link.rpc.call("pty.ExitStatus", T.EMPTY.cls(), T.EMPTY, T.INT) & 0xFF
+    except RPCError as e:
+        if _missing(e):
+            return 0  # a reference host cannot tell: today's behaviour
+        return 0 if str(e) == "no active pty session" else 1
+    except (TransportError, OSError):
+        return 0
+    finally:
+        link.channel.close()
+
+
+def interactive(opener, attach=None, command=None, want_pty=None, escape=b"~", label="the host"):
+    """Run a shell or command; -> our exit code.
+
+    *want_pty*: True (-t), False (-T) or None (a pty when stdin is a terminal).
+    """
+    stdin_fd = sys.stdin.fileno()
     is_tty = os.isatty(stdin_fd)
-    rows, cols = terminal_size(stdin_fd if is_tty else sys.stdout.fileno())
-    link = Link(opener)
+    use_pty = want_pty if want_pty is not None else is_tty
+    if attach:
+        use_pty = True  # a persistent session is a pty
+    if not use_pty:
+        return piped(opener, command)
+    return _on_pty(opener, attach, command, is_tty, escape if is_tty else None, label)
+
+
+def _on_pty(opener, attach, command, is_tty, escape, label, link=None, ctrl_d_at_eof=False):
+    stdin_fd, stdout = sys.stdin.fileno(), sys.stdout.buffer
+    size_fd = stdin_fd if is_tty else sys.stdout.fileno()
+    rows, cols = terminal_size(size_fd)
+    if link is None:
+        link = Link(opener)
     sid, offset = _start(link, command, rows, cols, attach)
-    if sid:
+    if sid and not attach:
         sys.stderr.write(f"[skypty: session {sid}; reattach with --attach {sid}]\r\n")
         sys.stderr.flush()
 
@@ -115,17 +172,25 @@ def interactive(opener, attach=None, command=None):
     old_handler = signal.signal(signal.SIGWINCH, on_winch)
     saved = termios.tcgetattr(stdin_fd) if is_tty else None
     if is_tty:
-        tty.setraw(stdin_fd)
+        # TCSANOW, not setraw's default TCSAFLUSH: what was typed while we
+        # connected is still in the input queue, and it is the user's.
+        tty.setraw(stdin_fd, termios.TCSANOW)
+    keys = EscapeFilter(escape)
     try:
         while True:
-            kind, value = _run(link, stdin_fd, stdout, wake_r, resized, offset)
+            kind, value = _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof)
             if kind == "ended":
-                return 0
+                return exit_status(link)
+            if kind == "escaped":
+                link.channel.close()
+                where = f"; the session lives on: --attach {sid}" if sid else ""
+                _say(f"disconnected from {label}{where}")
+                return EXIT_ESCAPED
             offset = value  # the link dropped
             if not sid:
                 _say("connection lost")
                 return 1
-            link = _reattach(opener, sid, offset, stdin_fd if is_tty else sys.stdout.fileno())
+            link = _reattach(opener, sid, offset, size_fd)
             if link is None:
                 return 1
             link, offset = link
@@ -150,11 +215,17 @@ def _reattach(opener, sid, offset, size_fd):
                                    T.AttachReq, T.AttachResult)
             rows, cols = terminal_size(size_fd)
             link.rpc.call("pty.SetPtySize", T.WinSize.cls(rows=rows, cols=cols), T.WinSize, T.EMPTY)
+        except RPCError as e:
+            link.channel.close()
+            _say(str(_explained(e, sid)))
+            return None
         except (TransportError, OSError):
             link.channel.close()
             continue
         if result.lost:
             _say(f"{result.lost} bytes of output were lost while disconnected")
+        replayed = f"{result.end - result.offset} bytes replayed" if result.end else "continuing"
+        _say(f"reattached session {sid} ({replayed})")
         return link, result.offset
     return None
 
@@ -165,7 +236,7 @@ def _reconnect(opener, sid):
     while time.monotonic() < deadline:
         try:
             return Link(opener)
-        except RejectedError as e:
+        except (RejectedError, ClientError) as e:  # refused now: retrying will not help
             _say(str(e))
             return None
         except (TransportError, OSError):
@@ -175,9 +246,9 @@ def _reconnect(opener, sid):
     return None
 
 
-def _run(link, stdin_fd, stdout, wake_r, resized, offset):
-    """Drive one link until the shell ends or the link drops.
-    -> ('ended', None) | ('dropped', bytes of output received so far)."""
+def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof):
+    """Drive one link until the shell ends, the link drops or the user escapes.
+    -> ('ended', None) | ('escaped', None) | ('dropped', bytes of output received so far)."""
     rpc = link.rpc
     stdin_open = True
     read_seq = rpc.start("pty.Read", READ_SIZE, T.INT, T.BYTES)
@@ -196,7 +267,6 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset):
                         _say(f"{lost} bytes of output were lost (this client fell behind)")
                         offset += lost
                     else:
-                        link.channel.close()
                         return ("ended", None)
                 else:
                     stdout.write(value)
@@ -221,8 +291,17 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset):
                 data = os.read(stdin_fd, 65536)
                 if not data:
                     stdin_open = False  # piped input ended; the shell's output still comes
+                    if ctrl_d_at_eof:
+                        rpc.start("pty.Write", CTRL_D, T.BYTES, T.INT)
                     continue
-                rpc.start("pty.Write", data, T.BYTES, T.INT)
+                data, actions = keys.feed(data)
+                if data:
+                    rpc.start("pty.Write", data, T.BYTES, T.INT)
+                if SHOW_HELP in actions:
+                    sys.stderr.write("\r\n" + keys.help_text())
+                    sys.stderr.flush()
+                if DISCONNECT in actions:
+                    return ("escaped", None)
             if link.channel in ready:
                 if not rpc.pump():
                     link.channel.close()
@@ -230,3 +309,66 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset):
     except (OSError, TransportError):
         link.channel.close()
         return ("dropped", offset)
+
+
+# -- no terminal: pipes, as ssh without -t -------------------------------------------------
+
+def piped(opener, command):
+    """The command (or the host's shell) without a pty: our stdin streams to it
+    and our EOF is its EOF; its stdout and stderr stay apart.  -> exit code."""
+    link = Link(opener)
+    rpc = link.rpc
+    name = command[0] if command else ""
+    req = T.CommandReq.cls(name=name, arg=list(command[1:]) if command else [], env=_env())
+    try:
+        rpc.call("pty.StartPiped", req, T.CommandReq, T.EMPTY)
+    except RPCError as e:
+        if not _missing(e):
+            raise
+        # An older host: only ptys.  Keep streaming; our EOF becomes ^D.
+        _say("this host cannot run a command without a pty (an older host): using one")
+        return _on_pty(opener, None, command, False, None, "the host", link=link, ctrl_d_at_eof=True)
+    return _pump_pipes(link)
+
+
+def _pump_pipes(link):
+    rpc, channel = link.rpc, link.channel
+    stdin_fd = sys.stdin.fileno()
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    reads = {rpc.start("pty.Read", READ_SIZE, T.INT, T.BYTES): ("pty.Read", out),
+             rpc.start("pty.ReadStderr", READ_SIZE, T.INT, T.BYTES): ("pty.ReadStderr", err)}
+    stdin_open = True
+    try:
+        while reads:
+            while rpc._early or getattr(channel, "pending", lambda: False)():
+                rpc.pump()
+            for seq in [s for s in rpc.results if s in reads]:
+                value = rpc.results.pop(seq)
+                method, sink = reads.pop(seq)
+                if isinstance(value, RPCError):
+                    continue  # EOF on that stream
+                sink.write(value)
+                sink.flush()
+                reads[rpc.start(method, READ_SIZE, T.INT, T.BYTES)] = (method, sink)
+            for seq in [s for s in rpc.results if s not in reads]:
+                rpc.results.pop(seq)  # writes: the reads say when it ends
+            if not reads:
+                break
+            watch = [channel] + ([stdin_fd] if stdin_open else [])
+            ready, _, _ = select.select(watch, [], [], PING_INTERVAL)
+            if stdin_open and stdin_fd in ready:
+                data = os.read(stdin_fd, 65536)
+                if data:
+                    rpc.start("pty.Write", data, T.BYTES, T.INT)
+                else:
+                    stdin_open = False
+                    rpc.start("pty.CloseStdin", T.EMPTY.cls(), T.EMPTY, T.EMPTY)
+            if channel in ready and not rpc.pump():
+                raise TransportError("the host closed the connection")
+    except BrokenPipeError:
+        channel.close()
+        raise
+    except OSError as e:
+        channel.close()
+        raise TransportError(f"connection failed: {e.strerror or e}") from None
+    return exit_status(link)

@@ -12,10 +12,12 @@ import sys
 from skypty import __version__
 
 EXIT_CODES = """exit codes:
-  0    success (exec/shell: the remote command's own exit code is mirrored)
-  1    transport, RPC or usage failure (cannot connect, not authorized, bad key)
+  0    success (exec/shell/start: the remote command's own exit status is mirrored)
+  1    failure: the host could not be reached, refused us, or answered an error
+  2    usage error (bad option, missing `--` before the command)
   124  the remote command timed out (--timeout)
   130  interrupted with Ctrl-C
+  255  disconnected with the escape sequence ~.
 """
 
 IDENTITY_HELP = """identity (whose key this client speaks as), in this order:
@@ -43,6 +45,24 @@ def _cli_options(parser):
 def _timeout_option(parser):
     parser.add_argument("--timeout", metavar="DURATION", default="30s",
                         help="remote command timeout: 30s, 5m, or seconds (default 30s, host caps at 5m)")
+
+
+def _escape_char(text):
+    from skypty.client.escape import parse_escape_char
+
+    try:
+        return parse_escape_char(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _terminal_options(parser, tty_help):
+    parser.add_argument("-t", "--tty", action="store_true", help=tty_help)
+    parser.add_argument("-T", "--no-tty", action="store_true",
+                        help="never ask for a pty: stdin, stdout and stderr are pipes (like ssh -T)")
+    parser.add_argument("-e", dest="escape", metavar="CHAR", type=_escape_char, default=b"~",
+                        help="escape character at the start of a line (default ~: ~. disconnects, "
+                             "~? lists the escapes); ^X for a control key; none turns it off")
 
 
 def _command_arg(parser, required):
@@ -86,6 +106,7 @@ def build_parser():
     p.add_argument("--attach", metavar="ID", help="reattach the persistent session ID")
     p.add_argument("--scheme", choices=("dmsg", "skynet"), default=None)
     p.add_argument("--port", type=int, default=22, help="the remote host's dmsg pty port (default 22)")
+    _terminal_options(p, "ask for a pty even when stdin is not a terminal (by default: only when it is)")
     _identity_options(p)
     _cli_options(p)
     _command_arg(p, required=False)
@@ -95,8 +116,8 @@ def build_parser():
     p.add_argument("target", metavar="PK@HOST[:PORT]", help="host key and address (default port 2022)")
     p.add_argument("--port", type=int, default=None, help="TCP port when TARGET has none (default 2022)")
     p.add_argument("--attach", metavar="ID", help="reattach the persistent session ID")
-    p.add_argument("-t", "--tty", action="store_true",
-                   help="run CMD on a pty and stream its output (like ssh -t) instead of a captured exec")
+    _terminal_options(p, "run on a pty even with -- CMD or when stdin is not a terminal (like ssh -t); "
+                         "without it CMD is a captured one-shot exec")
     _timeout_option(p)
     _identity_options(p)
     _command_arg(p, required=False)
@@ -196,6 +217,25 @@ VERBS = {
 }
 
 
+EXIT_USAGE = 2
+
+
+def _command_needs_dashes(argv, args, unknown):
+    """`exec PK uname -a`: the words of a remote command come after --, so
+    that our options and the command's never mix.  Show the fixed line."""
+    stray = list(args.command or []) + list(unknown)
+    ours, words = [], []
+    for word in argv:
+        if word in stray:
+            stray.remove(word)
+            words.append(word)
+        else:
+            ours.append(word)
+    sys.stderr.write("skypty-client: put the remote command after --: "
+                     f"skypty-client {' '.join(ours)} -- {' '.join(words)}\n")
+    return EXIT_USAGE
+
+
 def main(argv=None):
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -203,12 +243,17 @@ def main(argv=None):
     if "--" in argv:
         i = argv.index("--")
         argv, command = argv[:i], argv[i + 1:]
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     if not args.verb:
         parser.print_help(sys.stderr)
-        return 1
-    if command is not None and hasattr(args, "command"):
-        args.command = (args.command or []) + command
+        return EXIT_USAGE
+    takes_command = hasattr(args, "command")
+    if takes_command and (unknown or args.command):
+        return _command_needs_dashes(argv, args, unknown)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if command is not None and takes_command:
+        args.command = command
     module, func = VERBS[args.verb]
     try:
         return getattr(importlib.import_module(module), func)(args, parser) or 0

@@ -8,11 +8,23 @@ from skypty.wire.rpc import RPCClientConnection, RPCError
 
 
 class RejectedError(TransportError):
-    pass
+    """The host said no.  *closed*: it closed without a byte (a Noise TCP host
+    refusing a stranger, a reference host's failed proxy); else it sent the
+    reject byte, and *reason*/*text* are what a skypty host added behind it
+    (empty from others).  Callers know the context and reword it."""
+
+    def __init__(self, message, closed=False, reason="", text=""):
+        super().__init__(message)
+        self.closed, self.reason, self.text = closed, reason, text
+
+
+REASON_WAIT = 2.0  # how long a reason may trail the reject byte
 
 
 def request_service(channel, uri):
     """Send the request line; return once the host accepted (else raise)."""
+    from skypty.client.errors import parse_rejection
+
     channel.send(requestline.encode_request(uri))
     answer = b""
     while not answer:
@@ -24,11 +36,35 @@ def request_service(channel, uri):
             raise TransportError(f"connection failed: {e.strerror or e}") from None
         if not answer:
             raise RejectedError("not authorized: the host closed the connection "
-                                "(this key is not on its whitelist, or it cannot serve the request)")
+                                "(this key is not on its whitelist, or it cannot serve the request)",
+                                closed=True)
     if answer[:1] != requestline.ACCEPT:
-        raise RejectedError("not authorized: the host rejected the request "
-                            "(this key is not on its whitelist)")
+        rest = _rest_of_reason(channel, answer[1:])
+        reason, text = parse_rejection(rest)
+        raise RejectedError(f"the host refused {uri}" + (f": {text}" if text else ""),
+                            reason=reason, text=text)
     return answer[1:]  # anything the host pipelined behind the accept byte
+
+
+def _rest_of_reason(channel, data):
+    """A skypty host sends one length byte and that many bytes after the
+    reject byte; read until we have them, EOF, or REASON_WAIT."""
+    import time
+
+    deadline = time.monotonic() + REASON_WAIT
+    while not data or len(data) < 1 + data[0]:
+        left = deadline - time.monotonic()
+        if left <= 0 or not (getattr(channel, "pending", lambda: False)()
+                             or select.select([channel], [], [], left)[0]):
+            break
+        try:
+            more = channel.recv()
+        except OSError:
+            break
+        if not more:
+            break
+        data += more
+    return data
 
 
 class BlockingRPC:

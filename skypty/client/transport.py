@@ -65,13 +65,16 @@ class NoiseChannel(PlainChannel):
         return bool(self._ready)
 
 
+class HandshakeClosed(TransportError):
+    pass
+
+
 def _recv_exact(sock, n):
     out = b""
     while len(out) < n:
         chunk = sock.recv(n - len(out))
         if not chunk:
-            raise TransportError("connection closed during the handshake "
-                                 "(wrong host key, or this key is not whitelisted there)")
+            raise HandshakeClosed("connection closed during the handshake")
         out += chunk
     return out
 
@@ -100,27 +103,39 @@ def connect_tcp(host, port, timeout=CONNECT_TIMEOUT):
 
 
 def connect_noise(host, port, remote_pk, local_sk, timeout=CONNECT_TIMEOUT):
-    """TCP, then Noise XK as initiator; the host must hold *remote_pk*'s key."""
+    """TCP, then Noise XK as initiator; the host must hold *remote_pk*'s key.
+
+    In XK our first message is sealed to *remote_pk*: a host with another key
+    cannot read it and hangs up before answering, which is ssh's "host key
+    mismatch" moment.  (A host refusing *our* key does so only after the
+    handshake: request_service sees that.)"""
     from skypty.noise import NoiseError, NoiseHandshake, frame_handshake
 
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     sock = connect_tcp(host, port, timeout)
+    answered = False
     try:
         hs = NoiseHandshake("XK", True, local_sk, remote_pk)
         sock.sendall(frame_handshake(hs.write_message()))
         (length,) = struct.unpack(">H", _recv_exact(sock, 2))
         hs.read_message(_recv_exact(sock, length))
+        answered = True
         sock.sendall(frame_handshake(hs.write_message()))
         encoder, decoder = hs.split()
-    except NoiseError as e:
+    except socket.timeout:
         sock.close()
-        raise TransportError(f"noise handshake with {host}:{port} failed: {e} "
-                             "(is the host key right?)") from None
+        raise TransportError(f"the host at {address} did not complete the handshake within "
+                             f"{timeout:.0f}s (is it a skypty host?)") from None
+    except (NoiseError, HandshakeClosed, ConnectionResetError, BrokenPipeError) as e:
+        sock.close()
+        if answered:
+            raise TransportError(f"noise handshake with {address} failed: {e}") from None
+        from skypty.client.errors import wrong_host_key
+
+        raise TransportError(wrong_host_key(address, remote_pk.hex())) from None
     except OSError as e:
         sock.close()
-        raise TransportError(f"noise handshake with {host}:{port} failed: {e.strerror or e}") from None
-    except TransportError:
-        sock.close()
-        raise
+        raise TransportError(f"noise handshake with {address} failed: {e.strerror or e}") from None
     return NoiseChannel(sock, encoder, decoder, remote_pk)
 
 

@@ -1,0 +1,99 @@
+"""What went wrong, in words a user can act on (pure: no I/O).
+
+Hosts answer in the protocol's own terms: a reject byte, a closed stream,
+``rpc: can't find method pty.Sessions``.  This module turns each of those
+into one line that says what happened and what to do about it; the verbs
+print it.  docs/guide.md has the same table for people.
+"""
+
+import re
+
+from skypty.errors import SkyptyError
+
+PK_RE = re.compile(r"\b[0-9a-fA-F]{66}\b")
+
+
+class ClientError(SkyptyError):
+    """One line for the user; *code* is the exit code."""
+
+    def __init__(self, message, code=1):
+        super().__init__(message)
+        self.code = code
+
+
+def not_whitelisted(host_pk, own_pk):
+    return (f"not authorized: host {host_pk} does not whitelist your key {own_pk} "
+            f"(on that host: skypty-client whitelist-add {own_pk})")
+
+
+def wrong_host_key(address, pk):
+    return f"the host at {address} is not {pk} (wrong public key?)"
+
+
+# -- the local host's reasons (reject byte + "reason-word: text", docs/protocol.md) ----------
+
+def parse_rejection(data):
+    """Bytes after the reject byte -> (reason word, text); ("", "") when the
+    host said nothing more (a reference host, or an older skypty)."""
+    if not data:
+        return "", ""
+    length = data[0]
+    raw = data[1:1 + length].decode("utf-8", "replace")
+    reason, _, text = raw.partition(": ")
+    if not re.fullmatch(r"[a-z][a-z-]*", reason):
+        return "", raw
+    return reason, text
+
+
+def proxy_refusal(reason, text, target_pk, port, local="the local host"):
+    """Why the local host could not give us *target_pk*'s pty service."""
+    if reason == "not-whitelisted":
+        keys = PK_RE.findall(text)
+        own = keys[-1] if len(keys) >= 2 else "of the local host"
+        return not_whitelisted(target_pk, own)
+    if reason == "not-in-discovery":
+        return (f"host {target_pk} is not in dmsg discovery: it is offline or has never "
+                "run (check the key)")
+    if reason == "discovery-unavailable":
+        return f"{local} cannot reach dmsg discovery, so it cannot look up {target_pk} ({text})"
+    if reason == "no-shared-server":
+        return (f"host {target_pk} shares no dmsg server with {local} "
+                "(are both on the same dmsg network?)")
+    if reason == "no-answer":
+        return f"host {target_pk} did not answer over dmsg (it stopped, or lost its dmsg session)"
+    if reason == "refused":
+        return f"host {target_pk} refused the stream: nothing listens on its dmsg port {port} (check --port)"
+    if reason == "no-overlay":
+        return f"{local} has no dmsg overlay running, so it cannot reach {target_pk}"
+    if reason:
+        return f"{local} could not reach {target_pk}: {text or reason}"
+    return (f"{local} could not reach {target_pk} and did not say why (an older host): "
+            "it is offline, unreachable, or does not whitelist the local host's key")
+
+
+# -- RPC errors ---------------------------------------------------------------------------------
+
+def explain_rpc(message, session_id=None):
+    """A raw RPC error string -> what it means for the user (or None: say it as it is)."""
+    sid = session_id or "?"
+    m = re.fullmatch(r"rpc: can't find (?:method|service) (\S+)", message)
+    if m:
+        method = m.group(1)
+        if method == "pty.Sessions":
+            return ("this host keeps no persistent sessions (pty.persistent_sessions is off "
+                    "in its config), so there are none to list")
+        if method in ("pty.Attach", "pty.AttachAt"):
+            return (f"cannot reattach {sid}: this host keeps no persistent sessions "
+                    "(pty.persistent_sessions is off); start a new shell without --attach")
+        if method == "host.Peers":
+            return ("the local host does not offer `list` (host.Peers): it is an older or a "
+                    "reference host; `list` needs a skypty host")
+        if method == "host.WebURL":
+            return "the local host has no web terminal to offer (an older or a reference host)"
+        return f"the host does not offer {method} (an older or a reference host)"
+    if message == "dmsgpty: session not found":
+        return (f"no session {sid} on the host: it has ended, or was reaped after its idle time "
+                "(skypty-client list --sessions shows the live ones)")
+    if message == "dmsgpty: session owned by a different public key":
+        return f"session {sid} belongs to another key: only the key that started it may attach"
+    return None
