@@ -202,3 +202,90 @@ def test_a_black_holed_tcp_client_loses_its_shell(tmp_path, netns, monkeypatch):
             client.kill()
             client.wait()
         host.stop()
+
+
+def _run_dmsg_peer(host, script):
+    """Run *script(client, reactor)* (an async function) in a fresh process
+    that is a dmsg peer of *host* with its own whitelisted key; -> its stdout lines."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.hosts import env
+
+    import json
+    import urllib.request
+
+    def host_joined():
+        url = f"http://127.0.0.1:{host.discovery_port}/dmsg-discovery/entry/{host.pk}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return bool(json.load(r).get("client", {}).get("delegated_servers"))
+        except OSError:
+            return False
+
+    wait_for(host_joined, what="the host to join its embedded dmsg network")
+    pk, sk = generate_keypair()
+    assert host.client("whitelist-add", pk.hex(), "--cliaddr", host.cli).returncode == 0
+    program = textwrap.dedent('''
+        import sys
+        from twisted.internet import defer, protocol, task
+        from skypty.config import parse_config
+        from skypty.dmsg.client import DmsgClientEndpoint, DmsgClientService
+        from skypty.keys import PublicKey
+        from skypty.wire import requestline
+
+        class Probe(protocol.Protocol):
+            def __init__(self):
+                self.data, self.ended = b"", defer.Deferred()
+            def dataReceived(self, data):
+                self.data += data
+            def connectionLost(self, reason):
+                self.ended.callback(self.data)
+
+        async def connect(client, pk, payload):
+            probe = Probe()
+            await DmsgClientEndpoint(client, pk, 22).connect(protocol.Factory.forProtocol(lambda: probe))
+            probe.transport.write(payload)
+            return probe
+
+        async def main(reactor, discovery, sk_hex, target):
+            client = DmsgClientService(reactor, parse_config({"sk": sk_hex, "dmsg": {"discovery": discovery}}))
+            client.startService()
+            for _ in range(400):
+                if client.sessions:
+                    break
+                await task.deferLater(reactor, 0.05, lambda: None)
+            pk = PublicKey.from_hex(target)
+    ''') + textwrap.indent(textwrap.dedent(script), "    ") + textwrap.dedent('''
+            client.stopService()
+
+        task.react(lambda r: defer.ensureDeferred(main(r, *sys.argv[1:4])))
+    ''')
+    out = subprocess.run([sys.executable, "-c", program, f"http://127.0.0.1:{host.discovery_port}", sk.hex(),
+                          host.pk], capture_output=True, timeout=60, env=env())
+    assert out.returncode == 0, out.stderr.decode()
+    return out.stdout.decode().split("\n")
+
+
+def test_bad_request_lines_over_dmsg_end_their_stream_only(host):
+    # Regression (#13.5): the request line b"\x04///[" made urlsplit raise out
+    # of the stream, through yamux, and dropped the peer's whole dmsg session.
+    lines = _run_dmsg_peer(host, '''
+        session = next(iter(client.sessions.values()))
+        good = await connect(client, pk, requestline.encode_request(requestline.PTY))
+        for bad in (b"\\x04///[", b"\\x05//*:1", b"\\x0c//[v1.x]/pty", b"\\x03\\xff\\xfe\\xfd", b"\\x02\\x00\\x00"):
+            probe = await connect(client, pk, bad)
+            reply = await probe.ended.addTimeout(10, reactor)
+            print("bad", reply[:1].hex())
+        print("good-open", not good.ended.called, good.data[:1].hex())
+        print("same-session", next(iter(client.sessions.values())) is session)
+        again = await connect(client, pk, requestline.encode_request(requestline.PTY))
+        while not again.data:
+            await task.deferLater(reactor, 0.02, lambda: None)
+        print("new-stream", again.data[:1].hex())
+    ''')
+    assert lines.count("bad 01") == 5, lines
+    assert "good-open True 00" in lines and "same-session True" in lines and "new-stream 00" in lines
+    assert host.proc.poll() is None
+    assert "Unhandled" not in host.log() and "Traceback" not in host.log()
