@@ -21,6 +21,7 @@ start-up with one ConfigError line that names the key.
         session_ttl        "5m": how long a detached session lives
         web_listen         "" = off; "127.0.0.1:8080" = the web terminal
         manhole            "" = off; a Twisted endpoint such as unix:/run/skypty-manhole.sock
+        log_level          "info" (or debug, warn, error); twistd skypty --log-level wins
         sftp               {"root": "/", "read_only": false}
 """
 
@@ -37,6 +38,14 @@ DEFAULT_DISCOVERY = "http://127.0.0.1:9090"
 DEFAULT_CLI_ADDRESS = "/tmp/pty.sock"
 DEFAULT_DMSG_PORT = 22
 DEFAULT_SESSION_TTL = 300.0
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+# The public Skywire deployments' dmsg discovery services (the reference's
+# services-config.json): "prod" is the live network, "test" the developers' one.
+NETWORKS = {
+    "prod": "http://dmsgd.skywire.skycoin.com",
+    "test": "http://dmsgd.skywire.dev",
+}
 
 
 class ConfigError(SkyptyError):
@@ -63,10 +72,10 @@ def parse_duration(value, key="duration"):
 def parse_listen(value, key):
     """Go-style 'host:port' / ':port' -> (host, port); host '' means every interface."""
     if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected 'host:port' or ':port', got {value!r}")
+        raise ConfigError(f"{key}: expected \"host:port\" or \":port\", got {_shown(value)}")
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{key}: expected 'host:port' or ':port', got {value!r}")
+        raise ConfigError(f"{key}: expected \"host:port\" or \":port\" (port 0-65535), got {_shown(value)}")
     host = host.strip("[]")
     return host, int(port)
 
@@ -133,6 +142,7 @@ class PtyConfig:
     web_listen = attr.ib(default=None)
     manhole = attr.ib(type=str, default="")
     sftp = attr.ib(type=SftpConfig, factory=SftpConfig)
+    log_level = attr.ib(type=str, default="info")
 
     @property
     def cli_endpoint(self):
@@ -162,22 +172,33 @@ class Config:
 
 # -- parsing helpers: each names the key it checks ---------------------------
 
+# What to write instead, in JSON terms (the file is JSON, not Python).
+_EXPECTED = {int: "a whole number", bool: "true or false (no quotes)",
+             str: "a string in double quotes", list: "a list [...]", dict: "an object {...}"}
+
+
 def _typed(section, name, kind, default, prefix):
     value = section.get(name, default)
     if value is None:
         return default
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{prefix}{name}: expected a whole number, got {value!r}")
-    if kind is not int and not isinstance(value, kind):
-        raise ConfigError(f"{prefix}{name}: expected {kind.__name__}, got {value!r}")
+    wrong = (isinstance(value, bool) or not isinstance(value, int)) if kind is int \
+        else not isinstance(value, kind)
+    if wrong:
+        raise ConfigError(f"{prefix}{name}: expected {_EXPECTED[kind]}, got {_shown(value)}")
     return value
+
+
+def _shown(value, limit=60):
+    """A value as JSON, cut short: it goes into a one-line error."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _pk_list(values, key):
     if values is None:
         return ()
     if not isinstance(values, list):
-        raise ConfigError(f"{key}: expected a list of public keys, got {values!r}")
+        raise ConfigError(f"{key}: expected a list of public keys [\"02ab...\"], got {_shown(values)}")
     keys = []
     for i, value in enumerate(values):
         if isinstance(value, dict):  # some configs list servers as objects
@@ -194,7 +215,7 @@ def _section(data, name, prefix=""):
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{prefix}{name}: expected an object")
+        raise ConfigError(f"{prefix}{name}: expected an object {{...}}, got {_shown(value)}")
     return value
 
 
@@ -250,6 +271,9 @@ def _parse_pty(data):
         read_only=_typed(sftp, "read_only", bool, False, p + "sftp."),
     )
     manhole = _typed(section, "manhole", str, "", p)
+    log_level = _typed(section, "log_level", str, "info", p) or "info"
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"{p}log_level: expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     return key, PtyConfig(
         dmsg_port=port,
         cli_network=network,
@@ -261,6 +285,7 @@ def _parse_pty(data):
         web_listen=_optional_listen(section, "web_listen", p),
         manhole=manhole,
         sftp=sftp_config,
+        log_level=log_level,
     )
 
 
@@ -296,6 +321,7 @@ def parse_config(data, path="<config>"):
 
 
 def load_config(path):
+    """Read and check *path*; a ConfigError names the file and the key."""
     try:
         with open(path, "rb") as f:
             raw = f.read(16 * 1024 * 1024)
@@ -305,34 +331,68 @@ def load_config(path):
         data = json.loads(raw)
     except ValueError as e:
         raise ConfigError(f"{path}: not valid JSON: {e}") from None
-    return parse_config(data, path)
+    try:
+        return parse_config(data, path)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def load_or_create_config(path):
+    """-> (Config, created).  A missing file is created with a new identity,
+    as the README's first command expects; a missing directory is refused,
+    because it almost always means a typo in the path."""
+    if os.path.lexists(path):
+        return load_config(path), False
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ConfigError(f"{path}: directory {directory} does not exist (fix the --config path, "
+                          f"or create the directory to start a new host there)")
+    try:
+        return generate_config_file(path), True
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write a new config: {e.strerror}") from None
 
 
 def generate_config_data(sk=None, *, cli_address=DEFAULT_CLI_ADDRESS, ssh_listen=":2022",
-                         web_listen="127.0.0.1:8080", discovery_port=9090, server_port=8081):
-    """A fresh, self-contained config: new keys and an embedded dmsg network."""
+                         web_listen="127.0.0.1:8080", discovery_port=9090, server_port=8081,
+                         discovery=None, embedded_discovery=None, embedded_server=None,
+                         server_address="", dmsg_port=DEFAULT_DMSG_PORT, whitelist=(),
+                         persistent_sessions=False):
+    """A fresh config with new keys.
+
+    By default the host runs its own dmsg network (discovery on
+    127.0.0.1:*discovery_port*, server on 127.0.0.1:*server_port*); with
+    *discovery* (a URL: another host's embedded discovery, or one of
+    NETWORKS) it joins that network instead and runs none of its own.
+    """
     sk = sk or SecretKey.generate()
+    if discovery:
+        dmsg = {"discovery": discovery.rstrip("/"), "sessions_count": 1, "servers": []}
+    else:
+        disc = ListenAddress.parse(embedded_discovery or f"127.0.0.1:{discovery_port}",
+                                   "dmsg.embedded.discovery_listen")
+        embedded = {"discovery_listen": str(disc),
+                    "server_listen": embedded_server or f"127.0.0.1:{server_port}"}
+        if server_address:
+            embedded["server_address"] = server_address
+        # The host reaches its own discovery on loopback when it listens on every interface.
+        own = disc.host if disc.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        own = f"[{own}]" if ":" in own else own
+        dmsg = {"discovery": f"http://{own}:{disc.port}", "sessions_count": 1, "servers": [],
+                "embedded": embedded}
     return {
         "version": "v1.3.0",
         "sk": sk.hex(),
         "pk": sk.public_key.hex(),
-        "dmsg": {
-            "discovery": f"http://127.0.0.1:{discovery_port}",
-            "sessions_count": 1,
-            "servers": [],
-            "embedded": {
-                "discovery_listen": f"127.0.0.1:{discovery_port}",
-                "server_listen": f"127.0.0.1:{server_port}",
-            },
-        },
+        "dmsg": dmsg,
         "hypervisors": [],
         "pty": {
-            "dmsg_port": DEFAULT_DMSG_PORT,
+            "dmsg_port": dmsg_port,
             "cli_network": "unix",
             "cli_address": cli_address,
-            "whitelist": [],
+            "whitelist": list(whitelist),
             "ssh_listen": ssh_listen,
-            "persistent_sessions": False,
+            "persistent_sessions": persistent_sessions,
             "session_ttl": "5m",
             "web_listen": web_listen,
         },
@@ -359,8 +419,9 @@ def write_json_atomically(path, data, mode=0o600):
 def generate_config_file(path, **kwargs):
     """Write a fresh config to *path* (mode 0600: it holds the secret key)."""
     data = generate_config_data(**kwargs)
+    config = parse_config(data, path)  # a bad option fails before anything is written
     write_json_atomically(path, data)
-    return parse_config(data, path)
+    return config
 
 
 def save_whitelist(path, pty_key, keys):

@@ -1,4 +1,10 @@
-"""``twistd skypty --config skywire-config.json``: options and service assembly."""
+"""``twistd skypty --config skywire-config.json``: options and service assembly.
+
+Everything that can stop a start is checked here, before twistd daemonises
+(it forks after makeService): the config, the control socket, the manhole
+and every TCP port.  A failure is one line on stderr naming the setting, the
+value and the fix, and exit code 1, with ``twistd -n`` and daemonised alike.
+"""
 
 import glob
 import os
@@ -7,36 +13,49 @@ import sys
 
 from twisted.python import usage
 
-from skypty.config import ConfigError, generate_config_file, load_config
+from skypty.config import ConfigError, load_or_create_config
+
+
+def fail(message):
+    """Stop the start with one line (twistd's UsageError would print its whole usage)."""
+    raise SystemExit(f"skypty: {message}")
 
 
 class Options(usage.Options):
-    synopsis = "[--config PATH] [--manhole ENDPOINT]"
+    synopsis = "[--config PATH] [--manhole ENDPOINT] [--log-level LEVEL]"
     longdesc = (
         "Run a Skywire-compatible pty host. Whitelisted peers (own PK, hypervisors, "
         "pty.whitelist) can open a shell, run commands, mount the filesystem or use the "
-        "web terminal. If the config file does not exist, a fresh one with new keys and "
-        "an embedded local dmsg network is written there first."
+        "web terminal. If the config file does not exist (its directory must), a fresh one "
+        "with new keys and an embedded local dmsg network is written there first."
     )
     optParameters = [
         ["config", "c", "skywire-config.json", "Path to the Skywire visor config (JSON)."],
         ["manhole", None, None,
          "Serve a twisted.conch manhole on this endpoint, e.g. unix:/run/skypty-manhole.sock "
          "(overrides the config's pty.manhole)."],
+        ["log-level", None, None,
+         "debug, info, warn or error (overrides the config's pty.log_level; default info: "
+         "one line per meaningful event)."],
     ]
 
     def postOptions(self):
+        from skypty.logs import parse_level
+
         path = self["config"]
-        if not os.path.exists(path):
-            try:
-                config = generate_config_file(path)
-            except OSError as e:
-                raise usage.UsageError(f"cannot write a new config to {path}: {e.strerror}")
-            sys.stderr.write(f"skypty: wrote a new config to {path} (pk {config.pk.hex()})\n")
         try:
-            self.config = load_config(path)
+            self.config, self.created = load_or_create_config(path)
         except ConfigError as e:
-            raise usage.UsageError(str(e))
+            fail(e)
+        if self.created:
+            sys.stderr.write(
+                f"skypty: NOTE: {path} did not exist, so a new config with a NEW identity was "
+                f"written there (pk {self.config.pk.hex()}); if you meant an existing config, "
+                f"stop this host and fix --config\n")
+        try:
+            self.log_level = parse_level(self["log-level"] or self.config.pty.log_level)
+        except ValueError as e:
+            fail(f"--log-level: {e}")
 
 
 def make_log_file_private(twistd_options):
@@ -65,7 +84,19 @@ def make_log_file_private(twistd_options):
 
 
 def makeService(options):
+    from skypty.host.listeners import ListenError
     from skypty.host.service import HostService
+    from skypty.logs import FilteredLogging
 
-    make_log_file_private(getattr(options, "parent", None))
-    return HostService(options.config, manhole=options["manhole"])
+    twistd = getattr(options, "parent", None)  # twistd's own options, when run by twistd
+    foreground = bool(twistd and (twistd.get("nodaemon") or twistd.get("debug")))
+    host = HostService(options.config, manhole=options["manhole"], foreground=foreground,
+                       created=options.created)
+    try:
+        host.check_listeners()
+    except ListenError as e:
+        fail(e)
+    make_log_file_private(twistd)
+    if twistd is None:
+        return host
+    return FilteredLogging(host, twistd, options.log_level)

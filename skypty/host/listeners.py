@@ -1,4 +1,9 @@
-"""Listeners of the host that need more than a plain endpoint service."""
+"""Listeners of the host that need more than a plain endpoint service, and
+the start-up checks that let a host fail with one clear line.
+
+Every message names the setting, the value and the fix, because it is the
+only thing an operator sees when a start fails.
+"""
 
 import errno
 import os
@@ -7,23 +12,68 @@ import stat
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from skypty.errors import SkyptyError
 
 
 class ListenError(SkyptyError):
-    pass
+    """A listener that cannot start; the message is one line for the operator."""
 
 
-def clear_stale_unix_socket(path):
+# errno -> what to do about it
+_FIXES = {
+    errno.EADDRINUSE: "address already in use (another program listens there: stop it, "
+                      "or choose another port)",
+    errno.EACCES: "permission denied (ports below 1024 need root: choose a port above 1024)",
+    errno.EADDRNOTAVAIL: "not an address of this machine (use one of its addresses, "
+                         "or \":PORT\" for every interface)",
+}
+
+
+def describe_failure(setting, value, error):
+    """An exception from starting a listener -> one line for the operator."""
+    if isinstance(error, ListenError):
+        return str(error)
+    if isinstance(error, CannotListenError):
+        error = error.socketError
+    if isinstance(error, OSError):
+        reason = _FIXES.get(error.errno) or f"cannot listen: {error.strerror or error}"
+    else:
+        reason = f"cannot listen: {error}"
+    return f"{setting} {value}: {reason}"
+
+
+def check_tcp_free(setting, host, port):
+    """Raise ListenError if (host, port) cannot be bound right now.
+
+    Twisted sets SO_REUSEADDR on its listening ports, so the probe does too:
+    a port held only by TIME_WAIT connections counts as free, as it will be.
+    """
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+    except OSError as e:
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ListenError(describe_failure(setting, shown, e)) from None
+    finally:
+        probe.close()
+
+
+def clear_stale_unix_socket(path, setting="socket"):
     """Remove *path* if it is a dead socket; refuse if a live host is behind it."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise ListenError(f"{path} exists and is not a socket; not replacing it")
+        raise ListenError(f"{setting} {path}: exists and is not a socket (not replacing it: "
+                          f"move it away, or choose another path)")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
@@ -32,10 +82,59 @@ def clear_stale_unix_socket(path):
         if e.errno in (errno.ECONNREFUSED, errno.ENOENT):
             os.unlink(path)  # nobody listens: a leftover from a crashed host
             return
-        raise ListenError(f"cannot check {path}: {e.strerror}") from None
+        raise ListenError(f"{setting} {path}: cannot check it: {e.strerror}") from None
     finally:
         probe.close()
-    raise ListenError(f"another host is already listening on {path}")
+    raise ListenError(f"{setting} {path}: another host is already listening there "
+                      f"(stop it, or choose another path)")
+
+
+def check_socket_directory(setting, path):
+    """Create the socket's directory now, so a bad path fails before the start."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise ListenError(f"{setting} {path}: cannot create directory {parent}: {e.strerror} "
+                          f"(choose another path)") from None
+
+
+def is_live_skypty_host(pid):
+    """Is *pid* a running ``twistd skypty``?  (PIDs are reused after kill -9.)"""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:
+        return True  # cannot tell: keep the lock rather than break a live host's
+    # The subcommand is its own argument; twistd may be a script or `python -c ...run()`.
+    return b"skypty" in argv and any(b"twistd" in arg for arg in argv)
+
+
+def clear_stale_lock(path, setting="socket"):
+    """Twisted guards a unix socket with ``PATH.lock``, a symlink to the owner's
+    PID.  It only asks whether that PID is alive, so after ``kill -9`` a reused
+    PID blocks every restart; a lock whose owner is not a live skypty host is
+    removed here.  A live host's lock is refused with one line."""
+    lock = path + ".lock"
+    try:
+        owner = os.readlink(lock)
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # not a symlink: not Twisted's lock, let Twisted decide
+    try:
+        pid = int(owner)
+    except ValueError:
+        pid = None
+    if pid is not None and pid != os.getpid() and is_live_skypty_host(pid):
+        raise ListenError(f"{setting} {path}: locked by a running skypty host, pid {pid} "
+                          f"(stop it, or choose another path)")
+    try:
+        os.unlink(lock)
+    except FileNotFoundError:
+        pass
 
 
 class ControlSocketService(service.Service):
@@ -43,31 +142,45 @@ class ControlSocketService(service.Service):
 
     log = Logger()
 
-    def __init__(self, reactor, network, address, factory):
+    def __init__(self, reactor, network, address, factory, setting="pty.cli_address"):
         self.reactor = reactor
         self.network = network
         self.address = address
         self.factory = factory
+        self.setting = setting
         self.port = None
+
+    def check(self):
+        """Everything startService could trip over, checked without listening."""
+        if self.network == "unix":
+            check_socket_directory(self.setting, self.address)
+            clear_stale_unix_socket(self.address, self.setting)
+        else:
+            from skypty.config import ListenAddress
+
+            listen = ListenAddress.parse(self.address, self.setting)
+            check_tcp_free(self.setting, listen.host, listen.port)
 
     def startService(self):
         super().startService()
         if self.network == "unix":
-            clear_stale_unix_socket(self.address)
-            parent = os.path.dirname(self.address) or "."
-            os.makedirs(parent, exist_ok=True)
+            self.check()
             self.port = self.reactor.listenUNIX(self.address, self.factory, mode=0o600)
             os.chmod(self.address, 0o600)
         else:
             from skypty.config import ListenAddress
 
             ep = endpoints.serverFromString(
-                self.reactor, ListenAddress.parse(self.address, "cli_address").endpoint)
+                self.reactor, ListenAddress.parse(self.address, self.setting).endpoint)
             # Whoever can connect acts as this host: keep a tcp control socket on loopback.
             d = ep.listen(self.factory)
             d.addCallback(lambda port: setattr(self, "port", port))
-        self.log.info("control socket listening on {network}:{address}", network=self.network,
-                      address=self.address)
+            failures = []
+            d.addErrback(failures.append)  # a tcp listen fails synchronously: raise it here
+            if failures:
+                failures[0].raiseException()
+        self.log.debug("control socket listening on {network}:{address}", network=self.network,
+                       address=self.address)
 
     def stopService(self):
         super().stopService()

@@ -2,12 +2,10 @@
 
 ``twistd skypty --manhole unix:/run/skypty-manhole.sock`` (or the config's
 ``pty.manhole``).  A unix socket is created mode 0600, so only the host's
-user (and root) can open it: ``socat - UNIX-CONNECT:/run/skypty-manhole.sock``
-or ``telnet`` through it.  The namespace holds ``service``, ``config``,
-``whitelist``, ``sessions`` and ``reactor``.
+user (and root) can open it, with ``skypty-client manhole PATH`` (a line
+editor in front of the socket's telnet).  The namespace holds ``service``,
+``config``, ``whitelist``, ``sessions`` and ``reactor``.
 """
-
-import os
 
 from twisted.application import internet
 from twisted.conch import manhole, telnet
@@ -22,29 +20,47 @@ def namespace_for(host):
 
 def make_manhole_factory(namespace):
     factory = protocol.ServerFactory()
+    factory.noisy = False
     factory.protocol = lambda: telnet.TelnetTransport(
         telnet.TelnetBootstrapProtocol, insults.ServerProtocol, manhole.Manhole, namespace)
     return factory
 
 
-class _PrivateUnixService(internet.StreamServerEndpointService):
-    def __init__(self, endpoint, factory, path):
+def unix_path(description):
+    """'unix:/run/x.sock:mode=600' -> '/run/x.sock'; None for other endpoints."""
+    if not description.startswith("unix:"):
+        return None
+    path = []
+    for part in description[5:].split(":"):
+        if "=" in part and path:  # the options after the path
+            break
+        path.append(part)
+    return ":".join(path).replace("\\", "")
+
+
+class ManholeService(internet.StreamServerEndpointService):
+    def __init__(self, endpoint, factory, path, setting):
         super().__init__(endpoint, factory)
         self.path = path
+        self.setting = setting
+        self._raiseSynchronously = True
+
+    def check(self):
+        """Clear what a killed host left behind; refuse a live one, in one line."""
+        if self.path:
+            from skypty.host.listeners import clear_stale_lock, clear_stale_unix_socket
+
+            clear_stale_lock(self.path, self.setting)
+            clear_stale_unix_socket(self.path, self.setting)
 
     def privilegedStartService(self):
-        if self.path and os.path.exists(self.path):
-            from skypty.host.listeners import clear_stale_unix_socket
-
-            clear_stale_unix_socket(self.path)
+        self.check()
         return super().privilegedStartService()
 
 
-def make_manhole_service(reactor, description, host):
+def make_manhole_service(reactor, description, host, setting="pty.manhole"):
     if description.startswith("unix:") and "mode=" not in description:
         description += ":mode=600"
-    path = description[5:].split(":")[0] if description.startswith("unix:") else None
     endpoint = endpoints.serverFromString(reactor, description)
-    svc = _PrivateUnixService(endpoint, make_manhole_factory(namespace_for(host)), path)
-    svc._raiseSynchronously = True
-    return svc
+    return ManholeService(endpoint, make_manhole_factory(namespace_for(host)), unix_path(description),
+                          setting)

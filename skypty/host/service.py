@@ -238,6 +238,10 @@ class HostService(service.MultiService):
             self._start_child(child, child.startService)
         if self.sessions is not None:
             self.sessions.start_sweeping()
+        self.announce()
+
+    def announce(self):
+        """The start lines of the log."""
         if self.created:
             self.log.warn("{path} did not exist: wrote a new config there with a NEW identity, "
                           "pk {pk}", path=self.config.path, pk=self.config.pk.hex())
