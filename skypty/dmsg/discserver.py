@@ -60,6 +60,8 @@ def _message(request, code, message):
 
 
 def _read_body(request):
+    # The site already refused bodies over MAX_BODY before reading them; this
+    # check keeps the resource safe on its own (other sites, tests).
     data = request.content.read(MAX_BODY + 1)
     if len(data) > MAX_BODY:
         raise EntryError("error bad input")
@@ -164,10 +166,12 @@ def make_discovery_resource(clock, store=None):
 
 
 def make_discovery_site(reactor=None, clock=None):
+    """The API as a hardened Site: body cap, head deadline, pending-connection cap."""
+    from skypty.web.httpguard import GuardedSite
+
     if reactor is None:
         from twisted.internet import reactor
     root, store = make_discovery_resource(clock or reactor)
-    site = server.Site(root)
-    site.displayTracebacks = False
+    site = GuardedSite(root, "discovery", reactor=reactor, max_body=MAX_BODY)
     site.store = store
     return site
