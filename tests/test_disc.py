@@ -98,6 +98,63 @@ def test_our_signatures_verify_and_tampering_is_caught():
         attr.evolve(entry, sequence=4).verify()
 
 
+def test_current_fields_are_signed_in_the_go_struct_order():
+    """version, sequence, timestamp, static, client, client_type, server,
+    signature, protocol; server: address, address_v6, address_udp,
+    address_udp_v6, address_ws, address_wt, cert_hash_wt, cert_hash_wt_next,
+    availableSessions, serverType, dht_bootstrap (each new one omitted when empty)."""
+    pk = KEYS["server_S"].public_key
+    entry = current_server_entry(pk, 1700000000000000000)
+    assert entry.canonical_json() == (
+        '{"version":"0.0.1","sequence":0,"timestamp":1700000000000000000,"static":"%s",'
+        '"server":{"address":"127.0.0.1:30080","address_v6":"[::1]:30080","address_udp":"127.0.0.1:30080",'
+        '"address_udp_v6":"[::1]:30080","address_ws":"wss://dmsg.example/dmsg",'
+        '"address_wt":"https://127.0.0.1:8443/dmsg","cert_hash_wt":"%s","cert_hash_wt_next":"%s",'
+        '"availableSessions":2048,"serverType":"community","dht_bootstrap":true},"protocol":"quic"}'
+        % (pk.hex(), "ab" * 32, "cd" * 32)).encode()
+    signed = entry.signed(KEYS["server_S"])
+    assert signed.to_json().endswith(b'"dht_bootstrap":true},"signature":"%s","protocol":"quic"}'
+                                     % signed.signature.encode())
+    again = entry_from_json(signed.to_json())
+    again.verify()
+    assert again == signed
+    cpk = KEYS["client_A"].public_key
+    client = attr.evolve(client_entry(cpk, 3, 5, [pk]), client_type="visor", protocol="smux")
+    assert client.canonical_json() == (
+        '{"version":"0.0.1","sequence":3,"timestamp":5,"static":"%s","client":{"delegated_servers":["%s"]},'
+        '"client_type":"visor","protocol":"smux"}' % (cpk.hex(), pk.hex())).encode()
+
+
+def test_a_rewritten_server_type_breaks_the_signature_but_not_the_entry():
+    entry = current_server_entry(KEYS["server_S"].public_key, 1700000000000000000).signed(KEYS["server_S"])
+    served = entry.to_json().replace(b'"serverType":"community"', b'"serverType":"official"')
+    fetched = entry_from_json(served)
+    with pytest.raises(EntryError):
+        fetched.verify()  # what the reference would see too; it never verifies fetched entries
+    assert fetched.server.server_type == "official" and fetched.raw == served
+
+
+def test_nil_and_empty_delegated_servers_are_signed_as_go_writes_them():
+    pk, sk = generate_keypair()
+    for written in (b'"client":{"delegated_servers":null}', b'"client":{"delegated_servers":[]}'):
+        unsigned = b'{"version":"0.0.1","sequence":0,"timestamp":1,"static":"%s",%s}' % (pk.hex().encode(), written)
+        sig = sk.sign(unsigned).hex().encode()
+        entry_from_json(unsigned[:-1] + b',"signature":"%s"}' % sig).verify()
+    missing = b'{"version":"0.0.1","sequence":0,"timestamp":1,"static":"%s","client":{}}' % pk.hex().encode()
+    assert entry_from_json(missing).canonical_json() == missing.replace(b"{}", b'{"delegated_servers":null}')
+
+
+@pytest.mark.parametrize("text, written", [
+    ("plain", '"plain"'), ('q"b\\', '"q\\"b\\\\"'), ("a\nb\rc\td", '"a\\nb\\rc\\td"'),
+    ("\x08\x0c\x01\x1f", '"\\u0008\\u000c\\u0001\\u001f"'), ("<&>", '"<&>"'),
+    ("é€\U0001f600\x7f", '"é€\U0001f600\x7f"'),
+])
+def test_strings_are_written_as_json_iterator_writes_them(text, written):
+    from skypty.dmsg.disc import go_string
+
+    assert go_string(text) == written
+
+
 pks = st.builds(lambda: generate_keypair()[0])
 
 
@@ -151,6 +208,32 @@ def render(root, method, path, body=b""):
     return request.responseCode or 200, out, request.responseHeaders.getRawHeaders(b"content-type")
 
 
+def render_args(root, method, path, body, args):
+    from io import BytesIO
+
+    from twisted.web.resource import getChildForRequest
+
+    request = DummyRequest([s.encode() for s in path.lstrip("/").split("/")])
+    request.method = method.encode()
+    request.args = args
+    request.content = BytesIO(body)
+    out = getChildForRequest(root, request).render(request)
+    return request.responseCode or 200, out
+
+
+def current_server_entry(pk, ts, **over):
+    """A server entry as a current (2026) reference server builds it: every new field set."""
+    from skypty.dmsg.disc import ServerInfo
+
+    info = dict(address="127.0.0.1:30080", available_sessions=2048, address_v6="[::1]:30080",
+                address_udp="127.0.0.1:30080", address_udp_v6="[::1]:30080",
+                address_ws="wss://dmsg.example/dmsg", address_wt="https://127.0.0.1:8443/dmsg",
+                cert_hash_wt="ab" * 32, cert_hash_wt_next="cd" * 32, server_type="community",
+                dht_bootstrap=True)
+    info.update(over)
+    return attr.evolve(server_entry(pk, 0, ts, "x", 0), server=ServerInfo(**info), protocol="quic")
+
+
 class DiscoveryAPITests(unittest.TestCase):
     def setUp(self):
         self.clock = task.Clock()
@@ -188,7 +271,7 @@ class DiscoveryAPITests(unittest.TestCase):
         self.assertEqual(render(self.root, "POST", "/dmsg-discovery/entry", nonzero.to_json())[0], 422)
         self.assertEqual(render(self.root, "POST", "/dmsg-discovery/entry/", b"x" * 70000)[0], 400)
 
-    def test_entries_expire_after_three_minutes_and_servers_are_listed(self):
+    def test_servers_are_listed_and_expire_two_minutes_after_their_last_post(self):
         spk, ssk = generate_keypair()
         now = int(self.clock.seconds() * 1e9)
         full = server_entry(spk, 0, now, "127.0.0.1:1", 0).signed(ssk)
@@ -199,11 +282,88 @@ class DiscoveryAPITests(unittest.TestCase):
         avail = json.loads(render(self.root, "GET", "/dmsg-discovery/available_servers")[1])
         self.assertEqual([e["static"] for e in avail], [opk.hex()])
         self.assertEqual(len(json.loads(render(self.root, "GET", "/dmsg-discovery/all_servers")[1])), 2)
-        self.clock.advance(179)
+        self.clock.advance(60)  # free re-posts (servers do, every minute); full does not
+        again = server_entry(opk, 1, int(self.clock.seconds() * 1e9), "127.0.0.1:2", 9).signed(osk)
+        self.assertEqual(render(self.root, "POST", "/dmsg-discovery/entry/", again.to_json())[0], 200)
+        self.clock.advance(59)
         self.assertEqual(render(self.root, "GET", "/dmsg-discovery/entry/" + spk.hex())[0], 200)
-        self.clock.advance(1)
+        self.clock.advance(1)  # 2 minutes after full's only post
         code, body, _ = render(self.root, "GET", "/dmsg-discovery/entry/" + spk.hex())
         self.assertEqual((code, body), (404, b'{"message":"entry of public key is not found","code":404}'))
+        self.assertEqual(render(self.root, "GET", "/dmsg-discovery/entry/" + opk.hex())[0], 200)
+        self.clock.advance(60)  # 2 minutes after free's last post
+        self.assertEqual(render(self.root, "GET", "/dmsg-discovery/entry/" + opk.hex())[0], 404)
+        self.assertEqual(render(self.root, "GET", "/dmsg-discovery/all_servers")[1], b"[]")
+
+    def test_a_client_entry_posted_without_timeout_never_expires(self):
+        pk, sk = generate_keypair()
+        entry = client_entry(pk, 0, int(self.clock.seconds() * 1e9), []).signed(sk)
+        self.assertEqual(render(self.root, "POST", "/dmsg-discovery/entry/", entry.to_json())[0], 200)
+        self.clock.advance(24 * 3600 + 1)
+        code, body, _ = render(self.root, "GET", "/dmsg-discovery/entry/" + pk.hex())
+        self.assertEqual((code, body), (200, entry.to_json()))
+        self.assertEqual(json.loads(render(self.root, "GET", "/dmsg-discovery/entries")[1]), [pk.hex()])
+
+    def test_a_client_entry_posted_with_timeout_lasts_three_minutes_after_its_last_post(self):
+        pk, sk = generate_keypair()
+        post = lambda seq: render_args(self.root, "POST", "/dmsg-discovery/entry/",  # noqa: E731
+                                       client_entry(pk, seq, int(self.clock.seconds() * 1e9), []).signed(sk).to_json(),
+                                       {b"timeout": [b"true"]})[0]
+        self.assertEqual(post(0), 200)
+        self.clock.advance(120)
+        self.assertEqual(post(1), 200)
+        self.clock.advance(179)
+        self.assertEqual(render(self.root, "GET", "/dmsg-discovery/entry/" + pk.hex())[0], 200)
+        self.clock.advance(1)
+        self.assertEqual(render(self.root, "GET", "/dmsg-discovery/entry/" + pk.hex())[0], 404)
+
+    def test_the_store_stays_bounded(self):
+        from skypty.dmsg.discserver import EntryStore
+
+        store = EntryStore(self.clock, max_entries=3)
+        now = int(self.clock.seconds() * 1e9)
+        keys = [generate_keypair() for _ in range(4)]
+        for pk, sk in keys[:3]:
+            store.put(server_entry(pk, 0, now, "127.0.0.1:1", 1).signed(sk))
+        with pytest.raises(EntryError, match="full"):
+            store.put(client_entry(keys[3][0], 0, now, []).signed(keys[3][1]))
+        store.put(server_entry(keys[0][0], 1, now, "127.0.0.1:1", 1).signed(keys[0][1]))  # an update fits
+        self.clock.advance(120)  # servers expire: room again
+        store.put(client_entry(keys[3][0], 0, now, []).signed(keys[3][1]))
+        self.assertEqual(len(store), 1)
+        for _ in range(20):  # re-posts do not grow the deadline heap without bound
+            store.put(server_entry(keys[1][0], 0, now, "127.0.0.1:1", 1).signed(keys[1][1]))
+        self.assertLessEqual(len(store._deadlines), 2 * 3 + 1)
+
+    def test_current_entries_round_trip_byte_for_byte(self):
+        pk, sk = generate_keypair()
+        now = int(self.clock.seconds() * 1e9)
+        signed = current_server_entry(pk, now).signed(sk)
+        # Unknown fields and the poster's own spacing survive too (they are not signed, as in Go).
+        body = signed.to_json()[:-1] + b', "future_field": {"a": [1, 2]} }'
+        self.assertEqual(render(self.root, "POST", "/dmsg-discovery/entry/", body)[0], 200)
+        self.assertEqual(render(self.root, "GET", "/dmsg-discovery/entry/" + pk.hex())[1], body)
+        self.assertEqual(render(self.root, "GET", "/dmsg-discovery/all_servers")[1], b"[" + body + b"]")
+        self.assertEqual(render(self.root, "GET", "/dmsg-discovery/available_servers")[1], b"[" + body + b"]")
+        cpk, csk = generate_keypair()
+        client = attr.evolve(client_entry(cpk, 0, now, [pk]), client_type="visor", protocol="smux").signed(csk)
+        self.assertEqual(render(self.root, "POST", "/dmsg-discovery/entry/", client.to_json())[0], 200)
+        self.assertEqual(render(self.root, "GET", "/dmsg-discovery/entry/" + cpk.hex())[1], client.to_json())
+        # Tampering with a signed field is still caught.
+        forged = client.to_json().replace(b'"visor"', b'"other"')
+        fpk_entry = entry_from_json(forged)
+        with pytest.raises(EntryError):
+            fpk_entry.verify()
+
+    def test_hostile_posts_get_one_clear_status(self):
+        pk, sk = generate_keypair()
+        good = client_entry(pk, 0, int(self.clock.seconds() * 1e9), []).signed(sk).to_json()
+        for body in (good[:-1] + b',"x":NaN}', good.replace(b'"sequence":0', b'"sequence":0.5'),
+                     good[:-1] + b',"client_type":7}', good[:-1] + b',"server":{"address":"a:1","dht_bootstrap":"yes"}}',
+                     b"\xff" + good):
+            code, out, _ = render(self.root, "POST", "/dmsg-discovery/entry/", body)
+            self.assertEqual(code, 400, body)
+        self.assertEqual(render(self.root, "GET", "/dmsg-discovery/entries")[1], b"[]")
 
 
 class DiscoveryClientTests(unittest.TestCase):
@@ -229,6 +389,32 @@ class DiscoveryClientTests(unittest.TestCase):
         self.assertEqual(err.status, 422)
         self.assertEqual((yield self.client.entries()), [pk.hex()])
         yield self.assertFailure(self.client.get_entry(generate_keypair()[0]), EntryNotFound)
+
+    @defer.inlineCallbacks
+    def test_fetched_server_entries_are_kept_whatever_their_signature(self):
+        pk, sk = generate_keypair()
+        entry = current_server_entry(pk, int(reactor.seconds() * 1e9)).signed(sk)
+        rewritten = entry.to_json().replace(b'"serverType":"community"', b'"serverType":"official"')
+        self.site.store.put(entry_from_json(rewritten))  # as the current discovery serves it
+        servers = yield self.client.available_servers()
+        self.assertEqual([(e.static, e.server.server_type, e.server.address_wt) for e in servers],
+                         [(pk, "official", "https://127.0.0.1:8443/dmsg")])
+        self.assertEqual(json.loads(servers[0].raw), json.loads(rewritten))
+        self.assertEqual((yield self.client.get_entry(pk)).server.server_type, "official")
+
+    @defer.inlineCallbacks
+    def test_fetched_client_entries_must_verify(self):
+        pk, sk = generate_keypair()
+        now = int(reactor.seconds() * 1e9)
+        good = attr.evolve(client_entry(pk, 0, now, []), client_type="visor", protocol="smux").signed(sk)
+        yield self.client.post_entry(good)
+        got = yield self.client.get_entry(pk)
+        self.assertEqual((got.client_type, got.protocol), ("visor", "smux"))
+        fpk, fsk = generate_keypair()
+        forged = entry_from_json(client_entry(fpk, 0, now, []).signed(fsk).to_json().replace(b'"sequence":0',
+                                                                                             b'"sequence":7'))
+        self.site.store.put(forged)
+        yield self.assertFailure(self.client.get_entry(fpk), EntryError)
 
     @defer.inlineCallbacks
     def test_unreachable_discovery_is_a_clear_error(self):

@@ -59,3 +59,113 @@ def test_garbage_signed_objects_raise_protocol_errors():
     for blob in (b"", b"x" * 65, b"x" * 65 + b"\x05\xff\x81\x00\x00\x00"):
         with pytest.raises(ProtocolError):
             open_object(blob, T.StreamRequest)
+
+
+# -- post-quantum offers are read and ignored (the classical handshake goes on) ---------
+
+ML_KEM_768_KEY, ML_KEM_768_CIPHERTEXT = 1184, 1088  # the reference's payload sizes
+
+
+def _pq_handshake(pattern):
+    from skypty.keys import generate_keypair
+    from skypty.noise import NoiseHandshake
+
+    (ipk, isk), (rpk, rsk) = generate_keypair(), generate_keypair()
+    init = NoiseHandshake(pattern, True, isk, rpk)
+    resp = NoiseHandshake(pattern, False, rsk, ipk if pattern == "KK" else None)
+    return init, resp
+
+
+@pytest.mark.parametrize("pattern", ["XK", "KK"])
+def test_a_pq_offer_in_message_one_is_ignored(pattern):
+    import os
+
+    from skypty.noise import HandshakeFramer, frame_handshake, pump_handshake
+
+    init, resp = _pq_handshake(pattern)
+    offer = init.write_message(os.urandom(ML_KEM_768_KEY))  # a current reference initiator
+    # Through the framer, as a dmsg session or the Noise TCP port reads it.
+    replies = pump_handshake(resp, HandshakeFramer(), frame_handshake(offer))
+    assert len(replies) == 1
+    reply = replies[0][2:]
+    assert init.read_message(reply) == b""  # our answer carries no PQ ciphertext
+    if pattern == "XK":
+        resp.read_message(init.write_message())
+    assert init.complete and resp.complete
+    enc_i, dec_i = init.split()
+    enc_r, dec_r = resp.split()
+    assert dec_r.receive(enc_i.encrypt(b"classical")) == [b"classical"]
+    assert dec_i.receive(enc_r.encrypt(b"both ways")) == [b"both ways"]
+
+
+def test_a_pq_ciphertext_in_message_two_is_ignored():
+    import os
+
+    init, resp = _pq_handshake("KK")
+    resp.read_message(init.write_message())
+    assert init.read_message(resp.write_message(os.urandom(ML_KEM_768_CIPHERTEXT))) is not None
+    enc_i, _ = init.split()
+    _, dec_r = resp.split()
+    assert dec_r.receive(enc_i.encrypt(b"ok")) == [b"ok"]
+
+
+# -- stream requests: the shape is checked before anything trusts it ---------------------
+
+def _request(**over):
+    from skypty.keys import generate_keypair
+
+    fields = dict(timestamp=1, src_addr=T.Addr.cls(pk=generate_keypair()[0], port=49153),
+                  dst_addr=T.Addr.cls(pk=generate_keypair()[0], port=22), noise_msg=b"")
+    fields.update(over)
+    return T.StreamRequest.cls(**fields)
+
+
+@pytest.mark.parametrize("over, why", [
+    (dict(src_addr=T.Addr.cls(pk=None, port=1)), "source address has no key"),
+    (dict(dst_addr=T.Addr.cls(pk=None, port=22)), "destination address has no key"),
+    (dict(src_addr=T.Addr.cls(pk=PublicKey.null(), port=1)), "source address has no key"),
+    (dict(src_addr=T.Addr.cls(pk=PublicKey.from_hex(V["keys"]["client_A"]["pk"]), port=0)), "source port"),
+    (dict(dst_addr=T.Addr.cls(pk=PublicKey.from_hex(V["keys"]["client_B"]["pk"]), port=0)), "destination port"),
+    (dict(timestamp=0), "timestamp"),
+    (dict(src_addr=None), "without a source address"),
+])
+def test_malformed_stream_requests_are_protocol_errors(over, why):
+    from skypty.dmsg.session import check_stream_request
+
+    with pytest.raises(DmsgError, match=why):
+        check_stream_request(_request(**over))
+    check_stream_request(_request())  # the control: a sound request passes
+
+
+# -- KK keepalive frames ------------------------------------------------------------------
+
+def test_an_idle_kk_stream_writes_empty_frames_that_the_reader_drops():
+    from twisted.internet import protocol, task
+    from twisted.internet.testing import StringTransport
+
+    from skypty.dmsg.stream import KEEPALIVE_INTERVAL, KKStream
+
+    clock = task.Clock()
+    key = bytes(range(32))
+    stream = KKStream(clock)
+    stream.makeConnection(StringTransport())
+    inner = protocol.Protocol()
+    stream._open(FrameEncoder(key), None, None, None, inner)
+    reader = FrameDecoder(key)
+    clock.advance(KEEPALIVE_INTERVAL - 1)
+    assert stream.transport.value() == b""
+    inner.transport.write(b"data")  # real writes push the keepalive back
+    clock.advance(KEEPALIVE_INTERVAL - 1)
+    assert reader.receive(stream.transport.value()) == [b"data"]
+    stream.transport.clear()
+    clock.advance(1)
+    frame = stream.transport.value()
+    assert len(frame) == 2 + 8 + 16  # an empty plaintext
+    assert reader.receive(frame) == []  # dropped, nothing delivered
+    stream.transport.clear()
+    clock.advance(KEEPALIVE_INTERVAL)
+    assert len(stream.transport.value()) == 26
+    stream.connectionLost(None)
+    stream.transport.clear()
+    clock.advance(10 * KEEPALIVE_INTERVAL)
+    assert stream.transport.value() == b"" and not clock.getDelayedCalls()

@@ -1,32 +1,50 @@
 """The host's dmsg client: sessions to dmsg servers, its discovery entry,
 listening on dmsg ports, and dialing other hosts by public key.
 
-When discovery is down at start the host still serves its control socket and
-TCP port; the client keeps retrying with backoff and joins once it can.
+When discovery is down at start (or lists no servers yet) the host still
+serves its control socket and TCP port; the client retries with
+exponential backoff (1 s .. 60 s), logging once per change of state rather
+than once per retry, and joins once it can.
+
+A dial tries, as the current reference does: the sessions to servers the
+peer also uses; then every other session (a current server forwards the
+request one hop to a peer server that has the destination); then a new
+session to one of the peer's own servers.
 """
 
 import itertools
 import random
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, protocol, task
+from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
 
 from skypty.dmsg.disc import DiscoveryClient, DiscoveryError, EntryKeeper, EntryNotFound, client_entry
 from skypty.dmsg.errors import (
     DialError, DiscoveryUnavailable, NoAnswer, NoSharedServer, NotInDiscovery, NotWhitelisted, StreamRefused,
 )
-from skypty.dmsg.session import DmsgSession
-from skypty.dmsg.stream import AcceptStream, DialStream
+from skypty.dmsg.session import STREAM_HANDSHAKE_TIMEOUT, DmsgSession
+from skypty.dmsg.stream import AcceptStream, DialStream, StreamRefusedError
 from skypty.wire import requestline
 
-RETRY_MIN, RETRY_MAX = 1.0, 30.0
-DIAL_TIMEOUT = 20.0
+RETRY_MIN, RETRY_MAX = 1.0, 60.0
+CHECK_INTERVAL = 30.0   # how often a satisfied client looks again (a lost session kicks at once)
+# Per attempt: the server's 5 s handshake window plus the round trips.
+ATTEMPT_TIMEOUT = STREAM_HANDSHAKE_TIMEOUT + 3.0
+MAX_EXISTING_TRIES = 8   # existing sessions tried for one dial
+MAX_NEW_SESSIONS = 2     # new sessions to the peer's servers for one dial
+DIAL_TIMEOUT = ATTEMPT_TIMEOUT  # the old name
+EPHEMERAL_PORTS = (49152, 65535)
 
 
 def _host_port(address):
     host, _, port = address.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _ephemeral_ports():
+    low, high = EPHEMERAL_PORTS
+    return itertools.cycle(range(low + 1, high + 1))
 
 
 class DmsgClientService(service.Service):
@@ -38,47 +56,109 @@ class DmsgClientService(service.Service):
         self.pk = config.pk
         self.wanted = config.dmsg.sessions_count
         self.preferred = list(config.dmsg.servers)
+        self.discovery_url = config.dmsg.discovery
         self.discovery = DiscoveryClient(config.dmsg.discovery, reactor)
         self.sessions = {}  # server pk -> DmsgSession
         self.listeners = {}  # port -> factory
-        self._ports = itertools.count(49153)
+        self._ports = _ephemeral_ports()
         self._connecting = set()
         self._retry = RETRY_MIN
-        self._loop = None
+        self._call = None
+        self._busy = False
+        self.state = None  # what the last maintenance round found; logged when it changes
         self.keeper = EntryKeeper(self.discovery, self.sk,
                                   lambda seq, ts: client_entry(self.pk, seq, ts, list(self.sessions)), reactor)
 
     # -- lifecycle --
     def startService(self):
         super().startService()
-        self._loop = task.LoopingCall(self._maintain)
-        self._loop.clock = self.reactor
-        self._loop.start(RETRY_MIN, now=True)
+        self._schedule(0)
 
     def stopService(self):
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
         self.keeper.stop()
         for session in list(self.sessions.values()):
             session.transport.loseConnection()
 
+    def _schedule(self, delay):
+        if not self.running:
+            return
+        if self._call is not None and self._call.active():
+            if self._call.getTime() <= self.reactor.seconds() + delay:
+                return  # already due sooner
+            self._call.cancel()
+        self._call = self.reactor.callLater(delay, self._tick)
+
+    def _kick(self):
+        """Something changed (a session was lost): look again now."""
+        self._retry = RETRY_MIN
+        self._schedule(0)
+
+    def _tick(self):
+        self._call = None
+        if self._busy:
+            return self._schedule(RETRY_MIN)
+        self._busy = True
+        d = self._maintain()
+        d.addErrback(lambda f: self.log.failure("dmsg session upkeep failed", f) or self._failed())
+        d.addBoth(self._done)
+
+    def _done(self, delay):
+        self._busy = False
+        self._schedule(delay if isinstance(delay, (int, float)) else self._failed())
+
+    def _failed(self):
+        delay, self._retry = self._retry, min(self._retry * 2, RETRY_MAX)
+        return delay
+
+    def _enter(self, state, message, **kw):
+        """Log *message* only when the state changes (not on every retry)."""
+        if state != self.state:
+            self.state = state
+            if message:
+                (self.log.info if state == "ok" else self.log.warn)(message, **kw)
+
     @defer.inlineCallbacks
     def _maintain(self):
-        if len(self.sessions) >= self.wanted or self._connecting:
-            return
+        """One round; -> seconds until the next."""
+        if len(self.sessions) >= self.wanted:
+            self._enter("ok", None)
+            self._retry = RETRY_MIN
+            return CHECK_INTERVAL
         try:
             servers = yield self.discovery.available_servers()
         except DiscoveryError as e:
-            self.log.warn("dmsg discovery unavailable: {err}", err=e)
-            return
-        candidates = [e for e in servers if e.static not in self.sessions]
+            self._enter("unavailable", "dmsg discovery unavailable: {err}; retrying with backoff "
+                        "(up to {max:.0f}s)", err=e, max=RETRY_MAX)
+            return self._failed()
+        candidates = [e for e in servers if e.static not in self.sessions and e.static not in self._connecting]
+        if not candidates:
+            if self.sessions:
+                self._enter("ok", None)  # fewer servers exist than we would like: fine
+            else:
+                self._enter("empty", "dmsg discovery at {url} lists no dmsg servers yet; waiting for one",
+                            url=self.discovery_url)
+            return self._failed()
         candidates.sort(key=lambda e: (e.static not in self.preferred, random.random()))
+        errors = []
         for entry in candidates[: self.wanted - len(self.sessions)]:
-            yield self._connect(entry.static, entry.server.address)
+            err = yield self._connect(entry.static, entry.server.address)
+            if err is not None:
+                errors.append(f"{entry.server.address}: {err}")
+        if errors and not self.sessions:
+            self._enter("unreachable", "no dmsg server reachable ({errs}); retrying with backoff",
+                        errs="; ".join(errors))
+            return self._failed()
+        self._enter("ok", None)
+        self._retry = RETRY_MIN
+        return RETRY_MIN if len(self.sessions) < self.wanted else CHECK_INTERVAL
 
     @defer.inlineCallbacks
     def _connect(self, server_pk, address):
+        """Open a session to a server; -> None, or why it failed."""
         self._connecting.add(server_pk)
         try:
             host, port = _host_port(address)
@@ -92,8 +172,10 @@ class DmsgClientService(service.Service):
                 self.keeper.start()
             else:
                 self.keeper.update_now()
+            return None
         except Exception as e:
-            self.log.warn("dmsg server {addr} unreachable: {err}", addr=address, err=e)
+            self.log.debug("dmsg server {addr} unreachable: {err}", addr=address, err=e)
+            return str(e) or type(e).__name__
         finally:
             self._connecting.discard(server_pk)
 
@@ -103,6 +185,7 @@ class DmsgClientService(service.Service):
                 del self.sessions[pk]
                 self.log.warn("dmsg session to {pk} lost; reconnecting", pk=pk.hex())
                 self.keeper.update_now()
+                self._kick()
 
     # -- listening --
     def listen(self, port, factory):
@@ -121,26 +204,66 @@ class DmsgClientService(service.Service):
             raise NotInDiscovery(f"{pk.hex()} is not in dmsg discovery (offline?)") from None
         except DiscoveryError as e:
             raise DiscoveryUnavailable(f"dmsg discovery unavailable: {e}") from None
-        servers = list(entry.client.delegated_servers) if entry.client else []
-        session = next((self.sessions[s] for s in servers if s in self.sessions), None)
-        if session is None:
-            raise NoSharedServer(f"{pk.hex()} shares no dmsg server with this host")
-        stream = DialStream(session, self.sk, next(self._ports), pk, port, inner)
+        delegated = list(entry.client.delegated_servers) if entry.client else []
+        shared = [self.sessions[s] for s in delegated if s in self.sessions]
+        others = [s for k, s in self.sessions.items() if k not in delegated]
+        random.shuffle(others)
+        tried, failures = 0, []
+        for session in (shared + others)[:MAX_EXISTING_TRIES]:
+            tried += 1
+            result = yield self._attempt(session, pk, port, inner, failures)
+            if result is not None:
+                return result
+        # Last resort: a session of our own to one of the peer's servers.
+        for server_pk in [s for s in delegated if s not in self.sessions][:MAX_NEW_SESSIONS]:
+            session = yield self._session_to(server_pk, failures)
+            if session is None:
+                continue
+            tried += 1
+            result = yield self._attempt(session, pk, port, inner, failures)
+            if result is not None:
+                return result
+        if not tried:
+            raise NoSharedServer(f"{pk.hex()} shares no dmsg server with this host, and none of its "
+                                 "servers could be reached" + (f" ({'; '.join(failures)})" if failures else ""))
+        raise NoAnswer(f"{pk.hex()} is not reachable over dmsg (offline, or no server forwards to it): "
+                       + "; ".join(failures[-3:]))
+
+    @defer.inlineCallbacks
+    def _attempt(self, session, pk, port, inner, failures):
+        """One stream request through one session; -> inner, or None (failure noted)."""
+        stream = DialStream(session, self.sk, next(self._ports), pk, port, inner, timeout=ATTEMPT_TIMEOUT)
         try:
             yield session.open_stream(stream)
-            result = yield stream.done.addTimeout(DIAL_TIMEOUT, self.reactor)
-        except defer.TimeoutError:
-            raise NoAnswer(f"{pk.hex()} did not answer over dmsg within {DIAL_TIMEOUT:.0f}s") from None
-        except DialError:
-            raise
+            result = yield stream.done
+        except StreamRefusedError:
+            # The peer itself answered no: another server will not change that.
+            raise StreamRefused(f"{pk.hex()} refused the stream on dmsg port {port} "
+                                "(nothing listens there)") from None
         except Exception as e:
-            # DialStream says "refused the stream" when the peer answered no;
-            # anything else (the stream closed unanswered) is a peer that is gone.
-            if "refused the stream" in str(e):
-                raise StreamRefused(f"{pk.hex()} refused the stream on dmsg port {port} "
-                                    "(nothing listens there)") from None
-            raise NoAnswer(f"{pk.hex()} is not reachable over dmsg (stopped?): {e}") from None
+            failures.append(f"via {session.remote_pk.hex()[:16]}…: {e}")
+            return None
         return result
+
+    @defer.inlineCallbacks
+    def _session_to(self, server_pk, failures):
+        if server_pk in self.sessions:
+            return self.sessions[server_pk]
+        if server_pk in self._connecting:
+            failures.append(f"server {server_pk.hex()[:16]}…: still connecting")
+            return None
+        try:
+            entry = yield self.discovery.get_entry(server_pk)
+        except DiscoveryError as e:
+            failures.append(f"server {server_pk.hex()[:16]}…: {e}")
+            return None
+        if entry.server is None or not entry.server.address:
+            failures.append(f"server {server_pk.hex()[:16]}…: no server entry")
+            return None
+        err = yield self._connect(server_pk, entry.server.address)
+        if err is not None:
+            failures.append(f"server {entry.server.address}: {err}")
+        return self.sessions.get(server_pk)
 
     @defer.inlineCallbacks
     def visible_peers(self):

@@ -13,6 +13,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from skypty.errors import ProtocolError
+from skypty.netopts import enable_keepalive
 from skypty.noise import (
     MAX_PLAINTEXT, TAG, HandshakeFramer, NoiseError, NoiseHandshake, frame_handshake, pump_handshake,
 )
@@ -20,6 +21,9 @@ from skypty.wire import gob
 from skypty.wire.yamux import YamuxProtocol
 
 HANDSHAKE_TIMEOUT = 10.0
+# A current reference server gives a stream request 5 s to arrive and be
+# answered; skypty's server and clients hold their side to the same.
+STREAM_HANDSHAKE_TIMEOUT = 5.0
 SIG_LEN = 65
 REPLAY_WINDOW = 4096
 
@@ -116,15 +120,45 @@ class EnvelopeReader:
 
     def take_stream_request(self, data, cipher):
         """-> None until whole, then (StreamRequest, signed object, leftover),
-        its signature verified against its own source key (InvalidKey if not)."""
+        checked by ``check_stream_request`` and its signature verified
+        against its own source key (InvalidKey if not)."""
         from skypty.wire import types as T
 
         got = self.take_object(data, cipher, T.StreamRequest)
         if got is None:
             return None
         req, signed, sig, raw, rest = got
+        check_stream_request(req)
         req.src_addr.pk.verify(raw, sig)
         return req, signed, rest
+
+
+def _check_addr(addr, which):
+    from skypty.keys import PublicKey
+    from skypty.wire import types as T
+
+    if not isinstance(addr, T.Addr.cls):
+        raise DmsgError(f"stream request without a {which} address")
+    if not isinstance(addr.pk, PublicKey) or addr.pk.is_null:
+        raise DmsgError(f"stream request {which} address has no key")
+    if not isinstance(addr.port, int) or isinstance(addr.port, bool) or not 0 < addr.port <= 0xFFFF:
+        raise DmsgError(f"stream request {which} port is zero or out of range")
+
+
+def check_stream_request(req):
+    """The shape of a decoded StreamRequest, before anything trusts it: gob
+    fills absent fields with zero values, so a hostile request can lack a
+    key, a port or a timestamp.  Raises DmsgError (a protocol error)."""
+    from skypty.wire import types as T
+
+    if not isinstance(req, T.StreamRequest.cls):
+        raise DmsgError("not a stream request")
+    _check_addr(req.src_addr, "source")
+    _check_addr(req.dst_addr, "destination")
+    if not isinstance(req.timestamp, int) or req.timestamp <= 0:
+        raise DmsgError("stream request without a timestamp")
+    if not isinstance(req.noise_msg, (bytes, bytearray)):
+        raise DmsgError("stream request noise message has the wrong type")
 
 
 def nodelay(transport):
@@ -143,6 +177,7 @@ class DmsgSession(protocol.Protocol):
     log = Logger()
 
     def __init__(self, initiator, local_sk, remote_pk, accept_stream, reactor, on_lost=None):
+        self.is_peer = False  # a session between two dmsg servers (the mesh)
         self.handshake = NoiseHandshake("XK", initiator, local_sk, remote_pk)
         self.initiator = initiator
         self.accept_stream = accept_stream
@@ -157,6 +192,7 @@ class DmsgSession(protocol.Protocol):
 
     def connectionMade(self):
         nodelay(self.transport)
+        enable_keepalive(self.transport)  # a black-holed link is noticed within about a minute
         self._timeout = self.reactor.callLater(HANDSHAKE_TIMEOUT, self._timed_out)
         if self.initiator:
             self.transport.write(frame_handshake(self.handshake.write_message()))

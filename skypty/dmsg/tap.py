@@ -7,7 +7,7 @@ from twisted.internet import endpoints
 from twisted.python import usage
 
 from skypty.config import ConfigError, ListenAddress
-from skypty.keys import InvalidKey, SecretKey
+from skypty.keys import InvalidKey, PublicKey, SecretKey
 
 
 class Options(usage.Options):
@@ -22,7 +22,27 @@ class Options(usage.Options):
         ["discovery-url", None, None, "Discovery to register the server with (default: the one above)."],
         ["sk", None, None, "The server's secret key (hex); default: derived from --seed."],
         ["seed", None, "skypty-dmsg", "Derive the server key from this text (stable across restarts)."],
+        ["idle-timeout", None, "300", "Close a spliced stream idle this many seconds (0 = never)."],
     ]
+    optFlags = [
+        ["no-mesh", None, "Do not peer with the other servers discovery lists (--peer still applies)."],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self.peers = []
+
+    def opt_peer(self, value):
+        """PK@HOST:PORT of a peer dmsg server to forward streams through (repeatable)."""
+        pk, sep, address = value.partition("@")
+        try:
+            if not sep or ":" not in address:
+                raise ValueError("expected PK@HOST:PORT")
+            _, _, port = address.rpartition(":")
+            int(port)
+            self.peers.append((PublicKey.from_hex(pk), address))
+        except (ValueError, InvalidKey) as e:
+            raise usage.UsageError(f"--peer {value}: {e}")
 
     def postOptions(self):
         try:
@@ -37,6 +57,12 @@ class Options(usage.Options):
             raise usage.UsageError(f"--sk: {e}")
         if self.disc is None and not self["discovery-url"]:
             raise usage.UsageError("without --discovery, give --discovery-url")
+        try:
+            self.idle_timeout = float(self["idle-timeout"])
+            if self.idle_timeout < 0:
+                raise ValueError
+        except ValueError:
+            raise usage.UsageError("--idle-timeout must be a number of seconds") from None
 
 
 def makeService(options):
@@ -52,5 +78,7 @@ def makeService(options):
     host = options.disc.host or "127.0.0.1" if options.disc else None
     url = options["discovery-url"] or f"http://{host}:{options.disc.port}"
     address = options["address"] or str(ListenAddress(options.server.host or "127.0.0.1", options.server.port))
-    DmsgServerService(reactor, options.sk, options.server, address, url).setServiceParent(top)
+    DmsgServerService(reactor, options.sk, options.server, address, url, peers=options.peers,
+                      discover_peers=not options["no-mesh"],
+                      idle_timeout=options.idle_timeout or None).setServiceParent(top)
     return top
