@@ -197,7 +197,7 @@ def cmd_shell(args, parser):
     want_pty = _want_pty(args)
     pk, host, port = parse_target(args.target, args.port or DEFAULT_TCP_PORT)
     command = remote_argv(args.command) if args.command else None
-    if command and not want_pty and not args.attach:
+    if command and want_pty is None and not args.attach:  # ssh's "host cmd", captured
         channel, early = open_direct(pk, host, port, args)
         return run_exec(channel, early, command, timeout_ms(args), b"")
     from skypty.client.interactive import interactive

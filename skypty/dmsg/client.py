@@ -201,7 +201,7 @@ class DmsgClientService(service.Service):
         try:
             entry = yield self.discovery.get_entry(pk)
         except EntryNotFound:
-            raise NotInDiscovery(f"{pk.hex()} is not in dmsg discovery (offline?)") from None
+            raise NotInDiscovery(f"{pk.hex()[:16]}… is not in dmsg discovery (offline?)") from None
         except DiscoveryError as e:
             raise DiscoveryUnavailable(f"dmsg discovery unavailable: {e}") from None
         delegated = list(entry.client.delegated_servers) if entry.client else []

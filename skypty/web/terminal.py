@@ -21,6 +21,9 @@ BATCH_DELAY = 0.016
 MAX_BATCH = 512 * 1024  # + one 64 KiB read stays under the 1 MiB message limit
 READ_SIZE = 64 * 1024
 DEFAULT_ROWS, DEFAULT_COLS = 30, 100
+# The shell starts at the browser's size: the page puts it in the URL; for a
+# client that only sends a resize message, wait this long for the first one.
+FIRST_SIZE_WAIT = 0.5
 WEB_ENV = ["TERM=xterm-256color", "COLORTERM=truecolor"]
 
 
@@ -67,6 +70,15 @@ class AvatarTerminal:
         self.avatar.logout()
 
 
+def _size(rows, cols):
+    """(rows, cols) if both are sane numbers, else None."""
+    try:
+        rows, cols = int(rows), int(cols)
+    except (TypeError, ValueError):
+        return None
+    return (rows, cols) if 0 < rows < 1000 and 0 < cols < 1000 else None
+
+
 class TerminalProtocol(WebSocketServerProtocol):
     # Autobahn logs through self.log; a plain twisted Logger would let its debug
     # lines (the raw handshake, ?token= included) into the host log.  txaio's
@@ -87,6 +99,9 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.offset = int(offset) if offset.isdigit() else None
         commands = (params.get("commands") or [""])[0]
         self.commands = [c for c in commands.split(",") if c.strip()][:32]
+        self._size = _size((params.get("rows") or [""])[0], (params.get("cols") or [""])[0])
+        self._size_known = defer.Deferred()
+        self._started = False
         return None
 
     def onOpen(self):
@@ -100,7 +115,19 @@ class TerminalProtocol(WebSocketServerProtocol):
         if self._closed:
             backend.close()
             return
-        sid, offset = yield backend.open(DEFAULT_ROWS, DEFAULT_COLS, self.sid, self.offset, self.commands)
+        if self._size is None:
+            timer = self.factory.reactor.callLater(FIRST_SIZE_WAIT, self._size_known.callback, None)
+            yield self._size_known
+            if timer.active():
+                timer.cancel()
+            if self._closed:
+                backend.close()
+                return
+        rows, cols = asked = self._size or (DEFAULT_ROWS, DEFAULT_COLS)
+        sid, offset = yield backend.open(rows, cols, self.sid, self.offset, self.commands)
+        self._started = True
+        if self._size and self._size != asked:  # resized while the shell was starting
+            backend.resize(*self._size).addErrback(lambda f: None)
         if sid:
             self._send_json({"type": "session", "id": sid, "offset": offset})
         self._read_loop()
@@ -167,17 +194,22 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.sendMessage(json.dumps(obj).encode(), isBinary=False)
 
     def onMessage(self, payload, isBinary):
-        if self.backend is None:
-            return
         if isBinary:
-            self.backend.write(payload).addErrback(lambda f: None)
+            if self.backend is not None:
+                self.backend.write(payload).addErrback(lambda f: None)
             return
         try:
             msg = json.loads(payload)
             if msg.get("type") == "resize":
-                rows, cols = int(msg["rows"]), int(msg["cols"])
-                if 0 < rows < 1000 and 0 < cols < 1000:
-                    self.backend.resize(rows, cols).addErrback(lambda f: None)
+                size = _size(msg["rows"], msg["cols"])
+                if size is None:
+                    return
+                if not self._started:  # the shell starts at this size
+                    self._size = size
+                    if not self._size_known.called:
+                        self._size_known.callback(None)
+                elif self.backend is not None:
+                    self.backend.resize(*size).addErrback(lambda f: None)
         except (ValueError, KeyError, TypeError, AttributeError):
             self.log.warn("bad control message from the browser")
 

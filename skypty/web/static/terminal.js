@@ -21,6 +21,9 @@
     var q = new URLSearchParams(location.search);
     q.delete("token");
     if (sessionId) { q.set("sid", sessionId); q.set("offset", String(received)); q.delete("commands"); }
+    // The shell starts at this size (a resize sent after the open could lose the race).
+    fit.fit();
+    q.set("rows", String(term.rows)); q.set("cols", String(term.cols));
     var scheme = location.protocol === "https:" ? "wss:" : "ws:";
     var qs = q.toString();
     return scheme + "//" + location.host + location.pathname + (qs ? "?" + qs : "");
