@@ -342,7 +342,7 @@ class RequestedService(protocol.Protocol):
 
     def _refusal(self):
         own = self.own_pk.hex() if self.own_pk is not None else "this host's key"
-        return NotWhitelisted(f"host {self._peer()} does not whitelist {own}")
+        return NotWhitelisted(f"not authorized: host {self._peer()} does not whitelist {own}")
 
     def attach(self, sink, on_lost):
         self.sink, self.on_lost = sink, on_lost
