@@ -37,14 +37,14 @@ def fuzz(examples):
 
 class KnownDefect:
     """An open defect in a module another engineer owns: *exc_type* raised
-    from a frame of *function* (the innermost Python frame of the traceback).
+    in one of *functions* (the innermost Python frame of the traceback).
 
     Targets skip inputs that hit it (so the suite stays green while it is
     open); its own ``xfail(strict=True)`` test reproduces it, and turns red
     the day it is fixed, so the entry and the marker get removed together."""
 
-    def __init__(self, name, exc_type, function):
-        self.name, self.exc_type, self.function = name, exc_type, function
+    def __init__(self, name, exc_type, *functions):
+        self.name, self.exc_type, self.functions = name, exc_type, functions
 
     def matches(self, exc):
         if not isinstance(exc, self.exc_type):
@@ -52,7 +52,7 @@ class KnownDefect:
         tb = exc.__traceback__
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
-        return tb is not None and tb.tb_frame.f_code.co_name == self.function
+        return tb is not None and tb.tb_frame.f_code.co_name in self.functions
 
     def __repr__(self):
         return f"KnownDefect({self.name})"
