@@ -164,7 +164,8 @@ def test_web_terminal_for_a_remote_host_over_dmsg(net, browser):
     network, a, b = net
     browser.get(web_url(a).replace("/pty?", f"/pty/{b.pk}?"))  # b whitelists a
     wait_text(browser, r"[$#]\s*$")
-    type_line(browser, "echo remote-$((5*5)) $(basename $PWD)")
+    # Shells start in the home directory: the host process's own directory names the host.
+    type_line(browser, "echo remote-$((5*5)) $(basename $(readlink /proc/$PPID/cwd))")
     wait_text(browser, r"\nremote-25 b\b")
     browser.get(web_url(b).replace("/pty?", f"/pty/{a.pk}?"))  # a does not whitelist b
     wait_text(browser, r"not authorized")
