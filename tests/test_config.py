@@ -122,3 +122,97 @@ def test_save_whitelist_keeps_everything_else(tmp_path):
 @pytest.mark.parametrize("text, seconds", [("30s", 30), ("5m", 300), ("250ms", 0.25), (12, 12), ("7", 7), ("1h", 3600)])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
+
+
+# -- skypty-client config gen ---------------------------------------------------------
+
+def test_config_gen_options_give_a_host_on_those_ports(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from tests.hosts import CLIENT, env, free_port, wait_for
+
+    ssh, web, disc, srv = (free_port() for _ in range(4))
+    cli = str(tmp_path / "gen.sock")
+    path = str(tmp_path / "gen.json")
+    r = subprocess.run(CLIENT + ["config", "gen", "-o", path, "--ssh-listen", f"127.0.0.1:{ssh}",
+                                 "--web-listen", f"127.0.0.1:{web}", "--cli-address", cli, "--dmsg-port", "2222",
+                                 "--whitelist", OTHER, "--whitelist", HYPER, "--persistent-sessions",
+                                 "--embedded-discovery", f"127.0.0.1:{disc}", "--embedded-server", f"127.0.0.1:{srv}"],
+                       capture_output=True, env=env(), timeout=30)
+    assert r.returncode == 0, r.stderr
+    config = load_config(path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert config.pty.persistent_sessions and config.pty.dmsg_port == 2222
+    assert [k.hex() for k in config.pty.whitelist] == [OTHER, HYPER]
+    assert config.dmsg.discovery == f"http://127.0.0.1:{disc}"
+
+    log = str(tmp_path / "twistd.log")
+    host = subprocess.Popen([sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+                             "--pidfile=", "--logfile", log, "skypty", "--config", path],
+                            cwd=str(tmp_path), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def listening():
+        assert host.poll() is None, host.stderr.read()
+        try:
+            for port in (ssh, web, disc, srv):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(cli)
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_for(listening, what="the generated host's listeners")
+        wait_for(lambda: "dmsg port 2222" in open(log).read(), what="the start line")
+        out = subprocess.run(CLIENT + ["whitelist", "-i", path], capture_output=True, env=env(), timeout=30)
+        assert OTHER in out.stdout.decode() and HYPER in out.stdout.decode(), out
+    finally:
+        host.terminate()
+        host.wait(15)
+
+
+@pytest.mark.parametrize("args, complaint", [
+    (["--ssh-listen", "2022"], "--ssh-listen"),
+    (["--whitelist", "02ab"], "--whitelist"),
+    (["--dmsg-port", "0"], "--dmsg-port"),
+    (["--discovery", "dmsg.example.org"], "--discovery"),
+    (["--network", "prod", "--embedded-server", "0.0.0.0:8081"], "embedded network"),
+])
+def test_config_gen_refuses_bad_options_in_one_line(tmp_path, args, complaint):
+    import subprocess
+
+    from tests.hosts import CLIENT, env
+
+    path = tmp_path / "x.json"
+    r = subprocess.run(CLIENT + ["config", "gen", "-o", str(path)] + args, capture_output=True, env=env(), timeout=30)
+    assert r.returncode == 1 and not path.exists()
+    lines = r.stderr.decode().splitlines()
+    assert len(lines) == 1 and complaint in lines[0], lines
+
+
+def test_config_gen_networks(tmp_path):
+    import subprocess
+
+    from skypty.config import NETWORKS
+    from tests.hosts import CLIENT, env
+
+    for name, url in NETWORKS.items():
+        path = str(tmp_path / f"{name}.json")
+        r = subprocess.run(CLIENT + ["config", "gen", "-o", path, "--network", name], capture_output=True,
+                           env=env(), timeout=30)
+        assert r.returncode == 0, r.stderr
+        config = load_config(path)
+        assert config.dmsg.discovery == url and config.dmsg.embedded is None
+        pk = subprocess.run(CLIENT + ["config", "pk", "-i", path], capture_output=True, env=env(), timeout=30)
+        assert pk.stdout.decode().strip() == config.pk.hex()
+    assert NETWORKS == {"prod": "http://dmsgd.skywire.skycoin.com", "test": "http://dmsgd.skywire.dev"}
+
+
+def test_log_level_is_checked():
+    data = visor_config(log_level="loud")
+    with pytest.raises(ConfigError, match=r"^dmsgpty.log_level: expected one of debug"):
+        parse_config(data)
+    assert parse_config(visor_config(log_level="debug")).pty.log_level == "debug"

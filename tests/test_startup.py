@@ -146,7 +146,7 @@ def test_missing_config_is_created_loudly(tmp_path, capsys):
     assert len(warnings) == 1 and warnings[0]["path"] == path and warnings[0]["pk"] == pk
 
 
-def test_a_listener_failing_after_the_checks_is_one_line_too():
+def test_a_listener_failing_after_the_checks_is_one_line_too(capfd):
     """A race (the port taken between the check and the start) ends the same way."""
     from twisted.application import service
     from twisted.internet.error import CannotListenError
@@ -168,5 +168,12 @@ def test_a_listener_failing_after_the_checks_is_one_line_too():
         host._settings[busy] = ("pty.ssh_listen", "127.0.0.1:2022")
         with pytest.raises(expected) as info:
             host.privilegedStartService()
-        message = str(info.value)
+        # twistd -n: the line goes to the terminal twistd started with (sys.stderr is the log by then)
+        if foreground:
+            # (the log's critical line goes to stderr too here: logging has not begun in a test)
+            message = [line for line in capfd.readouterr().err.splitlines() if line.startswith("skypty:")]
+            assert len(message) == 1
+            message = message[0]
+        else:
+            message = str(info.value)
         assert "\n" not in message and "pty.ssh_listen 127.0.0.1:2022: address already in use" in message

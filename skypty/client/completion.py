@@ -9,9 +9,13 @@ def _verbs_and_options(parser):
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 opts = [o for a in sub._actions for o in a.option_strings]
-                nested = [n for a in sub._actions if isinstance(a, argparse._SubParsersAction)
-                          for n in a.choices]
-                result[name] = nested + opts
+                nested, nested_opts = [], []
+                for a in sub._actions:
+                    if isinstance(a, argparse._SubParsersAction):
+                        for n, p in a.choices.items():  # e.g. config gen: its options too
+                            nested.append(n)
+                            nested_opts += [o for b in p._actions for o in b.option_strings]
+                result[name] = list(dict.fromkeys(nested + opts + nested_opts))
     return result
 
 

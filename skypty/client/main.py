@@ -189,11 +189,47 @@ def build_parser():
     _identity_options(p)
     _cli_options(p)
 
-    p = verb("config", "Config utilities.")
-    cs = p.add_subparsers(dest="config_verb", metavar="gen")
-    g = cs.add_parser("gen", help="write a fresh config with new keys")
+    p = verb("config", "Write a host's config, or print a config's public key.")
+    cs = p.add_subparsers(dest="config_verb", metavar="gen|pk")
+    g = cs.add_parser("gen", help="write a fresh config with new keys",
+                      description="Write a host config with new keys (mode 0600). By default the host "
+                                  "runs its own dmsg network on loopback (--embedded); --discovery joins "
+                                  "another host's, --network a public Skywire deployment.")
     g.add_argument("-o", "--output", default="skywire-config.json", help="file to write (default ./skywire-config.json)")
     g.add_argument("--force", action="store_true", help="overwrite an existing file")
+    g.add_argument("--ssh-listen", default=":2022", metavar="ADDR",
+                   help='Noise TCP port, e.g. ":2022" (default) or 127.0.0.1:2022; "" = off')
+    g.add_argument("--web-listen", default="127.0.0.1:8080", metavar="ADDR",
+                   help='the web terminal (default 127.0.0.1:8080); "" = off')
+    g.add_argument("--cli-address", default="/tmp/pty.sock", metavar="PATH",
+                   help="the control socket (default /tmp/pty.sock)")
+    g.add_argument("--dmsg-port", type=int, default=22, metavar="N", help="dmsg port of the pty service (default 22)")
+    g.add_argument("--whitelist", action="append", default=[], metavar="PK",
+                   help="let this public key in (repeatable)")
+    g.add_argument("--persistent-sessions", action="store_true",
+                   help="a dropped link detaches the shell instead of ending it")
+    net = g.add_argument_group("dmsg network (one of)").add_mutually_exclusive_group()
+    net.add_argument("--embedded", action="store_true",
+                     help="run a local discovery and dmsg server inside the host (the default)")
+    net.add_argument("--discovery", metavar="URL",
+                     help="join this discovery instead, e.g. another host's embedded one: http://HOST:9090")
+    net.add_argument("--network", choices=("prod", "test"),
+                     help="join a public Skywire deployment: prod (the live network) or test (the developers')")
+    emb = g.add_argument_group("embedded network")
+    emb.add_argument("--embedded-discovery", metavar="ADDR",
+                     help="where the discovery listens (default 127.0.0.1:9090; 0.0.0.0:9090 for other machines)")
+    emb.add_argument("--embedded-server", metavar="ADDR",
+                     help="where the dmsg server listens (default 127.0.0.1:8081)")
+    emb.add_argument("--server-address", metavar="HOST:PORT",
+                     help="the dmsg server's address as other machines reach it (default: where it listens)")
+    k = cs.add_parser("pk", help="print a config's public key",
+                      description="Print the public key of a config, e.g. for another host's --whitelist.")
+    k.add_argument("-i", "--input", metavar="CONFIG", help="the config (default $SKYPTY_CONFIG, else ./skywire-config.json)")
+
+    p = verb("manhole", "Open a running host's debugging manhole (a Python prompt inside the host).")
+    p.add_argument("path", metavar="PATH", nargs="?",
+                   help="the manhole's unix socket (or unix:PATH); default: the config's pty.manhole")
+    p.add_argument("-i", "--input", metavar="CONFIG", help="the config naming pty.manhole (default ./skywire-config.json)")
 
     p = verb("completion", "Print a shell completion script.")
     p.add_argument("shell", choices=("bash", "zsh"))
@@ -212,7 +248,8 @@ VERBS = {
     "fs": ("skypty.client.fscmd", "cmd_fs"),
     "url": ("skypty.client.commands", "cmd_url"),
     "ui": ("skypty.client.commands", "cmd_ui"),
-    "config": ("skypty.client.commands", "cmd_config"),
+    "config": ("skypty.client.configgen", "cmd_config"),
+    "manhole": ("skypty.client.manhole", "cmd_manhole"),
     "completion": ("skypty.client.completion", "cmd_completion"),
 }
 

@@ -11,6 +11,8 @@ before twistd daemonises (see skypty.tap), and a listener that still fails
 when it starts is reported the same way.
 """
 
+import sys
+
 from twisted.application import internet, service
 from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
@@ -224,7 +226,10 @@ class HostService(service.MultiService):
             message = describe_failure(setting, value, e)
             self.log.critical("cannot start: {message}", message=message)
             if self.foreground:
-                raise SystemExit(f"skypty: {message}") from None
+                # twistd has pointed sys.stderr at the log by now; the operator's terminal is
+                # the original one.
+                sys.__stderr__.write(f"skypty: {message}\n")
+                raise SystemExit(1) from None
             raise StartupError(message) from None
 
     def privilegedStartService(self):
