@@ -355,6 +355,11 @@ class DiscoveryAPITests(unittest.TestCase):
         with pytest.raises(EntryError):
             fpk_entry.verify()
 
+    def test_get_and_head_on_the_post_route_are_405(self):
+        for method in ("GET", "HEAD"):
+            for path in ("/dmsg-discovery/entry/", "/dmsg-discovery/entry"):
+                self.assertEqual(render(self.root, method, path)[0], 405, (method, path))
+
     def test_hostile_posts_get_one_clear_status(self):
         pk, sk = generate_keypair()
         good = client_entry(pk, 0, int(self.clock.seconds() * 1e9), []).signed(sk).to_json()

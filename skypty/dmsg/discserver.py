@@ -160,6 +160,13 @@ class EntryResource(resource.Resource):
             return _message(request, 422, str(e))
         return _message(request, 200, "wrote new entry iteration")
 
+    def render_GET(self, request):
+        # /entry/ itself takes only POST and DELETE (the reference's router says 405).
+        request.setHeader(b"Allow", b"POST, DELETE")
+        return _message(request, 405, "method not allowed")
+
+    render_HEAD = render_GET
+
     def render_DELETE(self, request):
         try:
             entry = entry_from_json(_read_body(request))
