@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from skypty.errors import SkyptyError
 from skypty.host import gateway
-from skypty.host.auth import IPtyAvatar, ProvenPublicKey, make_portal
+from skypty.host.auth import IPtyAvatar, Mind, ProvenPublicKey, make_portal
 from skypty.host.avatar import HostContext, PtyAvatar
 from skypty.host.connection import HostConnectionFactory
 from skypty.host.listeners import (
@@ -93,9 +93,10 @@ class HostService(service.MultiService):
     def _make_avatar(self, pk, entry_point):
         return PtyAvatar(self.context, pk, entry_point)
 
-    def login(self, pk, entry_point):
-        """-> Deferred[(interface, avatar, logout)] through the one portal."""
-        return self.portal.login(ProvenPublicKey(pk, entry_point), entry_point, IPtyAvatar)
+    def login(self, pk, entry_point, disconnect=None):
+        """-> Deferred[(interface, avatar, logout)] through the one portal;
+        *disconnect()* ends the login's connection if the key is revoked."""
+        return self.portal.login(ProvenPublicKey(pk, entry_point), Mind(entry_point, disconnect), IPtyAvatar)
 
     # -- entry points ------------------------------------------------------------------
     def connection_factory(self, entry_point, peer_pk, reject_with_byte):
@@ -176,7 +177,7 @@ class HostService(service.MultiService):
         # "local" = the token holder, i.e. this host's own user; over dmsg the peer's own key.
         me = self.config.pk if identity == "local" else identity
         if target_pk is None or target_pk == self.config.pk:
-            _iface, avatar, _logout = yield self.login(me, "web")
+            _iface, avatar, _logout = yield self.login(me, "web", disconnect=transport.loseConnection)
             return AvatarTerminal(avatar)
         if identity != "local":
             # A dmsg peer must not reach third hosts with this host's key.
