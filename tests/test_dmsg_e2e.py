@@ -18,18 +18,35 @@ from tests.hosts import CLIENT, REPO, Host, env, free_port, wait_for
 class DmsgNetwork:
     """`twistd skypty-dmsg`: discovery + server on fixed loopback ports."""
 
-    def __init__(self, tmp):
-        self.dir = str(tmp)
-        self.discovery_port, self.server_port = free_port(), free_port()
+    def __init__(self, tmp, name="dmsg", discovery_port=None, seed="skypty-dmsg", peers=()):
+        self.dir, self.name, self.seed, self.peers = str(tmp), name, seed, list(peers)
+        self.own_discovery = discovery_port is None
+        self.discovery_port, self.server_port = discovery_port or free_port(), free_port()
         self.proc = None
 
+    @property
+    def pk(self):
+        import hashlib
+
+        from skypty.keys import SecretKey
+
+        return SecretKey(hashlib.sha256(self.seed.encode()).digest()).public_key.hex()
+
+    @property
+    def address(self):
+        return f"127.0.0.1:{self.server_port}"
+
     def start(self):
+        where = (["--discovery", f"127.0.0.1:{self.discovery_port}"] if self.own_discovery else
+                 ["--discovery", "", "--discovery-url", f"http://127.0.0.1:{self.discovery_port}"])
+        peers = [arg for p in self.peers for arg in ("--peer", f"{p.pk}@{p.address}")]
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-             "--logfile", self.dir + "/dmsg.log", "skypty-dmsg",
-             "--discovery", f"127.0.0.1:{self.discovery_port}", "--server", f"127.0.0.1:{self.server_port}"],
+             "--logfile", f"{self.dir}/{self.name}.log", "skypty-dmsg", *where, "--seed", self.seed,
+             "--server", self.address, *peers],
             cwd=self.dir, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: self.entry_count() is not None and self.servers(), what="the dmsg network")
+        wait_for(lambda: self.entry_count() is not None and self.pk in [s["static"] for s in self.servers()],
+                 what=f"the dmsg server {self.name}")
         return self
 
     def get(self, path):
@@ -142,6 +159,35 @@ def test_server_restart_then_new_streams_work(tmp_path):
         for h in (a, b):
             h.stop()
         network.stop()
+
+
+def test_hosts_on_different_servers_reach_each_other_through_the_mesh(tmp_path):
+    one = DmsgNetwork(tmp_path, "one")
+    two = DmsgNetwork(tmp_path, "two", discovery_port=one.discovery_port, seed="second server")
+    one.peers, two.peers = [two], [one]
+    a = dmsg_host(tmp_path, "a", one)
+    b = dmsg_host(tmp_path, "b", one, whitelist=[a.pk])
+    a.data["dmsg"]["servers"], b.data["dmsg"]["servers"] = [one.pk], [two.pk]  # a on one, b on two
+    a.write_config()
+    b.write_config()
+    try:
+        one.start()
+        two.start()
+        wait_for(lambda: f"peered with dmsg server {one.pk}" in open(f"{tmp_path}/two.log").read()
+                 and f"peered with dmsg server {two.pk}" in open(f"{tmp_path}/one.log").read(),
+                 what="the two servers to peer")
+        a.start()
+        b.start()
+        delegated = lambda h: (one.get(f"entry/{h.pk}") or {}).get("client", {}).get("delegated_servers")  # noqa
+        wait_for(lambda: delegated(a) == [one.pk] and delegated(b) == [two.pk], what="a on one, b on two")
+        r = a.client("exec", b.pk, "--cliaddr", a.cli, "--", "echo", "through the mesh")
+        assert (r.returncode, r.stdout) == (0, b"through the mesh\n"), r.stderr
+        assert delegated(a) == [one.pk]  # no session of a's own to two: server one forwarded it
+    finally:
+        for h in (a, b):
+            h.stop()
+        two.stop()
+        one.stop()
 
 
 def test_discovery_down_at_start_then_joins(tmp_path):
