@@ -150,6 +150,21 @@ class MeshTests(unittest.TestCase):
         yield until(lambda: self.s1.factory.relayed == self.s2.factory.relayed == 0, what="the bridges to close")
 
     @defer.inlineCallbacks
+    def test_session_sockets_have_short_tcp_keepalive_on_both_sides(self):
+        import socket
+
+        yield self.peer()
+        a = yield self.client(self.s1)
+        sockets = [a.sessions[self.s1.pk].transport.getHandle(), self.s1.factory.sessions[a.pk].transport.getHandle(),
+                   self.s1.factory.links[self.s2.pk].session.transport.getHandle()]
+        for sock in sockets:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) <= 20
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) <= 10
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) <= 3
+
+    @defer.inlineCallbacks
     def test_without_a_mesh_the_dialer_opens_a_session_to_the_peers_server(self):
         a = yield self.client(self.s1)
         b = yield self.client(self.s2)
