@@ -42,6 +42,7 @@ class Options(usage.Options):
     def postOptions(self):
         from skypty.logs import parse_level
 
+        check_pidfile(getattr(self, "parent", None))
         path = self["config"]
         try:
             self.config, self.created = load_or_create_config(path)
@@ -56,6 +57,23 @@ class Options(usage.Options):
             self.log_level = parse_level(self["log-level"] or self.config.pty.log_level)
         except ValueError as e:
             fail(f"--log-level: {e}")
+
+
+def check_pidfile(twistd_options):
+    """twistd refuses a live pidfile with a paragraph, after these options are
+    parsed; a second host started in the same directory is the usual cause,
+    so say it here in one line."""
+    path = twistd_options.get("pidfile") if twistd_options is not None else None
+    if not path:
+        return
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return  # none, unreadable or stale: twistd deals with it
+    fail(f"--pidfile {path}: twistd pid {pid} is running with it (stop it, or give this host "
+         f"its own: twistd --pidfile other.pid ... or --pidfile= with -n)")
 
 
 def make_log_file_private(twistd_options):

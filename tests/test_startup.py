@@ -177,3 +177,20 @@ def test_a_listener_failing_after_the_checks_is_one_line_too(capfd):
         else:
             message = str(info.value)
         assert "\n" not in message and "pty.ssh_listen 127.0.0.1:2022: address already in use" in message
+
+
+@MODES
+def test_live_pidfile(tmp_path, daemon):
+    """A second host started in the first one's directory (twistd.pid is taken)."""
+    d = str(tmp_path)
+    path, _ = write_config(d)
+    pidfile = os.path.join(d, "twistd.pid")
+    with open(pidfile, "w") as f:
+        f.write(str(os.getpid()))  # a live process
+    mode = ["--pidfile", pidfile] + ([] if daemon else ["-n"])
+    proc = subprocess.run(TWISTD + mode + ["skypty", "--config", path], cwd=d, env=env(), capture_output=True,
+                          timeout=60)
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, lines
+    assert lines[0].startswith(f"skypty: --pidfile {pidfile}: twistd pid {os.getpid()} is running")
+    assert open(pidfile).read() == str(os.getpid())
