@@ -218,6 +218,21 @@ class MeshTests(unittest.TestCase):
         yield until(lambda: inner.data == b"still fine", what="the echo after the hostile streams")
 
     @defer.inlineCallbacks
+    def test_a_ping_stream_is_echoed_and_closed(self):
+        mpk, msk = generate_keypair()
+        session = DmsgSession(True, msk, self.s1.pk, lambda s, st: None, reactor)
+        host, port = self.s1.address.split(":")
+        yield protocol.ClientCreator(reactor, lambda: session).connectTCP(host, int(port))
+        yield session.ready
+        self.addCleanup(session.transport.abortConnection)
+        pings = [Opener(b"\x00\x00") for _ in range(3)]
+        for ping in pings:
+            yield session.open_stream(ping)
+        yield until(lambda: all(p.lost for p in pings), what="the pings to be answered")
+        self.assertEqual([p.data for p in pings], [b"\x00\x00"] * 3)
+        self.assertFalse(session.transport.disconnected)
+
+    @defer.inlineCallbacks
     def test_malformed_requests_cost_their_stream_only_at_an_accepting_client(self):
         # A server of our own making that sends hostile requests to a client.
         epk, esk = generate_keypair()

@@ -37,6 +37,7 @@ MAX_PEERS = 32
 MAX_EARLY = 256 * 1024        # bytes a dialer may send before its stream is spliced
 PEER_RETRY_MIN, PEER_RETRY_MAX = 5.0, 60.0
 PEER_DISCOVERY_INTERVAL = 60.0
+PING_MARKER = b"\x00\x00"
 
 
 def _host_port(address):
@@ -103,6 +104,7 @@ class ServerStream(protocol.Protocol):
         self.via_peers = False
         self._early = b""         # bytes after the request, held until the splice
         self._deadline = None
+        self._head = b""          # the first two bytes: a ping marker, or an envelope's length
 
     def connectionMade(self):
         self._deadline = self.server.reactor.callLater(STREAM_HANDSHAKE_TIMEOUT, self._timed_out)
@@ -134,6 +136,19 @@ class ServerStream(protocol.Protocol):
                 return
             self._early += data
             return
+        if self._head is not None:
+            # A current client checks a session with a stream that starts with
+            # two zero bytes (no envelope is empty): echo them and close.
+            self._head += data
+            if len(self._head) < 2:
+                return
+            data, self._head = self._head, None
+            if data[:2] == PING_MARKER:
+                self.state = "closed"
+                self._stop_deadline()
+                self.transport.write(PING_MARKER)
+                self.transport.loseConnection()
+                return
         try:
             got = self._reader.take_stream_request(data, self.session.cipher)
             if got is None:
