@@ -265,3 +265,56 @@ def sh_host(tmp_path, monkeypatch):
 def test_web_terminal_starts_at_the_browsers_size(sh_host):
     assert _web_shell_size(sh_host, "&rows=41&cols=123") == (41, 123)
     assert _web_shell_size(sh_host, "", {"type": "resize", "rows": 33, "cols": 111}) == (33, 111)
+
+
+# -- over dmsg: the local host says why it could not reach the peer -------------------------------------
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    from tests.test_dmsg_e2e import DmsgNetwork, dmsg_host
+
+    tmp = tmp_path_factory.mktemp("ux-dmsg")
+    network = DmsgNetwork(tmp).start()
+    a = dmsg_host(tmp, "a", network)
+    b = dmsg_host(tmp, "b", network, whitelist=[a.pk])
+    gone = dmsg_host(tmp, "gone", network, whitelist=[a.pk])
+    hosts = (a, b, gone)
+    for h in hosts:
+        h.start()
+    wait_for(lambda: all(network.joined(h) for h in hosts), what="the hosts to join dmsg")
+    gone.stop()  # its discovery entry stays behind: a stopped peer
+    yield network, a, b, gone
+    for h in (a, b):
+        h.stop()
+    network.stop()
+
+
+def test_unknown_peer_is_not_in_discovery(net):
+    network, a, b, gone = net
+    ghost = generate_keypair()[0].hex()
+    r = run("exec", ghost, "--cliaddr", a.cli, "--", "true")
+    assert (r.returncode, r.stderr.decode()) == (
+        1, f"skypty-client: host {ghost} is not in dmsg discovery: it is offline or has never run "
+           "(check the key)\n")
+
+
+def test_stopped_peer_did_not_answer(net):
+    network, a, b, gone = net
+    r = run("exec", gone.pk, "--cliaddr", a.cli, "--", "true")
+    assert (r.returncode, r.stderr.decode()) == (
+        1, f"skypty-client: host {gone.pk} did not answer over dmsg (it stopped, or lost its dmsg "
+           "session)\n")
+
+
+def test_refusal_over_dmsg_names_both_keys(net):
+    network, a, b, gone = net
+    r = run("exec", a.pk, "--cliaddr", b.cli, "--", "true")  # a does not whitelist b
+    assert (r.returncode, r.stderr.decode()) == (
+        1, f"skypty-client: not authorized: host {a.pk} does not whitelist your key {b.pk} "
+           f"(on that host: skypty-client whitelist-add {b.pk})\n")
+
+
+def test_exit_status_through_the_proxy(net):
+    network, a, b, gone = net
+    child = spawn("start", b.pk, "--cliaddr", a.cli, "--", "sh", "-c", "exit 6")
+    assert finished(child) == 6
