@@ -176,7 +176,7 @@ def test_a_listener_failing_after_the_checks_is_one_line_too(capfd):
             message = message[0]
         else:
             message = str(info.value)
-        assert "\n" not in message and "pty.ssh_listen 127.0.0.1:2022: address already in use" in message
+        assert "\n" not in message and "pty.ssh_listen 127.0.0.1:2022: Address already in use" in message
 
 
 @MODES

@@ -22,13 +22,12 @@ class ListenError(SkyptyError):
     """A listener that cannot start; the message is one line for the operator."""
 
 
-# errno -> what to do about it
+# errno -> what to do about it (after the system's own words, which people search for)
 _FIXES = {
-    errno.EADDRINUSE: "address already in use (another program listens there: stop it, "
-                      "or choose another port)",
-    errno.EACCES: "permission denied (ports below 1024 need root: choose a port above 1024)",
-    errno.EADDRNOTAVAIL: "not an address of this machine (use one of its addresses, "
-                         "or \":PORT\" for every interface)",
+    errno.EADDRINUSE: "another program listens there: stop it, or choose another port",
+    errno.EACCES: "ports below 1024 need root: choose a port above 1024",
+    errno.EADDRNOTAVAIL: "not an address of this machine: use one of its addresses, "
+                         "or \":PORT\" for every interface",
 }
 
 
@@ -38,8 +37,11 @@ def describe_failure(setting, value, error):
         return str(error)
     if isinstance(error, CannotListenError):
         error = error.socketError
-    if isinstance(error, OSError):
-        reason = _FIXES.get(error.errno) or f"cannot listen: {error.strerror or error}"
+    tcp = not str(value).startswith(("/", "unix:"))  # the hints are about TCP ports
+    if isinstance(error, OSError) and error.errno in _FIXES and tcp:
+        reason = f"{error.strerror} ({_FIXES[error.errno]})"
+    elif isinstance(error, OSError):
+        reason = f"cannot listen: {error.strerror or error}"
     else:
         reason = f"cannot listen: {error}"
     return f"{setting} {value}: {reason}"
