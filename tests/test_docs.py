@@ -37,3 +37,20 @@ def test_every_verb_is_documented():
         guide = f.read()
     for verb in VERBS:
         assert f"`{verb}" in guide or f"{verb}`" in guide, verb
+
+
+def test_readme_and_guide_name_the_public_networks_the_code_uses():
+    from skypty.config import NETWORKS
+
+    for doc in ("README.md", os.path.join("docs", "guide.md")):
+        with open(os.path.join(ROOT, doc)) as f:
+            text = f.read()
+        for name, url in NETWORKS.items():
+            assert f"--network {name}" in text and url in text, (doc, name)
+
+
+def test_fuse_extra_is_documented_with_its_install_command():
+    for doc in ("README.md", os.path.join("docs", "guide.md")):
+        with open(os.path.join(ROOT, doc)) as f:
+            text = f.read()
+        assert "apt install libfuse-dev pkg-config fuse3" in text and "pip install '.[fuse]'" in text, doc
