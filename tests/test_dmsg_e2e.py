@@ -120,7 +120,8 @@ def test_offline_peer_fails_fast_with_a_clear_error(net):
 def test_skynet_scheme_is_refused_clearly(net):
     network, a, b = net
     r = a.client("exec", b.pk, "--scheme", "skynet", "--cliaddr", a.cli, "--", "true")
-    assert r.returncode == 1 and b"skynet is not available yet" in r.stderr
+    assert r.returncode == 1 and b"skynet is not available" in r.stderr and b"visor" in r.stderr
+    assert r.stderr.count(b"\n") == 1
 
 
 def test_interactive_session_over_dmsg(net):

@@ -94,12 +94,13 @@ def open_control(args, uri):
 
 
 def open_remote_via_host(args, pk):
-    if getattr(args, "scheme", None) == "skynet":
-        raise SkyptyError("--scheme skynet is not available yet; use --scheme dmsg or --via tcp://PK@HOST:PORT")
     network, address = control_socket(args)
     channel = connect_control(network, address)
+    uri = requestline.proxy_uri(pk.hex(), args.port)
+    if getattr(args, "scheme", None):  # the local host dials skynet then dmsg, unless pinned
+        uri += f"&scheme={args.scheme}"
     try:
-        return channel, request_service(channel, requestline.proxy_uri(pk.hex(), args.port))
+        return channel, request_service(channel, uri)
     except RejectedError as e:
         channel.close()
         raise ClientError(proxy_refusal(e.reason, e.text, pk.hex(), args.port)) from None

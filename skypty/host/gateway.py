@@ -137,7 +137,8 @@ def routes_for(host, entry_point):
             raise BareClose() from None
         from skypty.host.proxy import open_proxy
 
-        return open_proxy(host, pk_hex, port, uri)
+        # skypty's &scheme=skynet|dmsg pins a transport (reference hosts ignore it)
+        return open_proxy(host, pk_hex, port, uri, scheme=query.get("scheme") or None)
 
     def sftp(avatar, query, conn):
         from skypty.host.sftp import make_sftp_protocol

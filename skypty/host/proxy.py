@@ -1,43 +1,47 @@
-"""Reaching another host's pty service through this one (over dmsg).
+"""Reaching another host's pty service through this one.
 
 ``dmsgpty/proxy?pk=..&port=..`` on the control socket, and the web
 terminal's ``/pty/<pk>``, dial the peer with this host's own key and relay
-its pty service.  Without a dmsg overlay there is nothing to dial: the
-request fails with a clear message: on the web, and on the control socket
-(the reject byte and a reason, see HostConnection._service_failed).
+its pty service.  Dialling goes through the host's one seam, ``host.dialer``
+(skypty.visor.dialer.MultiDialer): dmsg on a host of its own, skynet then
+dmsg under a visor; ``&scheme=skynet|dmsg`` on the proxy URI pins one.
+Without a way to dial there is nothing to reach: the request fails with a
+clear message: on the web, and on the control socket (the reject byte and a
+reason, see HostConnection._service_failed).
 """
 
 from twisted.internet import defer
 
 from skypty.dmsg.errors import DialError
+from skypty.wire import requestline
 
 
 class RemoteUnavailable(DialError):
     reason = "no-overlay"
 
 
-def _dmsg(host, pk_hex):
-    if host.dmsg is None:
-        raise RemoteUnavailable(f"cannot reach {pk_hex[:16]}…: this host has no dmsg overlay running")
-    return host.dmsg
+def request_service(host, pk, port, uri=requestline.PTY, scheme=None):
+    """Dial pk:port through ``host.dialer`` and ask for *uri*; -> Deferred[the
+    answered RequestedService]."""
+    from skypty.dmsg.client import RequestedService
+
+    if getattr(host, "dialer", None) is None:
+        return defer.fail(RemoteUnavailable(f"cannot reach {pk.hex()[:16]}…: this host has no dmsg overlay running"))
+    return host.dialer.dial(pk, port, lambda: RequestedService(uri, own_pk=host.config.pk, peer_pk=pk),
+                            scheme=scheme, ready=lambda remote: remote.accepted)
 
 
-def open_proxy(host, pk_hex, port, uri):
-    try:
-        dmsg = _dmsg(host, pk_hex)
-    except RemoteUnavailable as e:
-        return defer.fail(e)
-    return dmsg.proxy_service(pk_hex, port, uri)
+def open_proxy(host, pk_hex, port, uri, scheme=None):
+    from skypty.dmsg.client import Relay
+    from skypty.keys import PublicKey
+
+    return request_service(host, PublicKey.from_hex(pk_hex), port, uri, scheme).addCallback(Relay)
 
 
 class RemotePty:
     @staticmethod
-    def dial(host, pk, port):
-        try:
-            dmsg = _dmsg(host, pk.hex())
-        except RemoteUnavailable as e:
-            return defer.fail(e)
-        return dmsg.remote_pty(pk, port)
+    def dial(host, pk, port, scheme=None):
+        return request_service(host, pk, port, scheme=scheme).addCallback(RemotePtyAvatar)
 
 
 class RemotePtyAvatar:

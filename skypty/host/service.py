@@ -64,6 +64,7 @@ class HostService(service.MultiService):
         self.web_token_path = config.path + ".web-token"
         self.web_url = None
         self.dmsg = None
+        self.dialer = None  # how proxies and the web reach peers (skypty.visor.dialer); set by _add_dmsg
 
         if config.dmsg.embedded is not None:
             from skypty.dmsg.embedded import EmbeddedDmsgService
@@ -134,6 +135,9 @@ class HostService(service.MultiService):
 
         self.dmsg = DmsgClientService(self.reactor, self.config)
         self.dmsg.setServiceParent(self)
+        from skypty.visor.dialer import standalone_dialer
+
+        self.dialer = standalone_dialer(self.reactor, self.dmsg)
         factory = self.connection_factory("dmsg", lambda transport: transport.getPeerPK(),
                                           reject_with_byte=True)
         from skypty.dmsg.client import DmsgServerEndpoint

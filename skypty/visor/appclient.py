@@ -41,9 +41,10 @@ class AppServerProtocol(protocol.Protocol):
         self.rpc.dataReceived(data)
 
     def connectionLost(self, reason=protocol.connectionDone):
-        self.rpc.connectionLost(reason)
+        # First the news, then the failed calls: whoever sees a call fail knows why.
         if not self.lost.called:
             self.lost.callback(None)
+        self.rpc.connectionLost(reason)
 
 
 class AppServerClient:

@@ -381,7 +381,7 @@ class AppNetClientEndpoint:
 
         def failed(f):
             if not cancelled:
-                result.errback(AppNetDialError(f"{self.net} dial failed: {f.getErrorMessage()}"))
+                result.errback(AppNetDialError(f"{self.net}: {f.getErrorMessage()}"))
 
         self.client.dial(self.net, self.pk, self.port).addCallbacks(dialled, failed)
         return result

@@ -136,7 +136,7 @@ def join_failures(failures, pk=None):
         text = " ".join((str(e) or type(e).__name__).split())
         if pk is not None:
             text = text.replace(pk.hex(), pk.hex()[:8] + "…")
-        parts.append(f"{name}: {text}")
+        parts.append(text if text.startswith(name + ":") else f"{name}: {text}")
     return "; ".join(parts)
 
 
