@@ -590,6 +590,30 @@ class VisorAppTests(unittest.TestCase):
                     what="the shell to end with the app")
 
 
+class StartFailureTests(unittest.TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_a_bad_config_is_one_line_and_reported_to_the_visor(self):
+        double = AppServerDouble(reactor)
+        double.start()
+        self.addCleanup(double.stop)
+        app = VisorApp(self, double, "broken")
+        with open(app.config_path, "w") as f:
+            json.dump({"pty": {"persistent_sessions": "yes", "cli_address": app.cli}}, f)
+        try:
+            yield app.start()
+        except AssertionError:
+            pass
+        code = yield app.process.ended
+        proc = app.proc()
+        assert code == 1 and proc.statuses == []
+        assert len(proc.errors) == 1 and "pty.persistent_sessions" in proc.errors[0], proc.errors
+        assert "\n" not in proc.errors[0]
+        stderr_lines = [line for line in app.process.log().splitlines() if line.startswith("skypty-visor-app:")]
+        assert stderr_lines == [f"skypty-visor-app: {proc.errors[0]}"], app.process.log()
+
+
 class DialThroughVisorTests(unittest.TestCase):
     """Two apps on one fabric: A's control socket reaches B (whose config whitelists A)."""
 
