@@ -56,3 +56,10 @@ class ExecTests(unittest.TestCase):
             self.assertEqual(r.exit_code, 0)
         yield wait_until(lambda: open_fds() <= before)
         self.assertEqual(zombie_children(), [])
+
+    @defer.inlineCallbacks
+    def test_runs_in_the_home_directory(self):
+        home = self.mktemp()
+        os.makedirs(home)
+        r = yield run_exec(reactor, "pwd", [], env=[f"HOME={home}"])
+        self.assertEqual(r.stdout.strip().decode(), os.path.realpath(home))

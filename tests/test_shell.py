@@ -3,7 +3,7 @@ import re
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from skypty.host.shell import DirectReader, PtyProcess, ShellEnded, SpawnError
+from skypty.host.shell import DirectReader, PipeProcess, PtyProcess, ShellEnded, SpawnError
 from tests.procutil import open_fds, pid_alive, wait_until, zombie_children
 
 
@@ -96,3 +96,47 @@ class PtyProcessTests(unittest.TestCase):
             yield proc.when_ended()
         yield wait_until(lambda: open_fds() <= before)
         self.assertEqual(zombie_children(), [])
+
+
+class HomeDirectoryTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_shell_starts_in_home_not_the_daemons_directory(self):
+        import os
+
+        home = self.mktemp()
+        os.makedirs(home)
+        reader = DirectReader()
+        proc = PtyProcess.spawn(reactor, "sh", ["-c", "pwd"], [f"HOME={home}"], sink=reader)
+        reader.process = proc
+        out = yield read_all(reader)
+        self.assertEqual(out.strip().decode(), os.path.realpath(home))
+
+
+class PipeProcessTests(unittest.TestCase):
+    """pty.StartPiped: no terminal; stdin, stdout and stderr are pipes."""
+
+    def start(self, argv):
+        out, err = DirectReader(), DirectReader()
+        proc = PipeProcess.spawn(reactor, argv[0], argv[1:], [], sink=out, err_sink=err)
+        out.process = err.process = proc
+        return proc, out, err
+
+    @defer.inlineCallbacks
+    def test_streams_stay_apart_and_closing_stdin_is_eof(self):
+        proc, out, err = self.start(["sh", "-c", "test -t 0 || echo no-tty; tr a-z A-Z; echo e >&2; exit 5"])
+        proc.write(b"hello\n")
+        proc.close_stdin()
+        self.assertEqual((yield read_all(out)), b"no-tty\nHELLO\n")
+        self.assertEqual((yield read_all(err)), b"e\n")
+        self.assertEqual((yield proc.when_ended()), 5)
+
+    @defer.inlineCallbacks
+    def test_stop_ends_the_whole_group(self):
+        proc, out, err = self.start(["sh", "-c", "sleep 1000 & echo $!; sleep 1000"])
+        line = b""
+        while not line.endswith(b"\n"):
+            line += yield out.read(100)
+        grandchild = int(line)
+        proc.stop()
+        yield proc.when_ended()
+        yield wait_until(lambda: not pid_alive(grandchild))

@@ -1,0 +1,103 @@
+"""The client's pure pieces: escape filter, command-line rule, exec trailer,
+the local host's reasons."""
+
+import pytest
+
+from skypty.client.classic import Ready, TrailerParser, wrapper_script
+from skypty.client.cmdline import needs_shell, remote_argv
+from skypty.client.errors import explain_rpc, parse_rejection, proxy_refusal
+from skypty.client.escape import DISCONNECT, SHOW_HELP, EscapeFilter, parse_escape_char
+
+A, B = "02" + "a" * 64, "03" + "b" * 64
+
+
+# -- escape -----------------------------------------------------------------------------
+
+def test_escape_only_at_the_start_of_a_line():
+    f = EscapeFilter(b"~")
+    assert f.feed(b"~.") == (b"", [DISCONNECT])
+    f = EscapeFilter(b"~")
+    assert f.feed(b"ls ~.x\r") == (b"ls ~.x\r", [])
+    assert f.feed(b"~") == (b"", [])  # held: may start an escape
+    assert f.feed(b".") == (b"", [DISCONNECT])
+
+
+def test_escape_help_double_and_other_characters():
+    f = EscapeFilter(b"~")
+    assert f.feed(b"~?") == (b"", [SHOW_HELP])
+    assert f.feed(b"~~x") == (b"~x", [])
+    f = EscapeFilter(b"~")
+    assert f.feed(b"~a\n~b") == (b"~a\n~b", [])
+    assert f.feed(b"\n~.tail") == (b"\n", [DISCONNECT])  # nothing after ~. is sent
+
+
+def test_escape_off_and_other_characters():
+    assert EscapeFilter(None).feed(b"~.") == (b"~.", [])
+    assert parse_escape_char("none") is None
+    assert parse_escape_char("^]") == b"\x1d"
+    assert parse_escape_char("%") == b"%"
+    f = EscapeFilter(b"%")
+    assert f.feed(b"~.%.\r%.") == (b"~.%.\r", [DISCONNECT])
+    with pytest.raises(ValueError):
+        parse_escape_char("ab")
+
+
+# -- the command-line rule -----------------------------------------------------------------------
+
+def test_one_word_with_shell_syntax_goes_through_the_shell():
+    assert needs_shell(["echo $HOME | tr a-z A-Z"])
+    assert needs_shell(["exit 3"])
+    assert not needs_shell(["uname"])
+    assert not needs_shell(["/usr/bin/id"])
+    assert not needs_shell(["echo", "$HOME"])  # several words: an argv
+    argv = remote_argv(["echo $HOME"])
+    assert argv[:2] == ["sh", "-c"] and argv[-1] == "echo $HOME"
+    assert remote_argv(["ls", "-l", "a b"]) == ["ls", "-l", "a b"]
+
+
+# -- the exec trailer -------------------------------------------------------------------------------
+
+def test_trailer_is_stripped_and_its_status_read_across_chunks():
+    marker = b"<skypty-exit-0123>"
+    p = TrailerParser(marker)
+    data = b"hello\n<sky" + b"pty-exit-0123>4" + b"2\n"
+    out = b"".join(p.feed(data[i:i + 3]) for i in range(0, len(data), 3))
+    assert (out, p.status) == (b"hello\n", 42)
+    assert p.feed(b"after") == b""
+
+
+def test_trailer_passes_look_alikes_and_keeps_output_without_a_trailer():
+    marker = b"<skypty-exit-0123>"
+    p = TrailerParser(marker)
+    out = p.feed(b"a <skypty-exit-01 b") + p.feed(b"<skypty-exit") + p.finish()
+    assert (out, p.status) == (b"a <skypty-exit-01 b<skypty-exit", None)
+
+
+def test_ready_line_and_wrapper():
+    r = Ready(b"<r>")
+    assert r.feed(b"<") == b"" and r.feed(b"r>\nrest") == b"rest" and r.seen
+    script = wrapper_script(b"<m>", b"<r>", 10)
+    assert "head -c 10 | \"$@\"" in script and "stty raw -echo" in script
+    assert "</dev/null" in wrapper_script(b"<m>")
+
+
+# -- the local host's reasons --------------------------------------------------------------------------
+
+def test_reason_behind_the_reject_byte():
+    text = f"not-whitelisted: not authorized: host {A} does not whitelist {B}".encode()
+    reason, rest = parse_rejection(bytes((len(text),)) + text)
+    assert reason == "not-whitelisted"
+    assert proxy_refusal(reason, rest, A, 22) == (
+        f"not authorized: host {A} does not whitelist your key {B} (on that host: skypty-client whitelist-add {B})")
+    assert parse_rejection(b"") == ("", "")
+    assert "did not say why" in proxy_refusal("", "", A, 22)
+    assert "not in dmsg discovery" in proxy_refusal("not-in-discovery", "", A, 22)
+    assert "dmsg port 22" in proxy_refusal("refused", "", A, 22)
+
+
+def test_rpc_errors_are_translated():
+    assert "no persistent sessions" in explain_rpc("rpc: can't find method pty.Sessions")
+    assert "cannot reattach abc" in explain_rpc("rpc: can't find method pty.Attach", "abc")
+    assert "no session abc" in explain_rpc("dmsgpty: session not found", "abc")
+    assert "does not offer `list`" in explain_rpc("rpc: can't find service host.Peers")
+    assert explain_rpc("EOF") is None
