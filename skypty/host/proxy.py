@@ -26,7 +26,8 @@ def request_service(host, pk, port, uri=requestline.PTY, scheme=None):
     from skypty.dmsg.client import RequestedService
 
     if getattr(host, "dialer", None) is None:
-        return defer.fail(RemoteUnavailable(f"cannot reach {pk.hex()[:16]}…: this host has no dmsg overlay running"))
+        return defer.fail(RemoteUnavailable(
+            f"cannot reach {pk.hex()[:16]}…: this host has no dmsg overlay running"))
     return host.dialer.dial(pk, port, lambda: RequestedService(uri, own_pk=host.config.pk, peer_pk=pk),
                             scheme=scheme, ready=lambda remote: remote.accepted)
 

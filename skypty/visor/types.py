@@ -43,5 +43,3 @@ METHODS = {
 
 # The visor lists an app as running once it reports this (appserver.AppDetailedStatusRunning).
 STATUS_RUNNING = "Running"
-STATUS_SHUTTING_DOWN = "Shutting down"
-STATUS_STOPPED = "Stopped"
