@@ -15,7 +15,7 @@ import os
 from hypothesis import HealthCheck, reject, settings
 
 LONG = os.environ.get("SKYPTY_FUZZ") == "long"
-LONG_FACTOR = 200
+LONG_FACTOR = 100
 
 settings.register_profile(
     "skypty-fuzz", deadline=None, print_blob=True,

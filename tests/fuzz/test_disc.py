@@ -5,7 +5,6 @@ driven with twisted.web's DummyRequest)."""
 import json
 from io import BytesIO
 
-import pytest
 from hypothesis import example, given, strategies as st
 from twisted.internet import task
 from twisted.web.resource import getChildForRequest
@@ -16,7 +15,7 @@ from skypty.dmsg.disc import (
     MAX_ENTRY_JSON, EntryError, client_entry, entry_from_json, entry_from_object, server_entry,
 )
 from skypty.dmsg.discserver import make_discovery_resource
-from tests.fuzz import KnownDefect, fuzz, only
+from tests.fuzz import fuzz, only
 from tests.fuzz.strategies import PUBLIC_KEYS, SECRET_KEYS, edits, mutate
 from tests.vectors import load
 
@@ -114,11 +113,6 @@ def test_entry_round_trip(entry):
 
 # -- the HTTP API -------------------------------------------------------------------
 
-# Open in skypty/dmsg/discserver.py: twisted's Resource.render_HEAD calls
-# render_GET, which EntryResource lacks; a real Site answers 500 and logs a traceback.
-HEAD_WITHOUT_GET = KnownDefect("HEAD on /dmsg-discovery/entry/", AttributeError, "render_HEAD")
-
-
 def render(root, method, path, body):
     request = DummyRequest([s.encode("utf-8", "surrogatepass") for s in path.lstrip("/").split("/")])
     request.method = method
@@ -145,13 +139,14 @@ requests = st.lists(st.tuples(
 @given(requests)
 @example([(b"POST", "/dmsg-discovery/entry/", b"{" + b" " * MAX_ENTRY_JSON + b"}")])
 @example([(b"GET", "/dmsg-discovery/entry/\udcff", b"")])
+# HEAD reached Resource.render_HEAD -> render_GET, which EntryResource lacked: a 500 and a traceback
+@example([(b"HEAD", "/dmsg-discovery/entry/", b""), (b"HEAD", "/dmsg-discovery/entry", b"")])
 def test_discovery_api(reqs):
     clock = task.Clock()
     clock.advance(NOW)
     root, store = make_discovery_resource(clock)
     for method, path, body in reqs:
-        with only(known=[HEAD_WITHOUT_GET]):
-            code, out = render(root, method, path, body)
+        code, out = render(root, method, path, body)
         assert code in (200, 400, 401, 404, 405, 413, 422), (code, out)
         if code != 405:
             doc = json.loads(out)  # every answer is JSON
@@ -192,14 +187,3 @@ def make_entry_at(entry, ts):
     return make_entry(signer, entry.sequence % 2 * entry.sequence, ts, [], entry.server.address,
                       entry.server.available_sessions)
 
-
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="open defect in skypty/dmsg/discserver.py: HEAD /dmsg-discovery/entry/ reaches "
-                          "Resource.render_HEAD -> render_GET, which EntryResource lacks (500 + traceback)")
-@fuzz(20)
-@given(st.sampled_from(["/dmsg-discovery/entry/", "/dmsg-discovery/entry"]))
-@example("/dmsg-discovery/entry/")
-def test_defect_discovery_head_on_entry(path):
-    clock = task.Clock()
-    root, _ = make_discovery_resource(clock)
-    assert render(root, b"HEAD", path, b"")[0] == 405
