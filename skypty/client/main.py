@@ -117,7 +117,7 @@ def build_parser():
     p.add_argument("--port", type=int, default=None, help="TCP port when TARGET has none (default 2022)")
     p.add_argument("--attach", metavar="ID", help="reattach the persistent session ID")
     _terminal_options(p, "run on a pty even with -- CMD or when stdin is not a terminal (like ssh -t); "
-                         "without it CMD is a captured one-shot exec")
+                         "without -t/-T, CMD is a captured one-shot exec (-T streams it, stdin included)")
     _timeout_option(p)
     _identity_options(p)
     _command_arg(p, required=False)
