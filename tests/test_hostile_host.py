@@ -23,14 +23,15 @@ def blast(connect, payloads):
     for payload in payloads:
         s = connect()
         try:
+            s.settimeout(0.3)
+            # The host may cut a garbage sender off mid-send (a reset): that is
+            # its right, so any socket error here just ends this attempt.
             s.sendall(payload)
             s.shutdown(socket.SHUT_WR)
-            s.settimeout(0.3)
-            try:
-                while s.recv(65536):
-                    pass
-            except OSError:
+            while s.recv(65536):
                 pass
+        except OSError:
+            pass
         finally:
             s.close()
 
