@@ -51,7 +51,7 @@ def test_no_servers_yet_is_said_once_and_retried_with_backoff():
     svc.startService()
     clock.advance(0)
     assert delays(clock, svc, 8) == [1, 2, 4, 8, 16, 32, 60, 60]
-    assert svc.log.lines == [("warn", "dmsg discovery at http://d.example lists no dmsg servers yet; "
+    assert svc.log.lines == [("info", "dmsg discovery at http://d.example lists no dmsg servers yet; "
                                       "waiting for one")]
     assert svc.discovery.calls == 9
     svc.stopService()
@@ -71,7 +71,7 @@ def test_each_change_of_state_is_logged_once():
     delays(clock, svc, 3)
     levels = [level for level, _ in svc.log.lines]
     texts = [text for _, text in svc.log.lines]
-    assert levels == ["warn", "warn", "warn"]
+    assert levels == ["warn", "info", "warn"]  # no server yet is normal at start: info
     assert "unavailable" in texts[0] and "unreachable: refused" in texts[0]
     assert "lists no dmsg servers yet" in texts[1] and "unavailable" in texts[2]
     assert max(delays(clock, svc, 10)) == RETRY_MAX

@@ -119,7 +119,9 @@ class DmsgClientService(service.Service):
         if state != self.state:
             self.state = state
             if message:
-                (self.log.info if state == "ok" else self.log.warn)(message, **kw)
+                # No server yet is normal for a few seconds after start (an
+                # embedded server registers just after us): not a warning.
+                (self.log.info if state in ("ok", "empty") else self.log.warn)(message, **kw)
 
     @defer.inlineCallbacks
     def _maintain(self):
@@ -183,6 +185,9 @@ class DmsgClientService(service.Service):
         for pk, s in list(self.sessions.items()):
             if s is session:
                 del self.sessions[pk]
+                if not self.running:
+                    self.log.info("dmsg session to {pk} closed", pk=pk.hex())
+                    continue
                 self.log.warn("dmsg session to {pk} lost; reconnecting", pk=pk.hex())
                 self.keeper.update_now()
                 self._kick()

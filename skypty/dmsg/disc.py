@@ -547,7 +547,8 @@ class EntryKeeper:
             self.backoff = min(self.backoff * 2, self.MAX_BACKOFF)
         else:
             if not self.registered:
-                self.log.info("registered in discovery as {pk}", pk=self.sk.public_key.hex())
+                kind = "dmsg server" if getattr(self.last_posted, "server", None) else "client"
+                self.log.info("registered in discovery as {pk} ({kind})", pk=self.sk.public_key.hex(), kind=kind)
             self.registered = True
             self.backoff = self.MIN_BACKOFF
             self._schedule(self.REFRESH)
