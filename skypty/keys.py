@@ -5,16 +5,17 @@ public key (66 hex chars) and its 32-byte secret scalar.  Signatures are
 Skywire's 65-byte ``r || s || recovery-id`` over SHA-256 of the payload.
 """
 
-import hashlib
-
-import attr
-import coincurve
-
 from skypty.errors import SkyptyError
+
+# coincurve is imported only where a key signs, verifies or derives: a
+# one-shot client through the control socket parses keys but never needs it.
 
 PK_LEN = 33
 SK_LEN = 32
 SIG_LEN = 65
+# secp256k1: y^2 = x^3 + 7 over the field of P; N is the group order.
+_P = 2**256 - 2**32 - 977
+_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
 class InvalidKey(SkyptyError, ValueError):
@@ -22,6 +23,8 @@ class InvalidKey(SkyptyError, ValueError):
 
 
 def _sha256(data):
+    import hashlib  # loading OpenSSL costs a one-shot client ~2 ms it rarely needs
+
     return hashlib.sha256(data).digest()
 
 
@@ -37,21 +40,56 @@ def _from_hex(text, length, what):
         raise InvalidKey(f"{what} is not valid hex") from None
 
 
-@attr.s(frozen=True, slots=True, repr=False, hash=True, eq=True, order=True)
-class PublicKey:
+def _on_curve(compressed):
+    """Is this 33-byte compressed encoding a point on secp256k1?  (x^3 + 7 must
+    be a square mod P; either parity of y then exists.)"""
+    if compressed[0] not in (2, 3):
+        return False
+    x = int.from_bytes(compressed[1:], "big")
+    if x >= _P:
+        return False
+    return pow((x * x * x + 7) % _P, (_P - 1) // 2, _P) == 1
+
+
+class _Frozen:
+    __slots__ = ()
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{self.__class__.__name__} is immutable")
+
+
+class PublicKey(_Frozen):
     """A compressed secp256k1 point, or the null key (33 zero bytes)."""
 
-    raw = attr.ib(type=bytes)
+    __slots__ = ("raw",)
 
-    @raw.validator
-    def _check(self, _attribute, value):
-        if not isinstance(value, bytes) or len(value) != PK_LEN:
+    def __init__(self, raw):
+        if not isinstance(raw, bytes) or len(raw) != PK_LEN:
             raise InvalidKey(f"public key must be {PK_LEN} bytes")
-        if value != bytes(PK_LEN):
-            try:
-                coincurve.PublicKey(value)
-            except Exception:
-                raise InvalidKey("public key is not a point on secp256k1") from None
+        if raw != bytes(PK_LEN) and not _on_curve(raw):
+            raise InvalidKey("public key is not a point on secp256k1")
+        object.__setattr__(self, "raw", raw)
+
+    def __eq__(self, other):
+        return self.raw == other.raw if other.__class__ is PublicKey else NotImplemented
+
+    def __lt__(self, other):
+        return self.raw < other.raw
+
+    def __le__(self, other):
+        return self.raw <= other.raw
+
+    def __gt__(self, other):
+        return self.raw > other.raw
+
+    def __ge__(self, other):
+        return self.raw >= other.raw
+
+    def __hash__(self):
+        return hash(self.raw)
+
+    def __reduce__(self):
+        return PublicKey, (self.raw,)
 
     @classmethod
     def from_hex(cls, text):
@@ -83,6 +121,8 @@ class PublicKey:
             raise InvalidKey("the null key cannot sign")
         if len(signature) != SIG_LEN:
             raise InvalidKey(f"signature must be {SIG_LEN} bytes, got {len(signature)}")
+        import coincurve
+
         try:
             recovered = coincurve.PublicKey.from_signature_and_message(
                 bytes(signature), data, hasher=_sha256
@@ -93,24 +133,40 @@ class PublicKey:
             raise InvalidKey("signature does not match the public key")
 
 
-@attr.s(frozen=True, slots=True, repr=False, eq=True)
-class SecretKey:
+class SecretKey(_Frozen):
     """A secp256k1 secret scalar."""
 
-    raw = attr.ib(type=bytes)
-    _key = attr.ib(init=False, eq=False)
+    __slots__ = ("raw", "_key")
 
-    def __attrs_post_init__(self):
-        if not isinstance(self.raw, bytes) or len(self.raw) != SK_LEN:
+    def __init__(self, raw):
+        if not isinstance(raw, bytes) or len(raw) != SK_LEN:
             raise InvalidKey(f"secret key must be {SK_LEN} bytes")
-        try:
-            key = coincurve.PrivateKey(self.raw)
-        except Exception:
-            raise InvalidKey("secret key is out of range for secp256k1") from None
-        object.__setattr__(self, "_key", key)
+        if not 0 < int.from_bytes(raw, "big") < _N:
+            raise InvalidKey("secret key is out of range for secp256k1")
+        object.__setattr__(self, "raw", raw)
+        object.__setattr__(self, "_key", None)
+
+    @property
+    def _private(self):
+        if self._key is None:
+            import coincurve
+
+            object.__setattr__(self, "_key", coincurve.PrivateKey(self.raw))
+        return self._key
+
+    def __eq__(self, other):
+        return self.raw == other.raw if other.__class__ is SecretKey else NotImplemented
+
+    def __hash__(self):
+        return hash(self.raw)
+
+    def __reduce__(self):
+        return SecretKey, (self.raw,)
 
     @classmethod
     def generate(cls):
+        import coincurve
+
         return cls(coincurve.PrivateKey().secret)
 
     @classmethod
@@ -125,15 +181,15 @@ class SecretKey:
 
     @property
     def public_key(self):
-        return PublicKey(self._key.public_key.format(compressed=True))
+        return PublicKey(self._private.public_key.format(compressed=True))
 
     def sign(self, data):
         """65-byte recoverable signature over SHA256(data)."""
-        return self._key.sign_recoverable(data, hasher=_sha256)
+        return self._private.sign_recoverable(data, hasher=_sha256)
 
     def ecdh(self, public_key):
         """libsecp256k1's default ECDH: SHA256 of the compressed shared point."""
-        return self._key.ecdh(public_key.raw)
+        return self._private.ecdh(public_key.raw)
 
 
 def generate_keypair():

@@ -75,3 +75,32 @@ def test_each_change_of_state_is_logged_once():
     assert "unavailable" in texts[0] and "unreachable: refused" in texts[0]
     assert "lists no dmsg servers yet" in texts[1] and "unavailable" in texts[2]
     assert max(delays(clock, svc, 10)) == RETRY_MAX
+
+
+def test_a_peer_entry_is_reused_for_a_while_and_refetched_when_stale():
+    from skypty.dmsg import client as dmsg_client
+    from skypty.dmsg.disc import client_entry
+    from skypty.dmsg.errors import NoAnswer
+
+    clock = task.Clock()
+    svc = client(clock)
+    peer, _ = generate_keypair()
+    fetches, dials = [], []
+    svc.discovery.get_entry = lambda pk: fetches.append(pk) or defer.succeed(client_entry(pk, 0, 0, []))
+    outcomes = iter(["ok", "ok", NoAnswer("stale"), "ok", "ok"])
+
+    def dial_entry(entry, pk, port, inner):
+        dials.append(pk)
+        outcome = next(outcomes)
+        return defer.fail(outcome) if isinstance(outcome, Exception) else defer.succeed(outcome)
+
+    svc._dial_entry = dial_entry
+    results = []
+    svc.dial(peer, 22, None).addBoth(results.append)
+    svc.dial(peer, 22, None).addBoth(results.append)
+    assert len(fetches) == 1 and results == ["ok", "ok"]  # one discovery round trip for both
+    svc.dial(peer, 22, None).addBoth(results.append)  # the cached entry fails: fetched again, retried
+    assert len(fetches) == 2 and results[-1] == "ok" and len(dials) == 4
+    clock.advance(dmsg_client.PEER_ENTRY_TTL + 1)
+    svc.dial(peer, 22, None).addBoth(results.append)
+    assert len(fetches) == 3 and results[-1] == "ok"

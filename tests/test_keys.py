@@ -1,6 +1,6 @@
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from skypty.keys import InvalidKey, PublicKey, SecretKey, generate_keypair
 from tests.vectors import load
@@ -64,3 +64,36 @@ def test_ecdh_is_symmetric():
 def test_secret_key_repr_hides_the_secret():
     sk = SecretKey.generate()
     assert sk.hex() not in repr(sk)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([2, 3]), st.binary(min_size=32, max_size=32))
+def test_the_on_curve_check_agrees_with_libsecp256k1(prefix, x):
+    import coincurve
+
+    raw = bytes((prefix,)) + x
+    try:
+        coincurve.PublicKey(raw)
+        valid = True
+    except Exception:
+        valid = False
+    try:
+        PublicKey(raw)
+        ours = True
+    except InvalidKey:
+        ours = False
+    assert ours == valid
+
+
+def test_real_keys_and_bad_prefixes():
+    import coincurve
+
+    for _ in range(50):
+        raw = coincurve.PrivateKey().public_key.format(compressed=True)
+        assert PublicKey(raw).raw == raw
+        with pytest.raises(InvalidKey):
+            PublicKey(b"\x04" + raw[1:])
+    with pytest.raises(InvalidKey):
+        PublicKey(b"\x02" + (2**256 - 2**32 - 977).to_bytes(32, "big"))  # x = P is not a field element
+    with pytest.raises(InvalidKey):
+        SecretKey(bytes(32))

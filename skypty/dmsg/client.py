@@ -32,6 +32,8 @@ CHECK_INTERVAL = 30.0   # how often a satisfied client looks again (a lost sessi
 # Per attempt: the server's 5 s handshake window plus the round trips.
 ATTEMPT_TIMEOUT = STREAM_HANDSHAKE_TIMEOUT + 3.0
 MAX_EXISTING_TRIES = 8   # existing sessions tried for one dial
+PEER_ENTRY_TTL = 30.0    # how long a dialled peer's discovery entry is reused
+MAX_PEER_ENTRIES = 4096
 MAX_NEW_SESSIONS = 2     # new sessions to the peer's servers for one dial
 DIAL_TIMEOUT = ATTEMPT_TIMEOUT  # the old name
 EPHEMERAL_PORTS = (49152, 65535)
@@ -62,6 +64,7 @@ class DmsgClientService(service.Service):
         self.listeners = {}  # port -> factory
         self._ports = _ephemeral_ports()
         self._connecting = set()
+        self._peer_entries = {}  # pk -> (entry, fetched at): see _peer_entry
         self._retry = RETRY_MIN
         self._call = None
         self._busy = False
@@ -203,12 +206,41 @@ class DmsgClientService(service.Service):
     @defer.inlineCallbacks
     def dial(self, pk, port, inner):
         """-> Deferred[inner], connected over a KK stream to pk:port."""
+        entry, cached = yield self._peer_entry(pk)
+        try:
+            result = yield self._dial_entry(entry, pk, port, inner)
+        except (NoSharedServer, NoAnswer):
+            if not cached:
+                raise
+            # The peer may have moved to other servers since we looked: look again.
+            self._peer_entries.pop(pk, None)
+            entry, _cached = yield self._peer_entry(pk)
+            result = yield self._dial_entry(entry, pk, port, inner)
+        return result
+
+    @defer.inlineCallbacks
+    def _peer_entry(self, pk):
+        """-> (the peer's discovery entry, whether it came from the cache).
+        Entries are kept PEER_ENTRY_TTL seconds: a burst of execs to one peer
+        costs one discovery round trip, not one each."""
+        now = self.reactor.seconds()
+        hit = self._peer_entries.get(pk)
+        if hit is not None and now - hit[1] < PEER_ENTRY_TTL:
+            return hit[0], True
         try:
             entry = yield self.discovery.get_entry(pk)
         except EntryNotFound:
+            self._peer_entries.pop(pk, None)
             raise NotInDiscovery(f"{pk.hex()[:16]}… is not in dmsg discovery (offline?)") from None
         except DiscoveryError as e:
             raise DiscoveryUnavailable(f"dmsg discovery unavailable: {e}") from None
+        if len(self._peer_entries) >= MAX_PEER_ENTRIES:
+            self._peer_entries.clear()
+        self._peer_entries[pk] = (entry, now)
+        return entry, False
+
+    @defer.inlineCallbacks
+    def _dial_entry(self, entry, pk, port, inner):
         delegated = list(entry.client.delegated_servers) if entry.client else []
         shared = [self.sessions[s] for s in delegated if s in self.sessions]
         others = [s for k, s in self.sessions.items() if k not in delegated]

@@ -10,10 +10,9 @@ from the stream, decodes generically, and then converts to the expected
 Python type by field name, as Go does.  Anything malformed raises GobError.
 """
 
+import keyword
 import re
 import struct as _struct
-
-import attr
 
 from skypty.errors import ProtocolError
 
@@ -149,12 +148,65 @@ class BinaryMarshaler(GoType):
         self.from_bytes = from_bytes
 
 
-@attr.s(frozen=True)
 class Field:
-    go_name = attr.ib()
-    type = attr.ib()
-    attr_name = attr.ib()
-    pointer = attr.ib(default=False)  # a Go pointer: None means nil, omitted
+    __slots__ = ("go_name", "type", "attr_name", "pointer")
+
+    def __init__(self, go_name, type, attr_name, pointer=False):
+        self.go_name = go_name
+        self.type = type
+        self.attr_name = attr_name
+        self.pointer = pointer  # a Go pointer: None means nil, omitted
+
+    def __repr__(self):
+        return f"Field({self.go_name!r})"
+
+
+class Record:
+    """Base of the value classes made by :func:`record_class`: plain slotted
+    objects compared and hashed by their fields."""
+
+    __slots__ = ()
+
+    def _values(self):
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self):
+        return hash((self.__class__, self._values()))
+
+    def __repr__(self):
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{self.__class__.__name__}({inner})"
+
+
+_MISSING = object()
+
+
+def record_class(name, fields):
+    """A value class with one slot per field; *fields* is [(name, default,
+    factory)], a factory (e.g. ``list``) making a fresh default each time.
+
+    Written by hand rather than with attrs: the client imports every wire
+    type at start-up, and attrs' class generation alone cost ~10 ms there."""
+    namespace, params, body = {"_MISSING": _MISSING}, [], []
+    for i, (field, default, factory) in enumerate(fields):
+        if keyword.iskeyword(field) or not field.isidentifier():
+            raise ValueError(f"bad field name {field!r}")
+        if factory is not None:
+            namespace[f"_f{i}"] = factory
+            params.append(f"{field}=_MISSING")
+            body.append(f"    self.{field} = _f{i}() if {field} is _MISSING else {field}")
+        else:
+            namespace[f"_d{i}"] = default
+            params.append(f"{field}=_d{i}")
+            body.append(f"    self.{field} = {field}")
+    exec(f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(body) or "    pass"), namespace)
+    return type(name or "Empty", (Record,), {"__slots__": tuple(f[0] for f in fields),
+                                             "__init__": namespace["__init__"]})
 
 
 def _snake(go_name):
@@ -173,8 +225,7 @@ class Struct(GoType):
                        for f in fields]
         self.by_go_name = {f.go_name: f for f in self.fields}
         if cls is None:
-            cls = attr.make_class(name or "Empty", {f.attr_name: attr.ib(default=_zero_factory(f))
-                                                    for f in self.fields}, frozen=True)
+            cls = record_class(name, [(f.attr_name, *_zero_default(f)) for f in self.fields])
         self.cls = cls
 
     def __call__(self, **kwargs):
@@ -194,15 +245,16 @@ def _zero(t):
     return None
 
 
-def _zero_factory(field):
+def _zero_default(field):
+    """-> (default value, factory or None) for a struct field."""
     if field.pointer or isinstance(field.type, BinaryMarshaler):
-        return None
+        return None, None
     t = field.type
     if isinstance(t, Struct):
-        return attr.Factory(t.cls)
+        return None, t.cls
     if isinstance(t, (Slice, Array)):
-        return attr.Factory(list)
-    return _zero(t)
+        return None, list
+    return _zero(t), None
 
 
 EMPTY = Struct("", [], gostring="struct {}")
@@ -358,14 +410,14 @@ def _frame(body):
 
 # -- decoding -------------------------------------------------------------------------
 
-@attr.s(slots=True)
 class _Wire:
-    kind = attr.ib()          # 'struct', 'slice', 'array', 'map', 'opaque'
-    name = attr.ib(default="")
-    fields = attr.ib(default=())  # struct: ((name, id), ...)
-    elem = attr.ib(default=0)
-    key = attr.ib(default=0)
-    length = attr.ib(default=0)
+    __slots__ = ("kind", "name", "fields", "elem", "key", "length")
+
+    def __init__(self, kind):
+        self.kind = kind          # 'struct', 'slice', 'array', 'map', 'opaque'
+        self.name = ""
+        self.fields = ()          # struct: ((name, id), ...)
+        self.elem = self.key = self.length = 0
 
 
 NEED_MORE = object()

@@ -8,8 +8,6 @@ The client core has no Twisted dependency, so a blocking command-line client
 can use it with plain sockets.
 """
 
-import attr
-
 from skypty.errors import ProtocolError, SkyptyError
 from skypty.wire import gob
 from skypty.wire.types import EMPTY, Request, Response
@@ -25,11 +23,13 @@ class RPCError(SkyptyError):
     """An error string from the other side (or "connection closed")."""
 
 
-@attr.s(frozen=True)
 class Method:
-    arg_type = attr.ib()
-    reply_type = attr.ib()
-    handler = attr.ib()  # callable(arg) -> value | Deferred
+    __slots__ = ("arg_type", "reply_type", "handler")
+
+    def __init__(self, arg_type, reply_type, handler):
+        self.arg_type = arg_type
+        self.reply_type = reply_type
+        self.handler = handler  # callable(arg) -> value | Deferred
 
 
 def _unknown(service_method, methods):
