@@ -31,6 +31,10 @@ def usage_error(message):
 def parse_pk(text, what="public key"):
     from skypty.keys import InvalidKey, PublicKey
 
+    if len(text) != 66:  # a host name (skypty.client.hosts); keys pay nothing for this
+        from skypty.client.hosts import resolve_pk
+
+        text = resolve_pk(text, what)
     try:
         return PublicKey.from_hex(text)
     except InvalidKey as e:
@@ -38,8 +42,13 @@ def parse_pk(text, what="public key"):
 
 
 def parse_target(text, default_port):
-    """'PK@HOST[:PORT]' -> (pk, host, port)."""
+    """'PK@HOST[:PORT]' (or a host name with an addr) -> (pk, host, port)."""
     pk_text, at, address = text.partition("@")
+    if not at and len(text) != 66:
+        from skypty.client.hosts import resolve_address
+
+        pk_text, host, port = resolve_address(text, default_port)
+        return parse_pk(pk_text, "host key"), host, port
     if not at or not address:
         raise SkyptyError(f"expected PK@HOST[:PORT], got {text!r}")
     if address.startswith("["):
@@ -180,7 +189,19 @@ def _want_pty(args):
 def cmd_exec(args, parser):
     if not args.command:
         raise usage_error("exec needs a command: skypty-client exec PK -- CMD [ARG...]")
-    pk = parse_pk(args.pk, "host key")
+    target = args.targets[0]
+    if len(args.targets) > 1 or args.json or target.startswith("@"):
+        from skypty.client.fleet import cmd_fleet_exec
+
+        return cmd_fleet_exec(args)
+    if len(target) != 66:  # a name or PK@HOST[:PORT] (skypty.client.hosts)
+        from skypty.client.hosts import resolve_target
+
+        resolved = resolve_target(target)
+        target, args.scheme = resolved.pk, args.scheme or resolved.scheme
+        if resolved.direct and not args.via:
+            args.via = f"{resolved.pk}@{resolved.address}"
+    pk = parse_pk(target, "host key")
     if args.via:
         via = args.via[len("tcp://"):] if args.via.startswith("tcp://") else args.via
         via_pk, host, port = parse_target(via, DEFAULT_TCP_PORT)
@@ -260,9 +281,18 @@ def cmd_whitelist(args, parser):
     return 0
 
 
+def parse_pks(texts):
+    """Keys, host names and @groups -> PublicKeys, each once."""
+    if any(len(t) != 66 for t in texts):
+        from skypty.client.hosts import resolve_pks
+
+        texts = resolve_pks(texts)
+    return list(dict.fromkeys(parse_pk(k) for k in texts))
+
+
 @guarded
 def cmd_whitelist_add(args, parser):
-    keys = list(dict.fromkeys(parse_pk(k) for k in args.pks))
+    keys = parse_pks(args.pks)
     rpc = _whitelist_rpc(args, "whitelist-add")
     before = _current_whitelist(rpc)
     rpc.call("whitelist.WhitelistAdd", keys, T.PubKeys, T.EMPTY)
@@ -276,7 +306,7 @@ def cmd_whitelist_add(args, parser):
 
 @guarded
 def cmd_whitelist_remove(args, parser):
-    keys = list(dict.fromkeys(parse_pk(k) for k in args.pks))
+    keys = parse_pks(args.pks)
     rpc = _whitelist_rpc(args, "whitelist-remove")
     before = _current_whitelist(rpc)
     rpc.call("whitelist.WhitelistRemove", keys, T.PubKeys, T.EMPTY)

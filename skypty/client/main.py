@@ -28,12 +28,38 @@ IDENTITY_HELP = """identity (whose key this client speaks as), in this order:
 """
 
 
-def _identity_options(parser):
+def _identity_options(parser, pkg_flags=("-p", "--pkg")):
     g = parser.add_argument_group("identity")
     g.add_argument("-i", "--input", metavar="CONFIG", help="config file to take the key (and control socket) from")
-    g.add_argument("-p", "--pkg", action="store_true", help="use /opt/skywire/skywire.json")
+    g.add_argument(*pkg_flags, action="store_true", help="use /opt/skywire/skywire.json")
     g.add_argument("--sk", metavar="HEX", help="use this secret key")
     g.add_argument("--no-visor-key", action="store_true", help="use a fresh random key")
+
+
+FLEET_HELP = """
+many hosts (several HOSTs, @GROUP or --json): each runs concurrently; output
+lines come prefixed with the host's name (--group: one block per host), then
+a summary on stderr; exit 0 only when every host exited 0, else 1.
+"""
+
+CP_HELP = """a remote side is NAME:PATH, PK@HOST[:PORT]:PATH (direct Noise TCP) or PK:PATH
+(through the local host over dmsg); PATH is on the host's SFTP root. A file is
+written under a temporary name in its directory and renamed when complete.
+"""
+
+HOSTS_HELP = """names live in $XDG_CONFIG_HOME/skypty/hosts.toml (default
+~/.config/skypty/hosts.toml); see docs/guide.md, "Host names".
+"""
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _cli_options(parser):
@@ -86,9 +112,12 @@ def build_parser():
                            formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
         return p
 
-    p = verb("exec", "Run one command on a remote host and mirror its exit code.",
-             epilog=IDENTITY_HELP + "\n" + EXIT_CODES)
-    p.add_argument("pk", metavar="PK", help="the remote host's public key (66 hex)")
+    p = verb("exec", "Run one command on a remote host and mirror its exit code; or on many "
+                     "hosts at once (a fleet), with a summary.",
+             epilog=IDENTITY_HELP + "\n" + EXIT_CODES + FLEET_HELP)
+    p.add_argument("targets", metavar="HOST", nargs="+",
+                   help="PK (66 hex: through the local host), PK@HOST[:PORT] (direct Noise TCP), "
+                        "a NAME from `skypty-client hosts`, or @GROUP; several run concurrently")
     p.add_argument("--via", metavar="tcp://PK@HOST:PORT",
                    help="reach the host directly over Noise TCP instead of through the local host")
     p.add_argument("--scheme", choices=("dmsg", "skynet"), default=None,
@@ -96,13 +125,23 @@ def build_parser():
     p.add_argument("--port", type=int, default=22, help="the remote host's dmsg pty port (default 22)")
     _timeout_option(p)
     p.add_argument("--stdin", action="store_true", help="send this process's stdin (up to 1 MiB) to the command")
+    fleet = p.add_argument_group("many hosts (and --json)")
+    fleet.add_argument("--json", action="store_true",
+                       help="one JSON object per host per line (docs/exec-result.schema.json)")
+    fleet.add_argument("--parallel", metavar="N", type=_positive_int, default=16,
+                       help="hosts at once (default 16)")
+    fleet.add_argument("--group", action="store_true",
+                       help="print each host's output as one block instead of prefixed lines")
+    fleet.add_argument("--connect-timeout", metavar="DURATION", default="10s",
+                       help="a host not connected and accepting within this long is unreachable (default 10s)")
     _identity_options(p)
     _cli_options(p)
     _command_arg(p, required=False)
 
     p = verb("start", "Open an interactive shell: local with no PK, else on a remote host.",
              epilog=IDENTITY_HELP + "\n" + EXIT_CODES)
-    p.add_argument("pk", metavar="PK", nargs="?", help="remote host's public key (omit for a local shell)")
+    p.add_argument("pk", metavar="PK", nargs="?",
+                   help="remote host's public key or NAME (omit for a local shell)")
     p.add_argument("--attach", metavar="ID", help="reattach the persistent session ID")
     p.add_argument("--scheme", choices=("dmsg", "skynet"), default=None)
     p.add_argument("--port", type=int, default=22, help="the remote host's dmsg pty port (default 22)")
@@ -113,7 +152,8 @@ def build_parser():
 
     p = verb("shell", "Shell over the direct Noise TCP port: interactive, or one-shot with -- CMD.",
              epilog=IDENTITY_HELP + "\n" + EXIT_CODES)
-    p.add_argument("target", metavar="PK@HOST[:PORT]", help="host key and address (default port 2022)")
+    p.add_argument("target", metavar="PK@HOST[:PORT]",
+                   help="host key and address (default port 2022), or a NAME with an addr")
     p.add_argument("--port", type=int, default=None, help="TCP port when TARGET has none (default 2022)")
     p.add_argument("--attach", metavar="ID", help="reattach the persistent session ID")
     _terminal_options(p, "run on a pty even with -- CMD or when stdin is not a terminal (like ssh -t); "
@@ -132,7 +172,7 @@ def build_parser():
                         ("whitelist-remove", "Shut public keys out again (saved to the config).")):
         p = verb(name, help_)
         if name != "whitelist":
-            p.add_argument("pks", metavar="PK", nargs="+")
+            p.add_argument("pks", metavar="PK", nargs="+", help="keys, host NAMEs or @GROUPs")
         _identity_options(p)
         _cli_options(p)
 
@@ -151,7 +191,7 @@ def build_parser():
                     "the mount reconnects by itself on the next operation.",
     )
     m.add_argument("target", metavar="PK[@HOST[:PORT]]",
-                   help="the host (with --sftp-command: just a NAME shown by mount and df)")
+                   help="the host, or its NAME (with --sftp-command: just a NAME shown by mount and df)")
     m.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
     m.add_argument("--ro", action="store_true", help="mount read-only")
     m.add_argument("--remote-root", default="/", metavar="DIR",
@@ -177,8 +217,38 @@ def build_parser():
     u.add_argument("mountpoint")
     pp = fs.add_parser("pipe", help="relay the host's SFTP service on stdin/stdout "
                                     "(for `sftp -D` and other SFTP clients)")
-    pp.add_argument("target", metavar="PK@HOST[:PORT]")
+    pp.add_argument("target", metavar="PK@HOST[:PORT]", help="or a NAME with an addr")
     _identity_options(pp)
+
+    p = verb("cp", "Copy files to or from a host over SFTP (like scp): SRC... DST, one side remote.",
+             epilog=CP_HELP + "\n" + IDENTITY_HELP + "\n" + EXIT_CODES)
+    p.add_argument("paths", metavar="SRC... DST", nargs="+",
+                   help="local paths, or NAME:PATH / PK@HOST[:PORT]:PATH / PK:PATH")
+    p.add_argument("-r", "--recursive", action="store_true", help="copy directories and what is in them")
+    p.add_argument("-p", "--preserve", action="store_true", help="keep modes and modification times")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--port", type=int, default=22, metavar="N", help="the host's dmsg port, for PK:PATH (default 22)")
+    p.add_argument("--timeout", default="30s", metavar="DURATION",
+                   help="a request unanswered this long fails the copy (default 30s)")
+    _identity_options(p, pkg_flags=("--pkg",))  # -p is --preserve, as for scp
+    _cli_options(p)
+
+    p = verb("hosts", "Name hosts: list, add or remove names (and groups) for keys.",
+             epilog=HOSTS_HELP)
+    hs = p.add_subparsers(dest="hosts_verb", metavar="list|add|remove")
+    hl = hs.add_parser("list", help="list the names (the default)")
+    hl.add_argument("--names", action="store_true", help="only the names and @groups, one a line")
+    ha = hs.add_parser("add", help="name a host", description="Name a host: NAME then works wherever "
+                                                              "a PK or PK@HOST[:PORT] does.")
+    ha.add_argument("name", metavar="NAME")
+    ha.add_argument("key", metavar="PK[@HOST[:PORT]]")
+    ha.add_argument("--addr", metavar="HOST:PORT", help="its Noise TCP port (then reached directly)")
+    ha.add_argument("--transport", choices=("tcp", "dmsg", "skynet"),
+                    help="how to reach it (default: tcp with --addr, else through the local host)")
+    ha.add_argument("--group", metavar="G", action="append", help="put it in group G (repeatable)")
+    ha.add_argument("--force", action="store_true", help="replace an existing NAME")
+    hr = hs.add_parser("remove", help="forget names")
+    hr.add_argument("names", metavar="NAME", nargs="+")
 
     p = verb("url", "Print the web terminal URL (with this host's access token).")
     p.add_argument("--visor", metavar="PK", help="a remote host to open through this one")
@@ -251,6 +321,8 @@ VERBS = {
     "config": ("skypty.client.configgen", "cmd_config"),
     "manhole": ("skypty.client.manhole", "cmd_manhole"),
     "completion": ("skypty.client.completion", "cmd_completion"),
+    "cp": ("skypty.client.cp", "cmd_cp"),
+    "hosts": ("skypty.client.hosts", "cmd_hosts"),
 }
 
 
@@ -284,6 +356,14 @@ def main(argv=None):
     if not args.verb:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.verb == "exec" and command is None and (unknown or len(args.targets) > 1):
+        # `exec web1 uname -a`: the words after the hosts are a command without --.
+        from skypty.client.hosts import looks_like_target
+
+        n = 1
+        while n < len(args.targets) and looks_like_target(args.targets[n]):
+            n += 1
+        args.targets, args.command = args.targets[:n], args.targets[n:]
     takes_command = hasattr(args, "command")
     if takes_command and (unknown or args.command):
         return _command_needs_dashes(argv, args, unknown)
