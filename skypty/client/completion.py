@@ -1,4 +1,6 @@
-"""Shell completion scripts for skypty-client (verbs and their options)."""
+"""Shell completion scripts for skypty-client: verbs, their options, and
+host names (asked of ``skypty-client hosts list --names`` at completion
+time, so a name added a moment ago completes at once)."""
 
 
 def _verbs_and_options(parser):
@@ -35,7 +37,24 @@ _skypty_client() {{
 {cases}
     *) opts="" ;;
   esac
+  if [[ "$cur" != -* ]]; then
+    # Host names and @groups from hosts.toml (skypty-client hosts list --names).
+    case "$verb" in
+      exec|whitelist-add|whitelist-remove) opts="$opts $(_skypty_client_names)" ;;
+      start|shell|fs|url|ui) opts="$opts $(_skypty_client_names | grep -v '^@')" ;;
+      hosts) [ "${{COMP_WORDS[2]}}" = remove ] && opts="$opts $(_skypty_client_names | grep -v '^@')" ;;
+      cp)
+        local names
+        names=$(_skypty_client_names | grep -v '^@' | sed 's/$/:/')
+        COMPREPLY=($(compgen -W "$names" -- "$cur"))
+        [ ${{#COMPREPLY[@]}} -gt 0 ] && compopt -o nospace 2>/dev/null
+        return ;;
+    esac
+  fi
   COMPREPLY=($(compgen -W "$opts --help" -- "$cur"))
+}}
+_skypty_client_names() {{
+  skypty-client hosts list --names 2>/dev/null
 }}
 complete -o default -F _skypty_client skypty-client
 """

@@ -1,6 +1,7 @@
 """`skypty-client fs`: the host's files over SFTP.
 
 ``fs mount`` mounts them with FUSE (``skypty.fs``); ``fs umount`` undoes it.
+Hosts may be given by name (``skypty.client.hosts``) as well as by key.
 ``fs pipe PK@HOST[:PORT]`` relays the host's ``dmsgpty/sftp`` service on
 stdin/stdout, so any SFTP client can use it, e.g.
 ``sftp -D "skypty-client fs pipe PK@HOST:2022"``.
@@ -66,19 +67,20 @@ def mount(args):
 
         env = dict(os.environ)
         connect = lambda reactor: command_connector(reactor, argv, env)  # noqa: E731
-    elif "@" in target:
-        from skypty.fs.link import noise_tcp_connector
+    elif "@" in target or len(target) != 66:  # PK@HOST[:PORT], or a name (skypty.client.hosts)
+        from skypty.client.hosts import resolve_target
 
-        pk, host, port = parse_target(target, DEFAULT_TCP_PORT)
-        sk = resolve_secret_key(args)
-        connect = lambda reactor: noise_tcp_connector(reactor, host, port, sk, pk, timeout)  # noqa: E731
+        resolved = resolve_target(target, DEFAULT_TCP_PORT)
+        pk = parse_pk(resolved.pk, "host key")
+        if resolved.direct:
+            from skypty.fs.link import noise_tcp_connector
+
+            host, port, sk = resolved.host, resolved.port, resolve_secret_key(args)
+            connect = lambda reactor: noise_tcp_connector(reactor, host, port, sk, pk, timeout)  # noqa: E731
+        else:
+            connect = _via_local_host(args, pk, timeout)
     else:
-        from skypty.fs.link import control_socket_connector
-
-        pk = parse_pk(target, "host key")
-        network, address = control_socket(args)
-        connect = lambda reactor: control_socket_connector(  # noqa: E731
-            reactor, network, address, pk, args.port, timeout)
+        connect = _via_local_host(args, parse_pk(target, "host key"), timeout)
     root = args.remote_root.encode("utf-8", "surrogateescape")
     if len(root) > 1:
         root = root.rstrip(b"/")
@@ -86,6 +88,13 @@ def mount(args):
                 attr_ttl=_duration(args.attr_ttl, "--attr-ttl"), entry_ttl=_duration(args.entry_ttl, "--entry-ttl"),
                 timeout=timeout)
     return run_mount(job, args.foreground, args.log)
+
+
+def _via_local_host(args, pk, timeout):
+    from skypty.fs.link import control_socket_connector
+
+    network, address = control_socket(args)
+    return lambda reactor: control_socket_connector(reactor, network, address, pk, args.port, timeout)
 
 
 def umount(args):
