@@ -1,11 +1,14 @@
 """One-shot commands for pty.Exec: no pty, own session, bounded capture.
 
-The child starts in the user's home directory (as ``ssh host cmd`` does) and
-runs under util-linux ``setsid`` (Twisted's spawnProcess has no
-pre-exec hook, and a fresh child is never a group leader, so setsid simply
-execs it in a new session): on timeout the whole process group is killed.
+The child starts in the user's home directory (as ``ssh host cmd`` does) in
+a session of its own, so on timeout the whole process group is killed.  It
+starts through skypty.host.spawn (posix_spawn with setsid; no copy of the
+host, reaped by pidfd); where that is unavailable, through spawnProcess and
+util-linux ``setsid`` (spawnProcess has no pre-exec hook, and a fresh child
+is never a group leader, so setsid simply execs it in a new session).
 """
 
+import errno
 import os
 import shutil
 import signal
@@ -15,6 +18,7 @@ import attr
 from twisted.internet import defer, protocol
 
 from skypty.errors import SkyptyError
+from skypty.host import spawn
 from skypty.host.shell import build_env, home_directory
 
 DEFAULT_TIMEOUT_MS = 30_000
@@ -22,6 +26,7 @@ MAX_TIMEOUT_MS = 5 * 60_000
 CAPTURE_LIMIT = 16 * 1024 * 1024
 STDIN_LIMIT = 1024 * 1024
 TIMED_OUT_EXIT_CODE = -1
+NOT_FOUND_EXIT_CODE = 127
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 
 
@@ -87,6 +92,19 @@ class _ExecProtocol(protocol.ProcessProtocol):
         self.done.callback(self)
 
 
+def _find_program(name, env):
+    """*name* as execvp would find it with the child's PATH, or None."""
+    if "/" in name:
+        return name
+    return shutil.which(name, path=env.get("PATH", os.defpath))
+
+
+def _not_found(name, started, why="No such file or directory"):
+    # What the shell and setsid say and do: status 127, the reason on stderr.
+    return ExecResult(stderr=f"exec: {name}: {why}\n".encode(), exit_code=NOT_FOUND_EXIT_CODE,
+                      duration_ms=int((time.monotonic() - started) * 1000))
+
+
 def run_exec(reactor, name, args=(), env=(), stdin=b"", timeout_ms=0, cwd=None):
     """Run *name* *args*; Deferred[ExecResult].  Exit code 127 if not found."""
     if not name:
@@ -98,11 +116,20 @@ def run_exec(reactor, name, args=(), env=(), stdin=b"", timeout_ms=0, cwd=None):
     proto = _ExecProtocol(stdin or b"", done)
     started = time.monotonic()
     full_env = build_env(env)
+    cwd = cwd or home_directory(full_env)
     try:
-        transport = reactor.spawnProcess(
-            proto, SETSID, [SETSID, name, *args], env=full_env, path=cwd or home_directory(full_env),
-            childFDs={0: "w", 1: "r", 2: "r"})
+        if spawn.can_spawn():
+            path = _find_program(name, full_env)
+            if path is None:
+                return defer.succeed(_not_found(name, started))
+            transport = spawn.spawn_pipes(reactor, proto, path, [name, *args], full_env, cwd,
+                                          stdin=bool(stdin))
+        else:
+            transport = reactor.spawnProcess(proto, SETSID, [SETSID, name, *args], env=full_env, path=cwd,
+                                             childFDs={0: "w", 1: "r", 2: "r"})
     except OSError as e:
+        if e.errno in (errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR):
+            return defer.succeed(_not_found(name, started, e.strerror))
         return defer.fail(ExecError(f"exec: cannot start {name}: {e}"))
     pid = transport.pid
     timed_out = []

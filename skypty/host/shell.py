@@ -1,7 +1,8 @@
 """Shells on real ptys, for pty.Start / pty.Read / pty.Write / pty.Stop.
 
-A PtyProcess owns one child on a pty (``spawnProcess(usePTY=True)``: the child
-gets its own session and the pty as controlling terminal).  Its output goes to
+A PtyProcess owns one child on a pty: the child gets its own session and the
+pty as controlling terminal (skypty.host.spawn: posix_spawn, no copy of the
+host; ``spawnProcess(usePTY=True)`` where that is unavailable).  Its output goes to
 a sink: a DirectReader (bounded queue with back-pressure, for the plain
 pty.Read RPC) or a persistent session's ring (skypty.host.persist).
 
@@ -27,6 +28,7 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from skypty.errors import SkyptyError
+from skypty.host import spawn
 
 MAX_READ = 64 * 1024
 STOP_GRACE = 2.0
@@ -107,8 +109,9 @@ class _PtyProtocol(protocol.ProcessProtocol):
 
 
 def _drain_on_read(transport, limit=64 * 1024):
-    """Read the pty master until it is empty (up to *limit*, one delivery:
-    the output queue's bound stays "one chunk over the mark") on each wake-up.
+    """Read spawnProcess's pty master (the fallback) until it is empty (up
+    to *limit*, one delivery: the output queue's bound stays "one chunk over
+    the mark") on each wake-up, as skypty.host.spawn's streams do.
 
     The kernel hands a pty master out in pieces of at most ~4 KiB; Twisted
     reads one piece per reactor iteration, so a busy terminal costs one
@@ -162,14 +165,17 @@ class PtyProcess:
         path = resolve_command(name, full_env)
         self = cls(reactor, sink)
         argv = [name or path, *args]
+        cwd = cwd or home_directory(full_env)
         try:
-            self.transport = reactor.spawnProcess(
-                _PtyProtocol(self), path, argv, env=full_env, path=cwd or home_directory(full_env),
-                usePTY=True)
+            if spawn.can_spawn():
+                self.transport = spawn.spawn_pty(reactor, _PtyProtocol(self), path, argv, full_env, cwd)
+            else:
+                self.transport = reactor.spawnProcess(_PtyProtocol(self), path, argv, env=full_env,
+                                                      path=cwd, usePTY=True)
+                _drain_on_read(self.transport)
         except (OSError, error.ProcessExitedAlready) as e:
             raise SpawnError(f"cannot start {name}: {e}") from None
         self.pid = self.transport.pid
-        _drain_on_read(self.transport)
         if rows and cols:
             self.resize(rows, cols)
         return self
@@ -259,8 +265,7 @@ class PipeProcess(PtyProcess):
 
     *sink* gets stdout, *err_sink* stderr; both are told when the child has
     been reaped (after its last byte).  The child runs in a session of its
-    own (util-linux ``setsid``, as one-shot exec does) so ``stop`` reaches
-    everything it started.
+    own so ``stop`` reaches everything it started.
     """
 
     def __init__(self, reactor, sink, err_sink):
@@ -274,10 +279,15 @@ class PipeProcess(PtyProcess):
         full_env = build_env(env)
         path = resolve_command(name, full_env)
         self = cls(reactor, sink, err_sink)
+        cwd = cwd or home_directory(full_env)
         try:
-            self.transport = reactor.spawnProcess(
-                _PipeProtocol(self), SETSID, [SETSID, path, *args], env=full_env,
-                path=cwd or home_directory(full_env), childFDs={0: "w", 1: "r", 2: "r"})
+            if spawn.can_spawn():
+                self.transport = spawn.spawn_pipes(reactor, _PipeProtocol(self), path, [name, *args],
+                                                   full_env, cwd)
+            else:  # util-linux setsid: a session of its own without a pre-exec hook
+                self.transport = reactor.spawnProcess(
+                    _PipeProtocol(self), SETSID, [SETSID, path, *args], env=full_env, path=cwd,
+                    childFDs={0: "w", 1: "r", 2: "r"})
         except OSError as e:
             raise SpawnError(f"cannot start {name}: {e}") from None
         self.pid = self.transport.pid
