@@ -37,7 +37,7 @@ def header(kind, flags, stream_id, length):
 
 class StreamState:
     __slots__ = ("id", "send_window", "recv_window", "unacked", "local_closed", "remote_closed",
-                 "reset", "outbox", "outbox_size", "established")
+                 "reset", "outbox", "outbox_size", "established", "fin_sent")
 
     def __init__(self, stream_id):
         self.id = stream_id
@@ -48,6 +48,7 @@ class StreamState:
         self.outbox = []
         self.outbox_size = 0
         self.established = False
+        self.fin_sent = False               # our FIN goes out exactly once
 
 
 class YamuxSession:
@@ -122,8 +123,15 @@ class YamuxSession:
         st.local_closed = True
         if st.outbox:
             return  # FIN goes out when the outbox drains
-        self.send(header(WINDOW_UPDATE, FIN, sid, 0))
+        self._send_fin(st)
         self._maybe_forget(st)
+
+    def _send_fin(self, st):
+        # hashicorp/yamux answers a second FIN with a protocol error that ends
+        # the whole session: send it once.
+        if not st.fin_sent:
+            st.fin_sent = True
+            self.send(header(WINDOW_UPDATE, FIN, st.id, 0))
 
     def reset_stream(self, sid):
         st = self.streams.pop(sid, None)
@@ -241,7 +249,8 @@ class YamuxSession:
             had = st.outbox_size
             self._flush(st)
             if st.local_closed and not st.outbox:
-                self.send(header(WINDOW_UPDATE, FIN, sid, 0))
+                self._send_fin(st)
+                self._maybe_forget(st)
             if had:
                 self.events.stream_writable(sid)
         if flags & FIN:

@@ -3,7 +3,6 @@
 import random
 from collections import Counter
 
-import pytest
 from hypothesis import example, given, strategies as st
 
 from skypty.wire.yamux import (
@@ -121,13 +120,13 @@ def test_yamux_frames(client, local_streams, queued, frame_list, sizes):
     run(client, local_streams, queued, encode(frame_list), sizes)
 
 
-@pytest.mark.xfail(strict=True, reason="open defect in skypty/wire/yamux.py: after our FIN, every window update "
-                   "with a delta sends FIN again; hashicorp/yamux answers a second FIN (stream in RemoteClose) "
-                   "with ErrUnexpectedFlag and a go-away, ending the whole session")
+# Fixed defect (seed kept): after our FIN every window update with a delta sent
+# FIN again; hashicorp/yamux answers a second FIN with ErrUnexpectedFlag and a
+# go-away, ending the whole session.
 @fuzz(100)
 @given(st.booleans(), st.integers(1, 3), st.sampled_from([0, 10, INITIAL_WINDOW + 5]), frames, chunk_sizes)
 @example(True, 1, 0, [(0, WINDOW_UPDATE, ACK, 1, 0), (0, WINDOW_UPDATE, 0, 1, 1000)], [])
-def test_defect_yamux_fin_sent_twice(client, local_streams, queued, frame_list, sizes):
+def test_our_fin_goes_out_once(client, local_streams, queued, frame_list, sizes):
     frames_out = run(client, local_streams, queued, encode(frame_list), sizes)
     fins = Counter(sid for kind, flags, sid, _ in frames_out if flags & FIN)
     assert max(fins.values(), default=0) <= 1
