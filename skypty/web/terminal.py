@@ -70,13 +70,35 @@ class AvatarTerminal:
         self.avatar.logout()
 
 
-def _size(rows, cols):
-    """(rows, cols) if both are sane numbers, else None."""
-    try:
-        rows, cols = int(rows), int(cols)
-    except (TypeError, ValueError):
+MAX_CONTROL_MESSAGE = 4096
+
+
+def _dimension(value):
+    """A terminal dimension from JSON or a query string: an int (not a bool,
+    not a float such as 1e999) or a string of digits; else None."""
+    if isinstance(value, bool):
         return None
-    return (rows, cols) if 0 < rows < 1000 and 0 < cols < 1000 else None
+    if isinstance(value, str) and value.isdigit() and len(value) < 5:
+        value = int(value)
+    return value if isinstance(value, int) and 0 < value < 1000 else None
+
+
+def _size(rows, cols):
+    """(rows, cols) if both are sane, else None."""
+    rows, cols = _dimension(rows), _dimension(cols)
+    return (rows, cols) if rows and cols else None
+
+
+def parse_control(payload):
+    """A browser's JSON text frame -> {"type": ..., ...}, or None if it is not
+    one (too long, not JSON, nested past json's recursion limit, not an object)."""
+    if len(payload) > MAX_CONTROL_MESSAGE:
+        return None
+    try:
+        msg = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    return msg if isinstance(msg, dict) else None
 
 
 class TerminalProtocol(WebSocketServerProtocol):
@@ -198,20 +220,20 @@ class TerminalProtocol(WebSocketServerProtocol):
             if self.backend is not None:
                 self.backend.write(payload).addErrback(lambda f: None)
             return
-        try:
-            msg = json.loads(payload)
-            if msg.get("type") == "resize":
-                size = _size(msg["rows"], msg["cols"])
-                if size is None:
-                    return
-                if not self._started:  # the shell starts at this size
-                    self._size = size
-                    if not self._size_known.called:
-                        self._size_known.callback(None)
-                elif self.backend is not None:
-                    self.backend.resize(*size).addErrback(lambda f: None)
-        except (ValueError, KeyError, TypeError, AttributeError):
+        msg = parse_control(payload)
+        if msg is None:
             self.log.warn("bad control message from the browser")
+            return
+        if msg.get("type") == "resize":
+            size = _size(msg.get("rows"), msg.get("cols"))
+            if size is None:
+                return
+            if not self._started:  # the shell starts at this size
+                self._size = size
+                if not self._size_known.called:
+                    self._size_known.callback(None)
+            elif self.backend is not None:
+                self.backend.resize(*size).addErrback(lambda f: None)
 
     def onClose(self, wasClean, code, reason):
         self._closed = True

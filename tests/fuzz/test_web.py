@@ -151,20 +151,19 @@ def test_raw_frames(data):
         proto.dataReceived(data)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="open defect in skypty/web/terminal.py: a resize with Infinity or 1e999 raises "
-                          "OverflowError out of int(), past onMessage's except clause, into autobahn")
-@pytest.mark.parametrize("size", ["Infinity", "-Infinity", "1e999"])
-def test_defect_web_infinite_resize(size):
+# Fixed defect: a resize with Infinity or 1e999 raised OverflowError out of
+# int(), past onMessage's except clause, into autobahn.
+@pytest.mark.parametrize("size", ["Infinity", "-Infinity", "1e999", "true", "30.5", '"9999999"'])
+def test_a_resize_with_a_silly_number_is_ignored(size):
     proto, transport, backend = open_terminal()
     proto.dataReceived(ws_frame(('{"type": "resize", "rows": %s, "cols": 1}' % size).encode()))
     assert backend.resizes == [(24, 80)]
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="open defect in skypty/web/terminal.py: a deeply nested JSON text frame raises "
-                          "RecursionError out of json.loads, past onMessage's except clause, into autobahn")
-def test_defect_web_deep_json():
+# Fixed defect: a deeply nested JSON text frame raised RecursionError out of
+# json.loads, past onMessage's except clause, into autobahn.
+@pytest.mark.parametrize("payload", [b"[" * 3000, b"[" * 100000, b'{"type":"resize","rows":' + b" " * 5000 + b"1}"])
+def test_deep_or_huge_control_messages_are_ignored(payload):
     proto, transport, backend = open_terminal()
-    proto.dataReceived(ws_frame(b"[" * 3000))
+    proto.dataReceived(ws_frame(payload))
     assert backend.resizes == [(24, 80)]
