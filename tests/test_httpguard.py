@@ -288,7 +288,7 @@ def test_refused_relaying_names_the_dmsg_peer(clock, logged):
     friend, _ = generate_keypair()
     third, _ = generate_keypair()
 
-    def open_backend(identity, target_pk, transport):
+    def open_backend(identity, target_pk, transport, scheme=None):
         return defer.fail(PermissionError("relaying to another host is only offered to this host's own user"))
 
     site = web_site(clock, WhitelistGate({friend}), open_backend)

@@ -154,8 +154,8 @@ def routes_for(host, entry_point):
     return routes
 
 
-def dial_remote_pty(host, pk, port):
-    """A PtyAvatar-like object for a remote host's pty service, over dmsg."""
+def dial_remote_pty(host, pk, port, scheme=None):
+    """A PtyAvatar-like object for a remote host's pty service (skynet, dmsg)."""
     from skypty.host.proxy import RemotePty
 
-    return RemotePty.dial(host, pk, port)
+    return RemotePty.dial(host, pk, port, scheme)

@@ -174,8 +174,9 @@ class HostService(service.MultiService):
             svc.setServiceParent(self)
 
     @defer.inlineCallbacks
-    def open_terminal(self, identity, target_pk, transport):
-        """A terminal backend for the web: this host, or a remote one over dmsg."""
+    def open_terminal(self, identity, target_pk, transport, scheme=None):
+        """A terminal backend for the web: this host, or a remote one (skynet
+        first under a visor, then dmsg; *scheme* pins one)."""
         from skypty.web.terminal import AvatarTerminal
 
         # "local" = the token holder, i.e. this host's own user; over dmsg the peer's own key.
@@ -186,7 +187,7 @@ class HostService(service.MultiService):
         if identity != "local":
             # A dmsg peer must not reach third hosts with this host's key.
             raise PermissionError("relaying to another host is only offered to this host's own user")
-        remote = yield gateway.dial_remote_pty(self, target_pk, self.config.pty.dmsg_port)
+        remote = yield gateway.dial_remote_pty(self, target_pk, self.config.pty.dmsg_port, scheme)
         return AvatarTerminal(remote)
 
     def visible_peers(self):

@@ -117,6 +117,8 @@ class TerminalProtocol(WebSocketServerProtocol):
         self.target_pk = self.factory.target_of(request.path)
         params = request.params
         self.sid = (params.get("sid") or [""])[0] or None
+        scheme = (params.get("scheme") or [""])[0]
+        self.scheme = scheme if scheme.isalpha() and len(scheme) <= 16 else None  # skynet | dmsg
         offset = (params.get("offset") or [""])[0]
         self.offset = int(offset) if offset.isdigit() else None
         commands = (params.get("commands") or [""])[0]
@@ -127,7 +129,7 @@ class TerminalProtocol(WebSocketServerProtocol):
         return None
 
     def onOpen(self):
-        d = self.factory.open_backend(self.identity, self.target_pk, self.transport)
+        d = self.factory.open_backend(self.identity, self.target_pk, self.transport, scheme=self.scheme)
         d.addCallback(self._backend_ready)
         d.addErrback(self._failed)
 
@@ -248,7 +250,7 @@ txaio.set_global_log_level("info")  # autobahn's debug lines would flood the hos
 
 class TerminalFactory(WebSocketServerFactory):
     """*gate(request, transport) -> identity* raises ConnectionDeny; *open_backend(identity,
-    target_pk, transport) -> Deferred[backend]*; *target_of(path) -> pk or None*;
+    target_pk, transport, scheme=None) -> Deferred[backend]*; *target_of(path) -> pk or None*;
     *entry_point* names this listener in log lines."""
 
     protocol = TerminalProtocol

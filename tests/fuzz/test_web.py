@@ -55,10 +55,15 @@ class Backend:
         pass
 
 
-def open_terminal(query="?rows=24&cols=80"):
+def open_terminal(query="?rows=24&cols=80", schemes=None):
     clock, backend = task.Clock(), Backend()
-    factory = TerminalFactory(clock, lambda request, transport: "tester",
-                              lambda identity, pk, transport: defer.succeed(backend), lambda path: None)
+
+    def open_backend(identity, pk, transport, scheme=None):
+        if schemes is not None:
+            schemes.append(scheme)
+        return defer.succeed(backend)
+
+    factory = TerminalFactory(clock, lambda request, transport: "tester", open_backend, lambda path: None)
     # no timers on the global reactor from a unit test (pings, handshake deadlines)
     factory.setProtocolOptions(autoPingInterval=0, openHandshakeTimeout=0, closeHandshakeTimeout=0)
     proto = factory.buildProtocol(PEER)
@@ -167,3 +172,11 @@ def test_deep_or_huge_control_messages_are_ignored(payload):
     proto, transport, backend = open_terminal()
     proto.dataReceived(ws_frame(payload))
     assert backend.resizes == [(24, 80)]
+
+
+@pytest.mark.parametrize("query, expected", [("?scheme=skynet", "skynet"), ("?scheme=dmsg", "dmsg"), ("", None),
+                                             ("?scheme=sky%20net", None), ("?scheme=" + "a" * 40, None)])
+def test_the_scheme_in_the_page_url_reaches_the_dialer(query, expected):
+    schemes = []
+    open_terminal(query, schemes)
+    assert schemes == [expected]
