@@ -128,7 +128,10 @@ def make_entry(name, key, addr=None, transport=None, groups=()):
 
 def parse_hosts(text, path="hosts.toml"):
     """The file's text -> {name: HostEntry}, in file order."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11: the backport (setup.cfg installs it there)
+        import tomli as tomllib
 
     try:
         data = tomllib.loads(text)
