@@ -101,3 +101,11 @@ def test_rpc_errors_are_translated():
     assert "no session abc" in explain_rpc("dmsgpty: session not found", "abc")
     assert "does not offer `list`" in explain_rpc("rpc: can't find service host.Peers")
     assert explain_rpc("EOF") is None
+
+
+def test_a_visors_reasons_get_their_own_lines():
+    assert proxy_refusal("unreachable", "skynet: no route; dmsg: offline", A, 22) == (
+        f"host {A} is unreachable from the local host: skynet: no route; dmsg: offline")
+    assert "did not answer in time" in proxy_refusal("timeout", "no answer within 5s", A, 22)
+    assert proxy_refusal("scheme-unavailable", "skynet is not available: no visor", A, 22) == (
+        "--scheme: skynet is not available: no visor")

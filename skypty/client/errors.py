@@ -65,6 +65,12 @@ def proxy_refusal(reason, text, target_pk, port, local="the local host"):
         return f"host {target_pk} refused the stream: nothing listens on its dmsg port {port} (check --port)"
     if reason == "no-overlay":
         return f"{local} has no dmsg overlay running, so it cannot reach {target_pk}"
+    if reason == "unreachable":  # every transport failed (under a visor: skynet, then dmsg)
+        return f"host {target_pk} is unreachable from {local}: {text}"
+    if reason == "timeout":
+        return f"host {target_pk} did not answer in time ({text})"
+    if reason in ("scheme-unavailable", "bad-scheme"):
+        return f"--scheme: {text}"
     if reason:
         return f"{local} could not reach {target_pk}: {text or reason}"
     return (f"{local} could not reach {target_pk} and did not say why (an older host): "
