@@ -16,6 +16,7 @@ from skypty.wire.rpc import RPCError
 DEFAULT_TCP_PORT = 2022
 STDIN_LIMIT = 1024 * 1024
 EXIT_TIMEOUT = 124
+PROXY_ANSWER_TIMEOUT = 60.0
 EXIT_USAGE = 2
 
 
@@ -108,6 +109,9 @@ def open_remote_via_host(args, pk):
     uri = requestline.proxy_uri(pk.hex(), args.port)
     if getattr(args, "scheme", None):  # the local host dials skynet then dmsg, unless pinned
         uri += f"&scheme={args.scheme}"
+    # The local host bounds each transport's dial itself (skynet 5 s, dmsg
+    # 30 s): wait for its answer longer than the connect timeout.
+    channel.settimeout(PROXY_ANSWER_TIMEOUT)
     try:
         return channel, request_service(channel, uri)
     except RejectedError as e:
