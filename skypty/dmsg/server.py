@@ -461,9 +461,12 @@ class DmsgServerService(service.MultiService):
             lambda seq, ts: server_entry(pk, seq, ts, address, self.factory.available), reactor)
         self.discover_peers = discover_peers
         self._discovery_loop = None
+        self._started_line = (f"dmsg server {pk.hex()} listening on {listen}, advertised as {address}, "
+                              f"registering at {discovery_url}")
 
     def startService(self):
         super().startService()
+        self.log.info("{line}", line=self._started_line)
         self.keeper.start()
         self.factory.start_peering()
         if self.discover_peers:

@@ -27,6 +27,10 @@ class Options(usage.Options):
     optFlags = [
         ["no-mesh", None, "Do not peer with the other servers discovery lists (--peer still applies)."],
     ]
+    optParameters += [
+        ["log-level", None, "info", "skypty's own log lines at this level and above (debug, info, warn, "
+                                    "error); other libraries' only from warn."],
+    ]
 
     def __init__(self):
         super().__init__()
@@ -57,6 +61,12 @@ class Options(usage.Options):
             raise usage.UsageError(f"--sk: {e}")
         if self.disc is None and not self["discovery-url"]:
             raise usage.UsageError("without --discovery, give --discovery-url")
+        from skypty.logs import parse_level
+
+        try:
+            self.log_level = parse_level(self["log-level"])
+        except ValueError as e:
+            raise usage.UsageError(f"--log-level: {e}")
         try:
             self.idle_timeout = float(self["idle-timeout"])
             if self.idle_timeout < 0:
@@ -81,4 +91,9 @@ def makeService(options):
     DmsgServerService(reactor, options.sk, options.server, address, url, peers=options.peers,
                       discover_peers=not options["no-mesh"],
                       idle_timeout=options.idle_timeout or None).setServiceParent(top)
-    return top
+    from skypty.logs import FilteredLogging
+    from skypty.tap import make_log_file_private
+
+    twistd = getattr(options, "parent", None)  # twistd's own options, when run by twistd
+    make_log_file_private(twistd)
+    return top if twistd is None else FilteredLogging(top, twistd, options.log_level)
