@@ -724,15 +724,14 @@ def _terminal_width(stream):
 
 # -- connecting ----------------------------------------------------------------------------------------
 
-def _connector(reactor, target, args, timeout):
+def _connector(reactor, target, args, timeout, sk):
     from skypty.keys import PublicKey
 
     pk = PublicKey.from_hex(target.pk)
     if target.direct:
-        from skypty.client.identity import resolve_secret_key
         from skypty.fs.link import noise_tcp_connector
 
-        return noise_tcp_connector(reactor, target.host, target.port, resolve_secret_key(args), pk, timeout)
+        return noise_tcp_connector(reactor, target.host, target.port, sk, pk, timeout)
     from skypty.client.commands import no_key_flags
     from skypty.client.identity import control_socket
 
@@ -823,7 +822,13 @@ def _cmd_cp(args, parser):
 
     from skypty.fs.link import RemoteFS, SFTPLink
 
-    link = SFTPLink(reactor, _connector(reactor, remote.target, args, timeout), timeout=timeout, retry_after=0)
+    sk = None
+    if remote.target.direct:
+        from skypty.client.identity import resolve_secret_key
+
+        sk = resolve_secret_key(args)
+    link = SFTPLink(reactor, _connector(reactor, remote.target, args, timeout, sk), timeout=timeout,
+                    retry_after=0)
     remote_side, local_side = RemoteSide(RemoteFS(link)), LocalSide()
     src, dst_side = (remote_side, local_side) if not dst.remote else (local_side, remote_side)
     progress = Progress(sys.stderr, sys.stderr.isatty() and not args.quiet)
@@ -854,7 +859,7 @@ def _cmd_cp(args, parser):
         except Exception as e:
             progress.finish(False)
             outcome["code"] = 1
-            sys.stderr.write(f"skypty-client: cp: {_top_error(e, remote)}\n")
+            sys.stderr.write(f"skypty-client: cp: {_top_error(e, remote, sk)}\n")
         finally:
             if remote_side.temps:  # interrupted: take our temporary files away
                 yield defer.DeferredList([remote_side.fs.remove(_b(t)) for t in list(remote_side.temps)])
@@ -881,9 +886,14 @@ def _remove_local(side):
         side.temps.discard(tmp)
 
 
-def _top_error(e, remote):
+def _top_error(e, remote, sk):
     from skypty.fs.errors import LinkDown
 
     if isinstance(e, LinkDown):
+        if sk is not None and str(e).startswith("not authorized: the host closed"):
+            from skypty.client.errors import not_whitelisted
+
+            # over Noise TCP a host hangs up on a key it does not know: say which key
+            return not_whitelisted(remote.target.pk, sk.public_key.hex())
         return f"{remote.target.label}: {e}"
     return describe(e)
