@@ -82,7 +82,7 @@ def fleet(args, tmp):
             print(f"  {name:<36}: {m * 1000:7.1f} ms")
         one, many = medians["1 host (Noise TCP)"], medians[f"{args.hosts} hosts (Noise TCP)"]
         print(f"  {args.hosts} hosts / 1 host (Noise TCP)        : {many / one:7.2f}x "
-              f"(one after the other would be {args.hosts}x)")
+              f"(one at a time: about {args.hosts}x)")
     finally:
         for h in hosts:
             h.stop()
