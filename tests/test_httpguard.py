@@ -26,9 +26,15 @@ PEER = address.IPv4Address("TCP", "10.1.2.3", 40000)
 
 @pytest.fixture
 def clock():
+    """A Clock; Autobahn's timers (txaio's batched timers) run on it too, so
+    an upgraded WebSocket leaves nothing behind on the global reactor."""
+    import txaio
+
     c = task.Clock()
     c.advance(1700000000)
-    return c
+    old, txaio.config.loop = txaio.config.loop, c
+    yield c
+    txaio.config.loop = old
 
 
 @pytest.fixture
