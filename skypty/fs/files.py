@@ -68,7 +68,13 @@ class RemoteFile:
         self._handle, self._generation = yield self.fs.open(self.path, flags)
         return self._handle
 
-    def _on_handle(self, request):
+    @property
+    def handle_current(self):
+        """True when the handle is usable now (a request on it is sent at once)."""
+        link = self.fs.link
+        return self._generation == link.generation and link.connected
+
+    def on_handle(self, request):
         """``request(handle) -> Deferred`` through the link's deadline."""
         return self.handle().addCallback(lambda h: self.fs.link.call(lambda _client: request(h)))
 
@@ -103,7 +109,7 @@ class RemoteFile:
         start, data = index * CHUNK, b""
         try:
             while len(data) < CHUNK:
-                piece = yield self._on_handle(lambda h: h.readChunk(start + len(data), CHUNK - len(data)))
+                piece = yield self.on_handle(lambda h: h.readChunk(start + len(data), CHUNK - len(data)))
                 if not piece:
                     break
                 data += piece
@@ -131,7 +137,7 @@ class RemoteFile:
 
     def _send(self, offset, piece):
         self._in_flight += len(piece)
-        d = self._on_handle(lambda h: h.writeChunk(offset, piece))
+        d = self.on_handle(lambda h: h.writeChunk(offset, piece))
         self._writes.add(d)
 
         def done(result):
@@ -157,6 +163,12 @@ class RemoteFile:
             yield defer.DeferredList(list(self._writes))
         if self._error is not None:
             yield self._report()
+
+    @defer.inlineCallbacks
+    def landed(self):
+        """Every write so far has been answered; errors stay for flush."""
+        while self._writes:
+            yield defer.DeferredList(list(self._writes))
 
     def truncated(self):
         self._forget_reads()

@@ -287,8 +287,29 @@ class RemoteFS:
     def lstat(self, path):
         return self.link.call(lambda c: c.getAttrs(path, 0))
 
+    def then_lstat(self, d, path):
+        """*d* (a request just sent) and an LSTAT of *path* sent right behind
+        it, without waiting: one round trip for a change and the attributes
+        it left (servers answer requests in order).  -> Deferred[(result of
+        *d*, attrs)]; a failure of *d* wins over one of the LSTAT."""
+        both = defer.DeferredList([d, self.lstat(path)], consumeErrors=True)
+
+        def pick(results):
+            (done, result), (stated, attrs) = results
+            if not done:
+                return result
+            if not stated:
+                return attrs
+            return result, attrs
+        return both.addCallback(pick)
+
     def setstat(self, path, attrs):
         return self.link.call(lambda c: c.setAttrs(path, attrs))
+
+    def fsetstat(self, remote_file, attrs):
+        """SETSTAT through an open handle: no path to resolve, and ordered
+        after that handle's writes already sent."""
+        return remote_file.on_handle(lambda h: h.parent.fsetstat(h.handle, attrs))
 
     @defer.inlineCallbacks
     def listdir(self, path):

@@ -91,11 +91,11 @@ class Mount:
     """Everything one mount needs; ``run()`` blocks until it is unmounted."""
 
     def __init__(self, connect, mountpoint, name, remote_root=b"/", read_only=False,
-                 attr_ttl=1.0, entry_ttl=1.0, timeout=15.0):
+                 attr_ttl=20.0, entry_ttl=20.0, dir_ttl=20.0, timeout=15.0):
         self.connect, self.mountpoint, self.name = connect, os.path.realpath(mountpoint), name
         self.remote_root = remote_root
         self.read_only = read_only
-        self.attr_ttl, self.entry_ttl, self.timeout = attr_ttl, entry_ttl, timeout
+        self.attr_ttl, self.entry_ttl, self.dir_ttl, self.timeout = attr_ttl, entry_ttl, dir_ttl, timeout
         self.exit_code = 0
 
     def fuse_options(self):
@@ -155,7 +155,8 @@ class Mount:
 
             from skypty.fs.operations import SFTPOperations
 
-            ops = SFTPOperations(reactor, fs, self.remote_root, self.read_only, self.attr_ttl, self.entry_ttl)
+            ops = SFTPOperations(reactor, fs, self.remote_root, self.read_only, self.attr_ttl, self.entry_ttl,
+                                 self.dir_ttl)
             try:
                 llfuse.init(ops, self.mountpoint, sorted(self.fuse_options()))
             except Exception as e:

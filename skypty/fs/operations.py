@@ -3,8 +3,16 @@
 llfuse calls these in its worker threads holding ``llfuse.lock``; each
 remote call releases the lock and blocks on the reactor thread
 (``blockingCallFromThread``), so several kernel requests are in flight at
-once.  The inode table and the attribute cache are only touched with the
-lock held.
+once.  The inode table and the caches are only touched with the lock held.
+
+Caching follows sshfs (20 s by default): attributes (``attr_ttl``, also the
+kernel's attribute timeout), names (``entry_ttl``, the kernel's dentry
+timeout) and directory listings (``dir_ttl``).  What this mount changes
+itself it forgets or replaces at once; changes made on the host by others
+show after the TTL.  Every change that returns attributes sends its LSTAT
+right behind it (one round trip, not two), and a setattr on an open file
+goes through its handle (FSETSTAT: ordered after that file's writes, so
+nothing has to be waited for first).
 """
 
 import errno
@@ -21,6 +29,9 @@ from twisted.internet.threads import blockingCallFromThread
 from skypty.fs.errors import errno_for
 from skypty.fs.files import RemoteFile
 from skypty.fs.inodes import InodeTable, StaleInode
+
+
+SWEEP_EVERY = 10_000  # cache entries between sweeps of the expired ones
 
 
 def sftp_open_flags(flags):
@@ -42,13 +53,16 @@ def _writes(flags):
 
 
 class SFTPOperations(llfuse.Operations):
-    def __init__(self, reactor, fs, root_path=b"/", read_only=False, attr_ttl=1.0, entry_ttl=1.0):
+    def __init__(self, reactor, fs, root_path=b"/", read_only=False, attr_ttl=20.0, entry_ttl=20.0,
+                 dir_ttl=20.0):
         super().__init__()
         self.reactor, self.fs = reactor, fs
         self.read_only = read_only
-        self.attr_ttl, self.entry_ttl = attr_ttl, entry_ttl
+        self.attr_ttl, self.entry_ttl, self.dir_ttl = attr_ttl, entry_ttl, dir_ttl
         self.inodes = InodeTable(root_path)
         self._attrs = {}  # path -> (sftp attrs, expiry): lookups after a readdir cost nothing
+        self._sweep_at = SWEEP_EVERY
+        self._listings = {}  # directory path -> ({name: attrs}, expiry): complete, so also says what is not there
         self._files = {}  # fh -> RemoteFile
         self._open_by_inode = {}  # inode -> {RemoteFile}
         self._dirs = {}  # fh -> [(name, attrs)]
@@ -86,16 +100,70 @@ class SFTPOperations(llfuse.Operations):
 
     def _cache(self, path, attrs):
         if self.attr_ttl > 0:
-            self._attrs[path] = (attrs, time.monotonic() + self.attr_ttl)
+            now = time.monotonic()
+            self._attrs[path] = (attrs, now + self.attr_ttl)
+            if len(self._attrs) > self._sweep_at:
+                self._sweep(now)
         return attrs
 
+    def _sweep(self, now):
+        """Drop what has expired, so the caches follow what is in use, not
+        everything ever seen."""
+        for cache in (self._attrs, self._listings):
+            for path in [p for p, (_, expiry) in cache.items() if expiry <= now]:
+                del cache[path]
+        self._sweep_at = max(SWEEP_EVERY, 2 * len(self._attrs))
+
     def _uncache(self, path):
-        self._attrs.pop(path, None)
+        """*path*'s size or times changed: ask the host next time.  The entry
+        stays, expired: a setattr of mtime alone may still take atime from it
+        (SFTP v3 sets both; writes do not change atime)."""
+        cached = self._attrs.get(path)
+        if cached is not None:
+            self._attrs[path] = (cached[0], 0.0)
+
+    def _last_atime(self, path):
+        cached = self._attrs.get(path)
+        return cached[0].get("atime") if cached is not None else None
 
     def _uncache_tree(self, path):
         prefix = path + b"/"
-        for p in [p for p in self._attrs if p == path or p.startswith(prefix)]:
-            del self._attrs[p]
+        for cache in (self._attrs, self._listings):
+            for p in [p for p in cache if p == path or p.startswith(prefix)]:
+                del cache[p]
+
+    def _cached_listing(self, path):
+        cached = self._listings.get(path)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        return None
+
+    def _listing(self, path):
+        """{name: attrs} of directory *path*: cached while fresh, else from the host."""
+        entries = self._cached_listing(path)
+        if entries is None:
+            entries = dict(self._remote(self.fs.listdir, path))
+            for name, attrs in entries.items():
+                self._cache(os.path.join(path, name), attrs)
+            if self.dir_ttl > 0:
+                self._listings[path] = (entries, time.monotonic() + self.dir_ttl)
+        return entries
+
+    def _listed(self, path, attrs, made=False):
+        """*path* appeared through this mount: a cached listing of its
+        directory gains it (and a directory *made* here is known empty)."""
+        parent, name = os.path.split(path)
+        entries = self._cached_listing(parent)
+        if entries is not None:
+            entries[name] = attrs
+        if made and stat.S_ISDIR(attrs.get("permissions", 0)) and self.dir_ttl > 0:
+            self._listings[path] = ({}, time.monotonic() + self.dir_ttl)
+
+    def _unlisted(self, path):
+        parent, name = os.path.split(path)
+        entries = self._cached_listing(parent)
+        if entries is not None:
+            entries.pop(name, None)
 
     def _lstat(self, path):
         cached = self._attrs.get(path)
@@ -129,16 +197,33 @@ class SFTPOperations(llfuse.Operations):
         attrs = self._lstat(path)
         return self._entry(self.inodes.remember(path), attrs)
 
-    def _settle_writes(self, inode):
-        """Sizes are only right once this inode's queued writes have landed."""
+    def _made(self, path, request, *args):
+        """``request(*args)`` creates *path*; its LSTAT travels with it.
+        -> (request's result, the entry for *path*)."""
+        self._uncache(path)
+        result, attrs = self._remote(lambda: self.fs.then_lstat(request(*args), path))
+        self._listed(path, attrs, made=True)
+        return result, self._entry(self.inodes.remember(path), self._cache(path, attrs))
+
+    def _order_after_writes(self, inode):
+        """A request by path must see this inode's queued writes.  The host
+        answers in order, so writes already sent are enough; only writes
+        held back (a handle being reopened after a reconnect) are waited for."""
         for f in list(self._open_by_inode.get(inode, ())):
-            if f.pending_writes:
-                self._remote(f.flush)
+            if f.pending_writes and not f.handle_current:
+                self._remote(f.landed)
 
     # -- names ------------------------------------------------------------------------
 
     def lookup(self, parent_inode, name, ctx):
-        return self._looked_up(self._child(parent_inode, name))
+        path = self._child(parent_inode, name)
+        if name not in (b".", b".."):
+            # A fresh listing is complete: a name not in it is not there (an
+            # untar looks up every name before creating it).
+            entries = self._cached_listing(os.path.dirname(path))
+            if entries is not None and name not in entries:
+                raise llfuse.FUSEError(errno.ENOENT)
+        return self._looked_up(path)
 
     def forget(self, inode_list):
         for inode, count in inode_list:
@@ -147,36 +232,49 @@ class SFTPOperations(llfuse.Operations):
     def getattr(self, inode, ctx):
         path = self._path(inode)
         if self._open_by_inode.get(inode):
-            self._settle_writes(inode)
+            self._order_after_writes(inode)
             self._uncache(path)
         return self._entry(inode, self._lstat(path))
 
     def setattr(self, inode, attr, fields, fh, ctx):
         self._refuse_writes()
         path = self._path(inode)
-        self._settle_writes(inode)
         changes = {}
         if fields.update_size:
             changes["size"] = attr.st_size
         if fields.update_mode:
             changes["permissions"] = stat.S_IMODE(attr.st_mode)
-        if fields.update_uid or fields.update_gid or fields.update_atime or fields.update_mtime:
-            self._uncache(path)
-            current = self._lstat(path)
-            if fields.update_uid or fields.update_gid:
-                changes["uid"] = attr.st_uid if fields.update_uid else current.get("uid", 0)
-                changes["gid"] = attr.st_gid if fields.update_gid else current.get("gid", 0)
-            if fields.update_atime or fields.update_mtime:
-                # SFTP v3 sets both times together, in whole seconds.
-                changes["atime"] = attr.st_atime_ns // 10**9 if fields.update_atime else current.get("atime", 0)
-                changes["mtime"] = attr.st_mtime_ns // 10**9 if fields.update_mtime else current.get("mtime", 0)
-        if changes:
-            self._remote(self.fs.setstat, path, changes)
-            if "size" in changes:
-                for f in self._open_by_inode.get(inode, ()):
-                    f.truncated()
+        if fields.update_uid or fields.update_gid:
+            # SFTP v3 sets owner and group together.
+            current = {} if fields.update_uid and fields.update_gid else self._lstat(path)
+            changes["uid"] = attr.st_uid if fields.update_uid else current.get("uid", 0)
+            changes["gid"] = attr.st_gid if fields.update_gid else current.get("gid", 0)
+        if fields.update_atime or fields.update_mtime:
+            # ... and both times, in whole seconds.  tar sets mtime alone.
+            if fields.update_atime:
+                changes["atime"] = attr.st_atime_ns // 10**9
+            else:
+                atime = self._last_atime(path)
+                changes["atime"] = atime if atime is not None else self._lstat(path).get("atime", 0)
+            if fields.update_mtime:
+                changes["mtime"] = attr.st_mtime_ns // 10**9
+            else:
+                self._order_after_writes(inode)
+                changes["mtime"] = self._lstat(path).get("mtime", 0)
+        if not changes:
+            return self.getattr(inode, ctx)
+        remote = self._files.get(fh) if fh is not None else None
+        if remote is not None and remote.handle_current:
+            send = lambda: self.fs.fsetstat(remote, changes)  # noqa: E731
+        else:
+            self._order_after_writes(inode)
+            send = lambda: self.fs.setstat(path, changes)  # noqa: E731
         self._uncache(path)
-        return self._entry(inode, self._lstat(path))
+        _, attrs = self._remote(lambda: self.fs.then_lstat(send(), path))
+        if "size" in changes:
+            for f in self._open_by_inode.get(inode, ()):
+                f.truncated()
+        return self._entry(inode, self._cache(path, attrs))
 
     def readlink(self, inode, ctx):
         return self._remote(self.fs.readlink, self._path(inode))
@@ -184,15 +282,14 @@ class SFTPOperations(llfuse.Operations):
     def mkdir(self, parent_inode, name, mode, ctx):
         self._refuse_writes()
         path = self._child(parent_inode, name)
-        self._remote(self.fs.mkdir, path, stat.S_IMODE(mode))
-        self._uncache(path)
-        return self._looked_up(path)
+        return self._made(path, self.fs.mkdir, path, stat.S_IMODE(mode))[1]
 
     def rmdir(self, parent_inode, name, ctx):
         self._refuse_writes()
         path = self._child(parent_inode, name)
         self._remote(self.fs.rmdir, path)
         self._uncache_tree(path)
+        self._unlisted(path)
         self.inodes.removed(path)
 
     def unlink(self, parent_inode, name, ctx):
@@ -200,6 +297,7 @@ class SFTPOperations(llfuse.Operations):
         path = self._child(parent_inode, name)
         self._remote(self.fs.remove, path)
         self._uncache(path)
+        self._unlisted(path)
         self.inodes.removed(path)
 
     def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, ctx):
@@ -207,8 +305,15 @@ class SFTPOperations(llfuse.Operations):
         old = self._child(parent_inode_old, name_old)
         new = self._child(parent_inode_new, name_new)
         self._remote(self.fs.rename, old, new)
+        moved = self._attrs.get(old)
         self._uncache_tree(old)
         self._uncache_tree(new)
+        self._unlisted(old)
+        self._unlisted(new)
+        if moved is not None:
+            self._listed(new, moved[0])
+        else:
+            self._listings.pop(os.path.dirname(new), None)  # what it is is unknown: list again
         self.inodes.renamed(old, new)
         for files in self._open_by_inode.values():
             for f in files:
@@ -218,16 +323,15 @@ class SFTPOperations(llfuse.Operations):
     def symlink(self, parent_inode, name, target, ctx):
         self._refuse_writes()
         path = self._child(parent_inode, name)
-        self._remote(self.fs.symlink, target, path)
-        self._uncache(path)
-        return self._looked_up(path)
+        return self._made(path, self.fs.symlink, target, path)[1]
 
     def link(self, inode, new_parent_inode, new_name, ctx):
         self._refuse_writes()
         path = self._child(new_parent_inode, new_name)
-        self._remote(self.fs.hardlink, self._path(inode), path)
-        self._uncache(path)
-        return self._looked_up(path)
+        old = self._path(inode)
+        entry = self._made(path, self.fs.hardlink, old, path)[1]
+        self._uncache(old)  # its link count changed
+        return entry
 
     def statfs(self, ctx):
         st = llfuse.StatvfsData()
@@ -249,11 +353,9 @@ class SFTPOperations(llfuse.Operations):
 
     def opendir(self, inode, ctx):
         path = self._path(inode)
-        entries = self._remote(self.fs.listdir, path)
-        for name, attrs in entries:
-            self._cache(os.path.join(path, name), attrs)
+        entries = self._listing(path)
         fh = next(self._fh)
-        self._dirs[fh] = (path, entries)
+        self._dirs[fh] = (path, list(entries.items()))  # a snapshot: offsets stay valid
         return fh
 
     def readdir(self, fh, off):
@@ -293,9 +395,8 @@ class SFTPOperations(llfuse.Operations):
         self._refuse_writes()
         path = self._child(parent_inode, name)
         pflags = sftp_open_flags(flags | os.O_CREAT)
-        handle, generation = self._remote(self.fs.open, path, pflags, {"permissions": stat.S_IMODE(mode)})
-        self._uncache(path)
-        entry = self._looked_up(path)
+        (handle, generation), entry = self._made(path, self.fs.open, path, pflags,
+                                                 {"permissions": stat.S_IMODE(mode)})
         return self._opened(entry.st_ino, path, handle, generation, pflags), entry
 
     def read(self, fh, off, size):
