@@ -86,7 +86,7 @@ def mount(args):
         root = root.rstrip(b"/")
     job = Mount(connect, mountpoint, name, remote_root=root, read_only=args.ro,
                 attr_ttl=_duration(args.attr_ttl, "--attr-ttl"), entry_ttl=_duration(args.entry_ttl, "--entry-ttl"),
-                timeout=timeout)
+                dir_ttl=_duration(args.dir_ttl, "--dir-ttl"), timeout=timeout)
     return run_mount(job, args.foreground, args.log)
 
 

@@ -196,10 +196,13 @@ def build_parser():
     m.add_argument("--ro", action="store_true", help="mount read-only")
     m.add_argument("--remote-root", default="/", metavar="DIR",
                    help="directory on the host to mount (default /, i.e. the host's sftp root)")
-    m.add_argument("--attr-ttl", default="1s", metavar="DURATION",
-                   help="how long the kernel may cache file attributes (default 1s; 0 = ask every time)")
-    m.add_argument("--entry-ttl", default="1s", metavar="DURATION",
-                   help="how long the kernel may cache name lookups (default 1s)")
+    m.add_argument("--attr-ttl", default="20s", metavar="DURATION",
+                   help="how long file attributes are cached, here and by the kernel (default 20s, as "
+                        "sshfs; 0 = ask every time); changes made through this mount show at once")
+    m.add_argument("--entry-ttl", default="20s", metavar="DURATION",
+                   help="how long the kernel may cache name lookups (default 20s)")
+    m.add_argument("--dir-ttl", default="20s", metavar="DURATION",
+                   help="how long directory listings are cached (default 20s; 0 = list every time)")
     m.add_argument("--timeout", default="15s", metavar="DURATION",
                    help="a request unanswered this long fails with EIO and drops the link (default 15s)")
     m.add_argument("--port", type=int, default=22, metavar="N",
