@@ -220,6 +220,10 @@ def test_mistakes_are_one_line_each(host, tmp_path):
     assert (r.returncode, r.stderr.decode()) == (1, f"skypty-client: cp: {tmp_path / 'd'}: is a directory (not copied; use -r)\n")
     r = cp(host, str(tmp_path / "d"), str(tmp_path / "x"))
     assert r.returncode == 2 and b"one side must be a host" in r.stderr
+    (tmp_path / "f").write_bytes(b"x")
+    r = cp(host, str(tmp_path / "f"), remote(host, str(tmp_path / "no" / "dir" / "f")))
+    assert (r.returncode, r.stderr.decode()) == (
+        1, f"skypty-client: cp: {tmp_path / 'no' / 'dir' / 'f'}: No such file or directory\n")
     r = cp(host, "web9:/x", str(tmp_path / "x"))
     assert r.returncode == 1 and b"unknown host 'web9'" in r.stderr
     r = subprocess.run(CLIENT + ["cp", "--no-visor-key", str(tmp_path / "d"), remote(host, "/tmp/")],

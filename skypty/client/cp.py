@@ -45,6 +45,14 @@ class Interrupted(SkyptyError):
     pass
 
 
+class AtDestination(SkyptyError):
+    """A failure on the destination side: reported with that side's path."""
+
+    def __init__(self, path, error):
+        super().__init__(str(error))
+        self.path, self.error = path, error
+
+
 # -- what the user typed (pure) --------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -567,7 +575,7 @@ class Copier:
                     raise
                 self.warn(src, describe(e))
                 return
-            for name, a in sorted(entries):
+            for name, a in sorted(entries, key=lambda entry: entry[0]):
                 mode = a.get("permissions", 0)
                 s, d = self.src.join(src, name), self.dst.join(dst, name)
                 if stat.S_ISDIR(mode):
@@ -631,6 +639,12 @@ class Copier:
                     yield self.copy_file(job, token)
             except Interrupted:
                 pass
+            except AtDestination as e:
+                if is_link_failure(e.error):
+                    self.fatal = self.fatal or e.error
+                    self.stopping = True
+                else:
+                    self.warn(e.path, describe(e.error))
             except Exception as e:
                 if is_link_failure(e):
                     self.fatal = self.fatal or e
@@ -646,11 +660,17 @@ class Copier:
         def go():
             reader = yield self.src.open_read(job.src)
             try:
-                writer = yield self.dst.create_temp(job.dst, token)
+                try:
+                    writer = yield self.dst.create_temp(job.dst, token)
+                except Exception as e:
+                    raise AtDestination(job.dst, e) from None
                 try:
                     yield pump(reader, writer, job.attrs["size"], self.progress.add, lambda: self.stopping)
                     times = (job.attrs["atime"], job.attrs["mtime"]) if self.preserve else None
-                    yield writer.commit(final_mode(job.attrs["permissions"], self.preserve, self.umask), times)
+                    try:
+                        yield writer.commit(final_mode(job.attrs["permissions"], self.preserve, self.umask), times)
+                    except Exception as e:
+                        raise AtDestination(job.dst, e) from None
                 except BaseException:
                     yield writer.discard()
                     raise
