@@ -214,10 +214,12 @@ def test_without_p_modes_follow_the_umask_and_times_are_new(host, tmp_path):
 
 def test_mistakes_are_one_line_each(host, tmp_path):
     r = cp(host, remote(host, str(tmp_path / "nope")), str(tmp_path / "x"))
-    assert (r.returncode, r.stderr.decode()) == (1, f"skypty-client: cp: {tmp_path / 'nope'}: No such file or directory\n")
+    assert (r.returncode, r.stderr.decode()) == (
+        1, f"skypty-client: cp: {tmp_path / 'nope'}: No such file or directory\n")
     (tmp_path / "d").mkdir()
     r = cp(host, str(tmp_path / "d"), remote(host, str(tmp_path / "x")))
-    assert (r.returncode, r.stderr.decode()) == (1, f"skypty-client: cp: {tmp_path / 'd'}: is a directory (not copied; use -r)\n")
+    assert (r.returncode, r.stderr.decode()) == (
+        1, f"skypty-client: cp: {tmp_path / 'd'}: is a directory (not copied; use -r)\n")
     r = cp(host, str(tmp_path / "d"), str(tmp_path / "x"))
     assert r.returncode == 2 and b"one side must be a host" in r.stderr
     (tmp_path / "f").write_bytes(b"x")
