@@ -160,7 +160,8 @@ class Plan:
 
     command: list
     timeout_ms: int
-    connect_timeout: float
+    connect_timeout: float  # direct hosts: connected and accepting within this
+    proxy_timeout: float = 60.0  # hosts through the local host: its answer within this
     stdin: bytes = b""
     env: list = ()
     sk: object = None  # our key, for direct targets
@@ -185,7 +186,7 @@ def _connect(target, plan, slot):
         uri = requestline.proxy_uri(target.pk, plan.dmsg_port)
         if target.scheme:
             uri += f"&scheme={target.scheme}"
-    channel.settimeout(plan.connect_timeout)
+    channel.settimeout(plan.connect_timeout if target.direct else plan.proxy_timeout)
     try:
         return channel, request_service(channel, uri)
     except RejectedError as e:
@@ -237,7 +238,7 @@ def _exec_on_pty(rpc, channel, plan, result):
     result.stdout, result.stderr, result.exit_code = out.getvalue(), stderr, code
 
 
-def describe_error(e, plan, connected):
+def describe_error(e, plan, connected, target):
     from skypty.client.errors import explain_rpc
     from skypty.wire.rpc import RPCError
 
@@ -246,7 +247,8 @@ def describe_error(e, plan, connected):
     if isinstance(e, TimeoutError) or str(e).endswith("timed out"):
         if connected:
             return "timed out waiting for the command's result"
-        return f"no answer within {plan.connect_timeout:g}s (--connect-timeout)"
+        limit = plan.connect_timeout if target.direct else plan.proxy_timeout
+        return f"no answer within {limit:g}s (--connect-timeout)"
     return str(e) or e.__class__.__name__
 
 
@@ -260,7 +262,7 @@ def run_one(target, plan, slot, clock=time.monotonic):
         _exec(channel, early, plan, result)
     except Exception as e:  # one host's failure is that host's result, whatever it is
         result.exit_code = None
-        result.error = describe_error(e, plan, channel is not None)
+        result.error = describe_error(e, plan, channel is not None, target)
     finally:
         if channel is not None:
             channel.close()
@@ -349,13 +351,19 @@ def make_plan(args, targets):
     from skypty.client.commands import _exec_env, _read_stdin, no_key_flags, timeout_ms
     from skypty.config import ConfigError, parse_duration
 
-    try:
-        connect_timeout = parse_duration(args.connect_timeout, "--connect-timeout")
-    except ConfigError as e:
-        raise SkyptyError(str(e)) from None
-    plan = Plan(command=remote_argv(args.command), timeout_ms=timeout_ms(args),
-                connect_timeout=max(connect_timeout, 0.1), stdin=_read_stdin(args), env=_exec_env(),
-                dmsg_port=args.port)
+    from skypty.client.commands import PROXY_ANSWER_TIMEOUT
+    from skypty.client.transport import CONNECT_TIMEOUT
+
+    # Unless told, as for one host: 10 s to connect directly; the local host
+    # bounds its own dials (skynet 5 s, dmsg 30 s) and its answer says why.
+    connect_timeout, proxy_timeout = CONNECT_TIMEOUT, PROXY_ANSWER_TIMEOUT
+    if args.connect_timeout is not None:
+        try:
+            connect_timeout = proxy_timeout = max(parse_duration(args.connect_timeout, "--connect-timeout"), 0.1)
+        except ConfigError as e:
+            raise SkyptyError(str(e)) from None
+    plan = Plan(command=remote_argv(args.command), timeout_ms=timeout_ms(args), connect_timeout=connect_timeout,
+                proxy_timeout=proxy_timeout, stdin=_read_stdin(args), env=_exec_env(), dmsg_port=args.port)
     if any(t.direct for t in targets):
         from skypty.client.identity import resolve_secret_key
 
@@ -392,7 +400,8 @@ def cmd_fleet_exec(args):
     """exec with several hosts, an @group, or --json.  Exit 0 only if every host exited 0."""
     targets = fleet_targets(args)
     plan = make_plan(args, targets)
-    deadline = plan.connect_timeout + plan.timeout_ms / 1000.0 + RESULT_GRACE
+    dial = max([plan.connect_timeout] + [plan.proxy_timeout for t in targets if not t.direct])
+    deadline = dial + plan.timeout_ms / 1000.0 + RESULT_GRACE
     mode = "json" if args.json else ("group" if args.group else "lines")
     printer = Printer(mode, sys.stdout.buffer, sys.stderr.buffer)
     # Import everything a worker needs here: imports in many threads at once

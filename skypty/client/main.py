@@ -132,8 +132,9 @@ def build_parser():
                        help="hosts at once (default 16)")
     fleet.add_argument("--group", action="store_true",
                        help="print each host's output as one block instead of prefixed lines")
-    fleet.add_argument("--connect-timeout", metavar="DURATION", default="10s",
-                       help="a host not connected and accepting within this long is unreachable (default 10s)")
+    fleet.add_argument("--connect-timeout", metavar="DURATION",
+                       help="a host not connected and accepting within this long is unreachable (default: "
+                            "10s direct, up to 60s for the local host's answer, which says why)")
     _identity_options(p)
     _cli_options(p)
     _command_arg(p, required=False)
