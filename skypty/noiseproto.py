@@ -14,6 +14,7 @@ from zope.interface import implementer
 from skypty.errors import ProtocolError
 from skypty.netopts import enable_keepalive
 from skypty.noise import HandshakeFramer, NoiseError, NoiseHandshake, frame_handshake, pump_handshake
+from skypty.writenow import write_now
 
 HANDSHAKE_TIMEOUT = 10.0
 
@@ -155,7 +156,7 @@ class NoiseProtocol(ProtocolWrapper):
         if self._encoder is None or self._failed or self.disconnecting:
             return
         if data:
-            self.transport.write(self._encoder.encrypt(data))
+            write_now(self.transport, self._encoder.encrypt(data))  # now, not in the next reactor turn
 
     def writeSequence(self, seq):
         self.write(b"".join(seq))

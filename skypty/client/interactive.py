@@ -248,33 +248,42 @@ def _reconnect(opener, sid):
 
 def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof):
     """Drive one link until the shell ends, the link drops or the user escapes.
-    -> ('ended', None) | ('escaped', None) | ('dropped', bytes of output received so far)."""
-    rpc = link.rpc
+    -> ('ended', None) | ('escaped', None) | ('dropped', bytes of output received so far).
+
+    Every keystroke passes through here twice (the key, then its echo), so
+    the loop does little per turn: one poll() on fds registered once, and
+    the Read reply written out before the next pty.Read is sent."""
+    rpc, channel = link.rpc, link.channel
+    results = rpc.results
+    pending = getattr(channel, "pending", None)
+    channel_fd = channel.fileno()
+    poller = select.poll()
+    poller.register(channel_fd, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    poller.register(stdin_fd, select.POLLIN)
     stdin_open = True
     read_seq = rpc.start("pty.Read", READ_SIZE, T.INT, T.BYTES)
     next_ping = time.monotonic() + PING_INTERVAL
     try:
         while True:
-            while rpc._early or getattr(link.channel, "pending", lambda: False)():
+            while rpc._early or (pending is not None and pending()):
                 rpc.pump()
-            # Results of calls we care about.
-            if read_seq in rpc.results:
-                value = rpc.results.pop(read_seq)
-                if isinstance(value, RPCError):
-                    message = str(value)
-                    if message.startswith(LOST_PREFIX):
-                        lost = int(message[len(LOST_PREFIX):].split()[0])
+            if results:
+                value = results.pop(read_seq, results)
+                if value is not results:
+                    if not isinstance(value, RPCError):
+                        stdout.write(value)
+                        stdout.flush()
+                        offset += len(value)
+                    elif str(value).startswith(LOST_PREFIX):
+                        lost = int(str(value)[len(LOST_PREFIX):].split()[0])
                         _say(f"{lost} bytes of output were lost (this client fell behind)")
                         offset += lost
                     else:
                         return ("ended", None)
-                else:
-                    stdout.write(value)
-                    stdout.flush()
-                    offset += len(value)
-                read_seq = rpc.start("pty.Read", READ_SIZE, T.INT, T.BYTES)
-            for seq in [s for s in rpc.results if s != read_seq]:
-                rpc.results.pop(seq)  # writes, pings, resizes: the read tells us when it ends
+                    read_seq = rpc.start("pty.Read", READ_SIZE, T.INT, T.BYTES)
+                if results:
+                    results.clear()  # writes, pings, resizes: the read tells us when it ends
             if resized:
                 resized.clear()
                 rows, cols = terminal_size(stdin_fd)
@@ -283,31 +292,32 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof):
             if now >= next_ping:
                 rpc.start("pty.Ping", T.EMPTY.cls(), T.EMPTY, T.EMPTY)
                 next_ping = now + PING_INTERVAL
-            watch = [link.channel, wake_r] + ([stdin_fd] if stdin_open else [])
-            ready, _, _ = select.select(watch, [], [], max(0.0, next_ping - now))
-            if wake_r in ready:
-                os.read(wake_r, 64)
-            if stdin_open and stdin_fd in ready:
-                data = os.read(stdin_fd, 65536)
-                if not data:
-                    stdin_open = False  # piped input ended; the shell's output still comes
-                    if ctrl_d_at_eof:
-                        rpc.start("pty.Write", CTRL_D, T.BYTES, T.INT)
-                    continue
-                data, actions = keys.feed(data)
-                if data:
-                    rpc.start("pty.Write", data, T.BYTES, T.INT)
-                if SHOW_HELP in actions:
-                    sys.stderr.write("\r\n" + keys.help_text())
-                    sys.stderr.flush()
-                if DISCONNECT in actions:
-                    return ("escaped", None)
-            if link.channel in ready:
-                if not rpc.pump():
-                    link.channel.close()
-                    return ("dropped", offset)
+            for fd, _ in poller.poll(max(0.0, next_ping - now) * 1000 + 1):
+                if fd == channel_fd:
+                    if not rpc.pump():
+                        channel.close()
+                        return ("dropped", offset)
+                elif fd == stdin_fd:
+                    data = os.read(stdin_fd, 65536)
+                    if not data:
+                        stdin_open = False  # piped input ended; the shell's output still comes
+                        poller.unregister(stdin_fd)
+                        if ctrl_d_at_eof:
+                            rpc.start("pty.Write", CTRL_D, T.BYTES, T.INT)
+                        continue
+                    data, actions = keys.feed(data)
+                    if data:
+                        rpc.start("pty.Write", data, T.BYTES, T.INT)
+                    if actions:
+                        if SHOW_HELP in actions:
+                            sys.stderr.write("\r\n" + keys.help_text())
+                            sys.stderr.flush()
+                        if DISCONNECT in actions:
+                            return ("escaped", None)
+                elif fd == wake_r:
+                    os.read(wake_r, 64)
     except (OSError, TransportError):
-        link.channel.close()
+        channel.close()
         return ("dropped", offset)
 
 

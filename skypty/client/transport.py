@@ -3,15 +3,23 @@ one-shot ``exec`` must start fast).
 
 ``PlainChannel`` is a unix/TCP socket (the control socket); ``NoiseChannel``
 runs Noise XK as initiator over TCP, pinning the host's key.  Both offer
-``send(bytes)``, ``recv() -> bytes`` (b'' at EOF) and ``fileno()``.
+``send(bytes)``, ``recv() -> bytes`` (b'' at EOF) and ``fileno()``; both
+block, up to the channel's timeout (``socket.timeout`` after it).
+
+The socket itself is non-blocking and the channel waits with select() only
+when the kernel says "not now": a Python socket with a timeout polls before
+every send and recv, which was two extra system calls per keystroke in an
+interactive shell, where the loop has already selected.
 """
 
+import select
 import socket
 import struct
 
 from skypty.errors import SkyptyError
 
 CONNECT_TIMEOUT = 10.0
+RECV_SIZE = 262144
 
 
 class TransportError(SkyptyError):
@@ -21,18 +29,51 @@ class TransportError(SkyptyError):
 class PlainChannel:
     def __init__(self, sock):
         self.sock = sock
+        self.timeout = sock.gettimeout()
+        sock.setblocking(False)
+        # One buffer for every recv: a fresh 256 KiB object per recv was an
+        # mmap, mremap and munmap each time.
+        self._buffer = bytearray(RECV_SIZE)
+        self._view = memoryview(self._buffer)
+
+    def _wait(self, for_write):
+        fd = [self.sock]
+        ready = select.select([], fd, [], self.timeout) if for_write else select.select(fd, [], [], self.timeout)
+        if not any(ready):
+            raise socket.timeout("timed out")
 
     def send(self, data):
-        self.sock.sendall(data)
+        view = None
+        while data:
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            if view is None:
+                view = data = memoryview(data)
+            data = data[sent:]
+            self._wait(for_write=True)
+
+    def _recv_view(self):
+        """The next bytes as a view of the channel's buffer (valid until the next recv)."""
+        while True:
+            try:
+                n = self.sock.recv_into(self._buffer)
+            except BlockingIOError:
+                self._wait(for_write=False)
+                continue
+            return self._view[:n]
 
     def recv(self):
-        return self.sock.recv(262144)
+        return bytes(self._recv_view())
 
     def fileno(self):
         return self.sock.fileno()
 
     def settimeout(self, t):
-        self.sock.settimeout(t)
+        self.timeout = t
 
     def close(self):
         try:
@@ -49,17 +90,16 @@ class NoiseChannel(PlainChannel):
         self._ready = []
 
     def send(self, data):
-        self.sock.sendall(self.encoder.encrypt(data))
+        PlainChannel.send(self, self.encoder.encrypt(data))
 
     def recv(self):
         while not self._ready:
-            data = self.sock.recv(262144)
+            data = self._recv_view()  # the decoder copies what it keeps
             if not data:
                 return b""
             self._ready = self.decoder.receive(data)
-        out = b"".join(self._ready)
-        self._ready = []
-        return out
+        ready, self._ready = self._ready, []
+        return ready[0] if len(ready) == 1 else b"".join(ready)
 
     def pending(self):
         return bool(self._ready)

@@ -32,6 +32,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from twisted.internet.interfaces import IReadDescriptor
 
+from skypty.writenow import write_now
+
 READ_CHUNK = 64 * 1024
 
 # glibc's posix_spawnattr flags (spawn.h)
@@ -319,7 +321,7 @@ class _Child:
     def write(self, data):
         stream = self._streams.get(self._input_fd)
         if stream is not None and data:
-            stream.write(data)
+            write_now(stream, data)  # a keystroke reaches the pty in this reactor turn, not the next
 
     def writeSequence(self, seq):
         self.write(b"".join(seq))

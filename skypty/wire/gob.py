@@ -279,11 +279,13 @@ def _is_zero(t, value, pointer):
 class Encoder:
     """One gob stream direction: remembers which types it has defined."""
 
-    def __init__(self):
+    def __init__(self, fast=True):
         self._ids = {}
         self._names = {}
         self._sent = set()
         self._next = FIRST_USER_ID
+        self._fast = fast  # False: the generic path only (tests compare the two)
+        self._flat = {}  # type -> its value encoder, once no definition is left to send
 
     def type_id(self, t):
         return t.builtin_id if t.builtin_id is not None else self._ids[t]
@@ -351,6 +353,13 @@ class Encoder:
 
     def encode(self, value, t):
         """gob messages (definitions if new, then the value) for *value* of type *t*."""
+        if t.builtin_id == 5 and self._fast:  # []byte, the hot pty.Write/Read payload
+            v = bytes(value)
+            body = _BYTES_HEAD + encode_uint(len(v)) + v
+            return encode_uint(len(body)) + body
+        fast = self._flat.get(t)
+        if fast is not None:
+            return fast(value)
         self._allocate(t, t.name)
         out = []
         self._send_types(t, out)
@@ -361,6 +370,8 @@ class Encoder:
             parts.append(b"\x00")
             self._value(t, value, parts)
         out.append(_frame(b"".join(parts)))
+        if self._fast and (t.builtin_id is not None or (isinstance(t, Struct) and _flat_fields(t) is not None)):
+            self._flat[t] = _flat_encoder(t, encode_int(self.type_id(t)))
         return b"".join(out)
 
     def _struct(self, t, value, parts):
@@ -408,6 +419,159 @@ def _frame(body):
     return encode_uint(len(body)) + body
 
 
+# -- fast paths ----------------------------------------------------------------------
+# Every RPC message is a Request/Response header and then, on the hot path
+# (pty.Read, pty.Write), one int or []byte: small flat values whose encoding
+# and decoding were mostly interpreter overhead (isinstance chains, parts
+# lists, a generic dict then a conversion).  These paths handle exactly the
+# builtin types and structs whose fields are all builtins, produce the same
+# bytes and the same values and errors as the generic code, and leave every
+# other case to it (tests/test_gob_fast.py compares the two).
+
+_BYTES_HEAD = encode_int(5) + b"\x00"  # type id of []byte, then the singleton marker
+
+
+def _flat_fields(t):
+    """[(attr name, builtin id)] if every field of struct *t* is a non-pointer builtin."""
+    out = []
+    for f in t.fields:
+        if not isinstance(f.type, _Builtin) or f.pointer:
+            return None
+        out.append((f.attr_name, f.type.builtin_id))
+    return out
+
+
+def _builtin_bytes(bid, v):
+    if bid == 6:
+        raw = v.encode("utf-8")
+        return encode_uint(len(raw)) + raw
+    if bid == 3:
+        return encode_uint(v)
+    if bid == 2:
+        return encode_int(v)
+    if bid == 5:
+        v = bytes(v)
+        return encode_uint(len(v)) + v
+    if bid == 1:
+        return b"\x01" if v else b"\x00"
+    bits = _struct.unpack("<Q", _struct.pack("<d", v))[0]
+    return encode_uint(int.from_bytes(bits.to_bytes(8, "little"), "big"))
+
+
+def _flat_encoder(t, tid):
+    """value -> one framed gob message, for a builtin or a flat struct whose
+    definitions are already sent; *tid* is its encoded type id."""
+    if t.builtin_id is not None:
+        bid, head = t.builtin_id, tid + b"\x00"
+
+        def encode_builtin(value):
+            body = head + _builtin_bytes(bid, value)
+            return encode_uint(len(body)) + body
+        return encode_builtin
+    fields = _flat_fields(t)
+
+    def encode_struct(value):
+        parts, last = [tid], -1
+        for i, (attr, bid) in enumerate(fields):
+            v = getattr(value, attr)
+            if not v:  # zero (or None): omitted, as Go does
+                continue
+            parts.append(encode_uint(i - last))
+            last = i
+            parts.append(_builtin_bytes(bid, v))
+        parts.append(b"\x00")
+        body = b"".join(parts)
+        return encode_uint(len(body)) + body
+    return encode_struct
+
+
+_WIRE_PYTYPE = {1: bool, 2: int, 3: int, 4: float, 5: bytes, 6: str}
+
+
+def _fits(wire_bid, t):
+    """Does a value of builtin wire type *wire_bid* convert to builtin *t* (type-wise)?"""
+    if t.builtin_id in (2, 3):
+        return wire_bid in (2, 3)
+    return _WIRE_PYTYPE[wire_bid] is t.pytype
+
+
+def _builtin_at(bid, r):
+    """One builtin value of wire type *bid* from *r* (what Decoder._value does for it)."""
+    if bid == 6:
+        try:
+            return r.raw(r.uint()).decode("utf-8")
+        except UnicodeDecodeError:
+            raise GobError("gob: string is not UTF-8") from None
+    if bid == 3:
+        return r.uint()
+    if bid == 2:
+        return _zigzag_decode(r.uint())
+    if bid == 5:
+        return r.raw(r.uint())
+    if bid == 1:
+        v = r.uint()
+        if v > 1:
+            raise GobError("gob: bad bool")
+        return bool(v)
+    bits = r.uint()
+    return _struct.unpack("<d", _struct.pack("<Q", int.from_bytes(bits.to_bytes(8, "little"), "big")))[0]
+
+
+def _checked(value, t):
+    """*value* (already of a fitting Python type) as *t*: integers range-checked as convert() does."""
+    if t.bits is not None:
+        lo, hi = ((-(1 << (t.bits - 1)), (1 << (t.bits - 1)) - 1) if t.signed else (0, (1 << t.bits) - 1))
+        if not lo <= value <= hi:
+            raise GobError(f"gob: value {value} overflows {t.gostring}")
+    return value
+
+
+def _flat_decoder(wire_bid, wire, expected):
+    """r -> value, for a top-level message of builtin wire type *wire_bid* or
+    struct *wire* read as *expected*; None where the generic path must decide."""
+    if wire_bid is not None:
+        if not isinstance(expected, _Builtin) or not _fits(wire_bid, expected):
+            return None
+
+        def decode_builtin(r):
+            if r.uint() != 0:
+                raise GobError("gob: missing singleton marker")
+            value = _builtin_at(wire_bid, r)
+            if r.remaining():
+                raise GobError("gob: extra bytes after a value")
+            return _checked(value, expected)
+        return decode_builtin
+    if wire.kind != "struct" or not isinstance(expected, Struct):
+        return None
+    spec = []  # per wire field: (wire builtin id, expected Field or None)
+    for name, fid in wire.fields:
+        if fid not in _BUILTIN_KIND:
+            return None
+        f = expected.by_go_name.get(name)
+        if f is not None and not (isinstance(f.type, _Builtin) and _fits(fid, f.type)):
+            return None
+        spec.append((fid, f))
+    count, cls = len(spec), expected.cls
+
+    def decode_struct(r):
+        found, field = {}, -1
+        while True:
+            d = r.uint()
+            if d == 0:
+                break
+            field += d
+            if field >= count:
+                raise GobError("gob: field number out of range")
+            fid, f = spec[field]
+            value = _builtin_at(fid, r)
+            if f is not None:  # unknown wire fields are decoded, then ignored, as Go does
+                found[f] = value
+        if r.remaining():
+            raise GobError("gob: extra bytes after a value")
+        return cls(**{f.attr_name: _checked(value, f.type) for f, value in found.items()})
+    return decode_struct
+
+
 # -- decoding -------------------------------------------------------------------------
 
 class _Wire:
@@ -426,11 +590,13 @@ NEED_MORE = object()
 class Decoder:
     """One incoming gob stream.  Feed bytes; take values as they complete."""
 
-    def __init__(self, max_message=MAX_MESSAGE):
+    def __init__(self, max_message=MAX_MESSAGE, fast=True):
         self.max_message = max_message
+        self._fast = fast  # False: the generic path only (tests compare the two)
         self._buf = bytearray()
         self._pos = 0  # consumed prefix of _buf, dropped lazily (no memmove per message)
         self._wire = {}
+        self._flat = {}  # (type id, expected type) -> fast decoder, or None for the generic path
 
     def feed(self, data):
         if self._pos and self._pos >= len(self._buf) // 2:
@@ -444,24 +610,28 @@ class Decoder:
 
     def _next_frame(self):
         """-> (type id, reader over the rest of the message) or None."""
-        buf = self._buf
-        if self._pos >= len(buf):
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):
             return None
-        header = _Reader(buf, self._pos)
-        try:
-            length = header.uint()
-        except GobError:
-            if len(buf) - self._pos >= 9:
-                raise
-            return None  # the length itself is still arriving
+        if buf[pos] < 0x80:  # a short message: its length is one byte
+            length, start = buf[pos], pos + 1
+        else:
+            header = _Reader(buf, pos)
+            try:
+                length = header.uint()
+            except GobError:
+                if len(buf) - pos >= 9:
+                    raise
+                return None  # the length itself is still arriving
+            start = header.pos
         if length > self.max_message:
             raise GobError(f"gob: message of {length} bytes is over the limit")
         if length == 0:
             raise GobError("gob: empty message")
-        if len(buf) - header.pos < length:
+        if len(buf) - start < length:
             return None
-        body = bytes(buf[header.pos:header.pos + length])
-        self._pos = header.pos + length
+        body = bytes(buf[start:start + length])
+        self._pos = start + length
         reader = _Reader(body)
         return reader.int(), reader
 
@@ -476,6 +646,18 @@ class Decoder:
             if tid < 0:
                 self._define(-tid, r)
                 continue
+            if expected is not None and self._fast:
+                key = (tid, expected)
+                fast = self._flat.get(key, _MISSING)
+                if fast is _MISSING:
+                    wire = self._wire.get(tid)
+                    fast = None
+                    if tid in _BUILTIN_KIND or wire is not None:
+                        fast = _flat_decoder(tid if tid in _BUILTIN_KIND else None, wire, expected)
+                    if len(self._flat) < MAX_TYPES:
+                        self._flat[key] = fast
+                if fast is not None:
+                    return fast(r)
             generic = self._top_value(tid, r)
             if r.remaining():
                 raise GobError("gob: extra bytes after a value")

@@ -23,13 +23,22 @@ class RPCError(SkyptyError):
     """An error string from the other side (or "connection closed")."""
 
 
-class Method:
-    __slots__ = ("arg_type", "reply_type", "handler")
+# How long a held reply (Method.hold) may wait for another reply to travel with.
+HOLD_SECONDS = 0.002
 
-    def __init__(self, arg_type, reply_type, handler):
+
+class Method:
+    __slots__ = ("arg_type", "reply_type", "handler", "hold")
+
+    def __init__(self, arg_type, reply_type, handler, hold=False):
         self.arg_type = arg_type
         self.reply_type = reply_type
         self.handler = handler  # callable(arg) -> value | Deferred
+        # hold: while another call is outstanding, this method's reply waits
+        # up to HOLD_SECONDS to share that call's reply's send (pty.Write's
+        # reply then rides with the Read reply carrying the echo: one send
+        # and one client wake-up per keystroke instead of two).
+        self.hold = hold
 
 
 def _unknown(service_method, methods):
@@ -47,7 +56,8 @@ class RPCServerConnection:
     *pause()/resume()* (optional) stop and restart reading, used when too
     many calls are outstanding."""
 
-    def __init__(self, methods, send, pause=None, resume=None, log=None, max_message=MAX_CALL):
+    def __init__(self, methods, send, pause=None, resume=None, log=None, max_message=MAX_CALL,
+                 call_later=None):
         self.methods = methods
         self.send = send
         self._pause, self._resume = pause, resume
@@ -58,6 +68,10 @@ class RPCServerConnection:
         self.outstanding = 0
         self._paused = False
         self.closed = False
+        # Held replies (Method.hold) need a clock: call_later(seconds, f) -> .cancel()
+        self._call_later = call_later
+        self._held = []  # (header, reply type, value), encoded when they go
+        self._hold_timer = None
 
     def data_received(self, data):
         self._dec.feed(data)
@@ -85,12 +99,21 @@ class RPCServerConnection:
             self._pause()
 
     def _call(self, header, method, arg):
-        from twisted.internet import defer
-
+        # maybeDeferred without its cost on the hot path: most handlers
+        # (pty.Write) answer at once, and a Deferred per call showed up.
         self.outstanding += 1
-        d = defer.maybeDeferred(method.handler, arg)
-        d.addCallbacks(lambda value: self._done(header, method, value, None),
-                       lambda failure: self._done(header, method, None, failure))
+        try:
+            result = method.handler(arg)
+        except Exception:
+            from twisted.python.failure import Failure
+
+            self._done(header, method, None, Failure())
+            return
+        if hasattr(result, "addCallbacks"):  # a Deferred: the call is still outstanding
+            result.addCallbacks(lambda value: self._done(header, method, value, None),
+                                lambda failure: self._done(header, method, None, failure))
+        else:
+            self._done(header, method, result, None)
 
     def _done(self, header, method, value, failure):
         self.outstanding -= 1
@@ -99,6 +122,10 @@ class RPCServerConnection:
                 self.log.failure("rpc {method} failed", failure, method=header.service_method)
             message = str(failure.value) or failure.value.__class__.__name__
             self._reply(header, None, message)
+        elif method.hold and self.outstanding and self._call_later is not None and not self.closed:
+            self._held.append((header, method.reply_type, value))
+            if self._hold_timer is None:
+                self._hold_timer = self._call_later(HOLD_SECONDS, self._release_held)
         else:
             self._reply(header, (method.reply_type, value), "")
         if self._paused and self.outstanding < MAX_OUTSTANDING // 2:
@@ -106,20 +133,40 @@ class RPCServerConnection:
             self._resume()
             self._drain()
 
-    def _reply(self, header, result, error):
-        if self.closed:
-            return
+    def _encode(self, header, reply_type, value, error):
         response = Response.cls(service_method=header.service_method, seq=header.seq, error=error)
         head = self._enc.encode(response, Response)  # first: type ids follow the order of use
         if error:
-            body = self._enc.encode(EMPTY.cls(), EMPTY)
-        else:
-            reply_type, value = result
-            body = self._enc.encode(value, reply_type)
-        self.send(head + body)
+            return head + self._enc.encode(EMPTY.cls(), EMPTY)
+        return head + self._enc.encode(value, reply_type)
+
+    def _reply(self, header, result, error):
+        if self.closed:
+            return
+        reply_type, value = result or (None, None)
+        data = self._encode(header, reply_type, value, error)
+        if self._held:  # encoded after: a held reply may use a type this one defines
+            data += self._take_held()
+        self.send(data)
+
+    def _take_held(self):
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        held, self._held = self._held, []
+        return b"".join(self._encode(header, reply_type, value, "") for header, reply_type, value in held)
+
+    def _release_held(self):
+        self._hold_timer = None
+        if self._held and not self.closed:
+            self.send(self._take_held())
 
     def connection_lost(self):
         self.closed = True
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        self._held = []
 
 
 class RPCClientConnection:
@@ -193,15 +240,22 @@ def _make_classes():
     class RPCServerProtocol(protocol.Protocol):
         log = Logger()
 
-        def __init__(self, methods, on_close=None):
+        def __init__(self, methods, on_close=None, clock=None):
             self.methods = methods
             self.on_close = on_close
             self.core = None
+            if clock is None:
+                from twisted.internet import reactor as clock
+            self.clock = clock
 
         def connectionMade(self):
+            from skypty.writenow import write_now
+
             t = self.transport
-            self.core = RPCServerConnection(self.methods, t.write, getattr(t, "pauseProducing", None),
-                                            getattr(t, "resumeProducing", None), self.log)
+            self.core = RPCServerConnection(self.methods, lambda data: write_now(t, data),
+                                            getattr(t, "pauseProducing", None),
+                                            getattr(t, "resumeProducing", None), self.log,
+                                            call_later=self.clock.callLater)
 
         def dataReceived(self, data):
             try:
@@ -265,8 +319,8 @@ def _make_classes():
     return RPCServerProtocol, RPCClientProtocol
 
 
-def RPCServerProtocol(methods, on_close=None):
-    return _Lazy.classes()[0](methods, on_close)
+def RPCServerProtocol(methods, on_close=None, clock=None):
+    return _Lazy.classes()[0](methods, on_close, clock)
 
 
 def RPCClientProtocol():
