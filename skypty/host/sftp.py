@@ -12,12 +12,13 @@ import struct
 
 from twisted.conch.ssh import filetransfer
 from twisted.internet import defer
-from twisted.conch.ssh.common import getNS
+from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.filetransfer import FX_FAILURE, FX_PERMISSION_DENIED, SFTPError
 from twisted.conch.unix import SFTPServerForUnixConchUser, UnixSFTPFile
+from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
-from skypty.wire.sftp import PacketGather, QuietLogger
+from skypty.wire.sftp import QuietLogger
 
 # OpenSSH's limits: a packet is at most 256 KiB, a read answers at most
 # 255 KiB (shorter reads are legal SFTP, so clients loop).
@@ -32,6 +33,8 @@ EXTENSIONS = {
     b"hardlink@openssh.com": b"1",
 }
 STATUS_EXTENSIONS = (b"posix-rename@openssh.com", b"hardlink@openssh.com")
+
+_PROC_FD = os.path.isdir("/proc/self/fd")
 
 WRITE_FLAGS = (filetransfer.FXF_WRITE | filetransfer.FXF_APPEND | filetransfer.FXF_CREAT
                | filetransfer.FXF_TRUNC)
@@ -75,21 +78,43 @@ class ConfinedSFTPServer(SFTPServerForUnixConchUser):
             raise SFTPError(FX_PERMISSION_DENIED, "outside the shared directory")
         return resolved
 
+    def _resolved(self, path):
+        """*path* with every symlink resolved, as os.path.realpath says, but
+        asked of the kernel in three system calls whatever its depth
+        (realpath lstats each component in Python)."""
+        if _PROC_FD:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                return os.path.realpath(path)  # missing: realpath resolves what exists
+            try:
+                found = os.readlink(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
+            if found.startswith("/") and not found.endswith(" (deleted)"):
+                return found
+        return os.path.realpath(path)
+
     def _absPath(self, path):
-        """The path with every symlink resolved (for calls that follow links)."""
-        return self._confined(os.path.realpath(self._joined(path)))
+        """The path with every symlink resolved (for calls that follow links).
+        Under root / nothing is confined: the kernel resolves links itself."""
+        if self.root == "/":
+            return self._joined(path)
+        return self._confined(self._resolved(self._joined(path)))
 
     def _entryPath(self, path):
         """The path with its directory resolved but its last component kept,
         for calls that act on a link itself (lstat, readlink, remove, rename)."""
         joined = self._joined(path)
+        if self.root == "/":
+            return joined
         parent, name = os.path.split(joined)
         if not name or joined == self.root:
             return self._absPath(path)
-        return os.path.join(self._confined(os.path.realpath(parent)), name)
+        return os.path.join(self._confined(self._resolved(parent)), name)
 
     def realPath(self, path):
-        absolute = self._absPath(path)
+        absolute = self._confined(os.path.realpath(self._joined(path)))
         if self.root == "/":
             return absolute
         rel = os.path.relpath(absolute, self.root)
@@ -199,26 +224,158 @@ class BoundedFile(UnixSFTPFile):
             os.utime(self.fd, (attrs["atime"], attrs["mtime"]))
 
 
+_HEADER = struct.Struct("!LB")  # length, type
+_U32 = struct.Struct("!L")
+_WRITE_HEAD = struct.Struct("!Q")
+_READ_ARGS = struct.Struct("!QL")
+_DATA_HEAD = struct.Struct("!LB4sL")  # length, FXP_DATA, request id, data length
+_OK_STATUS = _U32.pack(filetransfer.FX_OK) + NS(b"") + NS(b"")
+
+
 class BoundedFileTransferServer(filetransfer.FileTransferServer):
     """conch's SFTP server with OpenSSH's packet bound, and errors that say
-    what failed (strerror), so that clients can map them back to errno."""
+    what failed (strerror), so that clients can map them back to errno.
+
+    Packets are cut from one buffer here rather than by conch (which copies
+    its whole buffer for every packet taken off it), and the requests that
+    bulk transfers and metadata walks are made of (WRITE, READ, STAT, LSTAT,
+    FSTAT) are answered directly: the file calls are synchronous, so
+    conch's Deferred round for each of them is pure overhead.  A WRITE's
+    data goes to pwrite as a view of the received bytes, never copied.
+    """
 
     _log = QuietLogger()
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._packets = PacketGather(MAX_PACKET)
+        self._inbuf = bytearray()
+        self._refused = False
+        self._direct = {
+            filetransfer.FXP_WRITE: self._direct_write,
+            filetransfer.FXP_READ: self._direct_read,
+            filetransfer.FXP_LSTAT: lambda p: self._direct_stat(p, False),
+            filetransfer.FXP_STAT: lambda p: self._direct_stat(p, True),
+            filetransfer.FXP_FSTAT: self._direct_fstat,
+        }
 
     def dataReceived(self, data):
-        whole = self._packets.feed(self.buf, data)
-        if whole is None:
+        if self._refused:
             return
-        if whole is PacketGather.TOO_BIG:
-            self._log.warn("SFTP packet over {limit} bytes refused; closing", limit=MAX_PACKET)
-            self.buf = b""
-            self.transport.loseConnection()
+        if self._inbuf:
+            self._inbuf += data
+            if not self._complete_packet(self._inbuf):
+                return
+            data, self._inbuf = bytes(self._inbuf), bytearray()
+        elif not self._complete_packet(data):
+            self._inbuf += data
             return
-        super().dataReceived(whole)
+        view = memoryview(data)  # of immutable bytes: views handed out may live on
+        pos, end = 0, len(data)
+        while end - pos >= 9:  # length, type, request id
+            length, kind = _HEADER.unpack_from(data, pos)
+            if length > MAX_PACKET or length < 5:
+                return self._refuse(length)
+            if end - pos < 4 + length:
+                break
+            packet = view[pos + 5:pos + 4 + length]
+            pos += 4 + length
+            direct = self._direct.get(kind)
+            if direct is not None:
+                direct(packet)
+            else:
+                self._conch_packet(kind, bytes(packet))
+        if pos < end:
+            self._inbuf += view[pos:]
+
+    def _complete_packet(self, buf):
+        """True once *buf* holds a whole packet (or one to refuse)."""
+        if len(buf) < 9:
+            return False
+        length, _ = _HEADER.unpack_from(buf)
+        return length > MAX_PACKET or length < 5 or len(buf) >= 4 + length
+
+    def _refuse(self, length):
+        self._log.warn("SFTP packet of {length} bytes refused (over {limit}); closing", length=length,
+                       limit=MAX_PACKET)
+        self._inbuf = bytearray()
+        self._refused = True
+        self.transport.loseConnection()
+
+    def _conch_packet(self, kind, packet):
+        """What conch's own loop does with one packet."""
+        name = self.packetTypes.get(kind)
+        handler = getattr(self, f"packet_{name}", None) if name else None
+        if handler is None:
+            self._sendStatus(packet[:4], filetransfer.FX_OP_UNSUPPORTED, b"unsupported request")
+            return
+        try:
+            handler(packet)
+        except Exception:
+            self._log.failure("Failed to handle packet of type {kind}", kind=name)
+
+    def _status_ok(self, request_id):
+        self.transport.write(_HEADER.pack(9 + len(_OK_STATUS) - 4, filetransfer.FXP_STATUS) + request_id
+                             + _OK_STATUS)
+
+    def _failed(self, request_id, msg):
+        self._ebStatus(Failure(), request_id, msg)
+
+    def _handle_and_rest(self, packet):
+        """-> (request id, handle, rest) of a handle request (views)."""
+        (size,) = _U32.unpack_from(packet, 4)
+        return bytes(packet[:4]), bytes(packet[8:8 + size]), packet[8 + size:]
+
+    def _open_file(self, handle):
+        found = self.openFiles.get(handle)
+        if found is None:
+            raise SFTPError(FX_FAILURE, "no such handle")  # what OpenSSH says, and no traceback in the log
+        return found
+
+    def _direct_write(self, packet):
+        request_id, handle, rest = self._handle_and_rest(packet)
+        try:
+            (offset,) = _WRITE_HEAD.unpack_from(rest)
+            (size,) = _U32.unpack_from(rest, 8)
+            data = rest[12:12 + size]
+            if len(data) != size:
+                raise SFTPError(filetransfer.FX_BAD_MESSAGE, "truncated WRITE")
+            self._open_file(handle).writeChunk(offset, data)
+        except Exception:
+            self._failed(request_id, b"write failed")
+        else:
+            self._status_ok(request_id)
+
+    def _direct_read(self, packet):
+        request_id, handle, rest = self._handle_and_rest(packet)
+        try:
+            offset, length = _READ_ARGS.unpack_from(rest)
+            data = self._open_file(handle).readChunk(offset, length)
+            if not data:
+                raise EOFError("")
+        except Exception:
+            self._failed(request_id, b"read failed")
+            return
+        self.transport.write(_DATA_HEAD.pack(9 + len(data), filetransfer.FXP_DATA, request_id, len(data))
+                             + data)
+
+    def _direct_stat(self, packet, follow_links):
+        request_id = bytes(packet[:4])
+        try:
+            path, _ = getNS(bytes(packet[4:]))
+            attrs = self.client.getAttrs(path, follow_links)
+        except Exception:
+            self._failed(request_id, b"stat failed")
+        else:
+            self.sendPacket(filetransfer.FXP_ATTRS, request_id + self._packAttributes(attrs))
+
+    def _direct_fstat(self, packet):
+        request_id, handle, _ = self._handle_and_rest(packet)
+        try:
+            attrs = self._open_file(handle).getAttrs()
+        except Exception:
+            self._failed(request_id, b"fstat failed")
+        else:
+            self.sendPacket(filetransfer.FXP_ATTRS, request_id + self._packAttributes(attrs))
 
     def packet_EXTENDED(self, data):
         # OpenSSH's rename/link extensions answer with a STATUS, not an
