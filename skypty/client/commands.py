@@ -29,10 +29,11 @@ def usage_error(message):
     return ClientError(message, EXIT_USAGE)
 
 
-def parse_pk(text, what="public key"):
+def parse_pk(text, what="public key", names=True):
+    """A 66-hex key, or (*names*) a host name from hosts.toml -> PublicKey."""
     from skypty.keys import InvalidKey, PublicKey
 
-    if len(text) != 66:  # a host name (skypty.client.hosts); keys pay nothing for this
+    if names and len(text) != 66:  # a host name (skypty.client.hosts); keys pay nothing for this
         from skypty.client.hosts import resolve_pk
 
         text = resolve_pk(text, what)
@@ -59,7 +60,8 @@ def parse_target(text, default_port):
         host, _, port = address.partition(":")
     if port and not port.isdigit():
         raise SkyptyError(f"bad port in {text!r}")
-    return parse_pk(pk_text, "host key"), host, int(port) if port else default_port
+    # In PK@HOST the part before the @ is a key, never a name.
+    return parse_pk(pk_text, "host key", names=False), host, int(port) if port else default_port
 
 
 def timeout_ms(args):
