@@ -23,8 +23,13 @@ class Events:
         self.opened, self.data, self.closed, self.reset = set(), {}, set(), set()
 
     def stream_opened(self, sid):
-        assert sid not in self.opened and sid in self.session.streams
+        # A peer may open an id again once it is gone (reset, or closed both
+        # ways and forgotten), as hashicorp/yamux allows; it must be a new stream.
+        st_ = self.session.streams[sid]
+        assert st_.recv_window == INITIAL_WINDOW and not (st_.remote_closed or st_.local_closed or st_.reset)
         self.opened.add(sid)
+        self.data[sid] = 0
+        self.closed.discard(sid)
 
     def stream_data(self, sid, body):
         assert sid in self.session.streams and sid not in self.closed and body
@@ -116,6 +121,7 @@ def encode(frame_list):
 @example(False, 0, 0, [(0, WINDOW_UPDATE, SYN, 1, 0)] * (MAX_STREAMS + 2), [])  # more streams than allowed
 @example(True, 1, 10, [(0, WINDOW_UPDATE, 0, 1, 2**31)], [])                   # window overflow
 @example(False, 0, 0, [(0, DATA, SYN, 1, 0), (0, DATA, FIN, 1, 3), (0, DATA, 0, 1, 3)], [])  # data after FIN
+@example(True, 0, 0, [(0, DATA, SYN | RST, 2, 0), (0, DATA, SYN, 2, 0)], [])  # an id opened again after its reset
 def test_yamux_frames(client, local_streams, queued, frame_list, sizes):
     run(client, local_streams, queued, encode(frame_list), sizes)
 
