@@ -176,6 +176,11 @@ class FakeLink:
     def call(self, request):
         return request(None)
 
+    def corked(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
 
 class FakeFS:
     link = FakeLink()

@@ -89,12 +89,13 @@ class RemoteFile:
         ahead = READ_AHEAD if sequential else 0
         for index in [i for i in self._chunks if i < first or i > last + READ_AHEAD]:
             del self._chunks[index]
-        for index in range(first, last + 1 + ahead):
-            if self._eof_chunk is not None and index > self._eof_chunk:
-                break
-            known = self._chunks.get(index)
-            if known is None or (known.done and isinstance(known.result, Failure)):
-                self._chunks[index] = Shared(self._fetch(index))  # failures are not cached
+        with self.fs.link.corked():  # the read-ahead requests leave as one write
+            for index in range(first, last + 1 + ahead):
+                if self._eof_chunk is not None and index > self._eof_chunk:
+                    break
+                known = self._chunks.get(index)
+                if known is None or (known.done and isinstance(known.result, Failure)):
+                    self._chunks[index] = Shared(self._fetch(index))  # failures are not cached
         wanted = [self._chunks[i].wait() if i in self._chunks else defer.succeed(b"")
                   for i in range(first, last + 1)]
         d = defer.gatherResults(wanted, consumeErrors=True)

@@ -20,7 +20,8 @@ from twisted.internet.endpoints import HostnameEndpoint, ProcessEndpoint, UNIXCl
 from twisted.logger import Logger
 
 from skypty.fs.errors import LinkDown, is_generic_failure
-from skypty.wire.sftp import PacketGather, QuietLogger
+from skypty.sftppackets import Cork, PacketCutter, pack
+from skypty.wire.sftp import QuietLogger
 from skypty.wire import requestline
 
 log = Logger()
@@ -28,6 +29,7 @@ log = Logger()
 # Replies are at most one read (we ask for <= 64 KiB) or one directory
 # page; OpenSSH caps packets at 256 KiB.  A server sending more is hostile.
 MAX_REPLY_PACKET = 1024 * 1024
+_DATA_HEAD = struct.Struct("!LL")  # request id, data length
 
 
 class SFTPClientProtocol(fx.FileTransferClient):
@@ -38,7 +40,8 @@ class SFTPClientProtocol(fx.FileTransferClient):
 
     def __init__(self):
         super().__init__()
-        self._packets = PacketGather(MAX_REPLY_PACKET)
+        self._cutter = PacketCutter(MAX_REPLY_PACKET)
+        self.cork = Cork(lambda data: self.transport.write(data))
         self.ready = defer.Deferred()
         self.lost = defer.Deferred()
         self.extensions = {}
@@ -49,15 +52,29 @@ class SFTPClientProtocol(fx.FileTransferClient):
             self.ready.callback(self)
 
     def dataReceived(self, data):
-        whole = self._packets.feed(self.buf, data)
-        if whole is None:
-            return
-        if whole is PacketGather.TOO_BIG:
+        packets, refused = self._cutter.feed(data)
+        for kind, packet in packets:
+            if kind == fx.FXP_DATA and len(packet) >= 8:
+                # A read's bytes: one copy out of the received buffer, no more.
+                (request_id, size) = _DATA_HEAD.unpack_from(packet)
+                found = self.openRequests.pop(request_id, None)
+                if found is not None:
+                    found.callback(bytes(packet[8:8 + size]))
+                continue
+            name = self.packetTypes.get(kind)
+            handler = getattr(self, f"packet_{name}", None) if name else None
+            if handler is None:
+                continue
+            try:
+                handler(bytes(packet))
+            except Exception:
+                log.failure("bad SFTP reply of type {kind}", kind=name)
+        if refused is not None:
             log.warn("SFTP reply over {limit} bytes; dropping the session", limit=MAX_REPLY_PACKET)
-            self.buf = b""
             abort(self.transport)
-            return
-        super().dataReceived(whole)
+
+    def sendPacket(self, kind, data):
+        self.cork.write(pack(kind, data))
 
     def connectionLost(self, reason=protocol.connectionDone):
         super().connectionLost(reason)
@@ -277,6 +294,22 @@ class SFTPLink:
         if self.connected:
             self._client.transport.loseConnection()
 
+    def corked(self):
+        """A context in which requests on the current session are held and
+        sent as one write when it ends (a no-op without a session)."""
+        return self._client.cork if self.connected else _NOTHING_TO_CORK
+
+
+class _NothingToCork:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NOTHING_TO_CORK = _NothingToCork()
+
 
 class RemoteFS:
     """Path-level operations on the host (paths are bytes, absolute)."""
@@ -287,12 +320,16 @@ class RemoteFS:
     def lstat(self, path):
         return self.link.call(lambda c: c.getAttrs(path, 0))
 
-    def then_lstat(self, d, path):
-        """*d* (a request just sent) and an LSTAT of *path* sent right behind
-        it, without waiting: one round trip for a change and the attributes
-        it left (servers answer requests in order).  -> Deferred[(result of
-        *d*, attrs)]; a failure of *d* wins over one of the LSTAT."""
-        both = defer.DeferredList([d, self.lstat(path)], consumeErrors=True)
+    def then_lstat(self, send, path):
+        """``send()`` (a request) and an LSTAT of *path* right behind it, in
+        one write and without waiting: one round trip for a change and the
+        attributes it left (servers answer requests in order).  ->
+        Deferred[(result of the request, attrs)]; a failure of the request
+        wins over one of the LSTAT."""
+        with self.link.corked():
+            d = send()
+            stat = self.lstat(path)
+        both = defer.DeferredList([d, stat], consumeErrors=True)
 
         def pick(results):
             (done, result), (stated, attrs) = results

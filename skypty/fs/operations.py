@@ -201,7 +201,7 @@ class SFTPOperations(llfuse.Operations):
         """``request(*args)`` creates *path*; its LSTAT travels with it.
         -> (request's result, the entry for *path*)."""
         self._uncache(path)
-        result, attrs = self._remote(lambda: self.fs.then_lstat(request(*args), path))
+        result, attrs = self._remote(self.fs.then_lstat, lambda: request(*args), path)
         self._listed(path, attrs, made=True)
         return result, self._entry(self.inodes.remember(path), self._cache(path, attrs))
 
@@ -270,7 +270,7 @@ class SFTPOperations(llfuse.Operations):
             self._order_after_writes(inode)
             send = lambda: self.fs.setstat(path, changes)  # noqa: E731
         self._uncache(path)
-        _, attrs = self._remote(lambda: self.fs.then_lstat(send(), path))
+        _, attrs = self._remote(self.fs.then_lstat, send, path)
         if "size" in changes:
             for f in self._open_by_inode.get(inode, ()):
                 f.truncated()

@@ -18,6 +18,7 @@ from twisted.conch.unix import SFTPServerForUnixConchUser, UnixSFTPFile
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
+from skypty.sftppackets import Cork, PacketCutter, pack
 from skypty.wire.sftp import QuietLogger
 
 # OpenSSH's limits: a packet is at most 256 KiB, a read answers at most
@@ -237,7 +238,8 @@ class BoundedFileTransferServer(filetransfer.FileTransferServer):
     what failed (strerror), so that clients can map them back to errno.
 
     Packets are cut from one buffer here rather than by conch (which copies
-    its whole buffer for every packet taken off it), and the requests that
+    its whole buffer for every packet taken off it), the replies to what
+    arrived in one read leave as one write, and the requests that
     bulk transfers and metadata walks are made of (WRITE, READ, STAT, LSTAT,
     FSTAT) are answered directly: the file calls are synchronous, so
     conch's Deferred round for each of them is pure overhead.  A WRITE's
@@ -248,7 +250,8 @@ class BoundedFileTransferServer(filetransfer.FileTransferServer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._inbuf = bytearray()
+        self._cutter = PacketCutter(MAX_PACKET)
+        self._cork = Cork(lambda data: self.transport.write(data))
         self._refused = False
         self._direct = {
             filetransfer.FXP_WRITE: self._direct_write,
@@ -261,43 +264,26 @@ class BoundedFileTransferServer(filetransfer.FileTransferServer):
     def dataReceived(self, data):
         if self._refused:
             return
-        if self._inbuf:
-            self._inbuf += data
-            if not self._complete_packet(self._inbuf):
-                return
-            data, self._inbuf = bytes(self._inbuf), bytearray()
-        elif not self._complete_packet(data):
-            self._inbuf += data
-            return
-        view = memoryview(data)  # of immutable bytes: views handed out may live on
-        pos, end = 0, len(data)
-        while end - pos >= 9:  # length, type, request id
-            length, kind = _HEADER.unpack_from(data, pos)
-            if length > MAX_PACKET or length < 5:
-                return self._refuse(length)
-            if end - pos < 4 + length:
-                break
-            packet = view[pos + 5:pos + 4 + length]
-            pos += 4 + length
-            direct = self._direct.get(kind)
-            if direct is not None:
-                direct(packet)
-            else:
-                self._conch_packet(kind, bytes(packet))
-        if pos < end:
-            self._inbuf += view[pos:]
+        packets, refused = self._cutter.feed(data)
+        with self._cork:  # every reply to this read goes out as one write
+            for kind, packet in packets:
+                if len(packet) < 4:  # not even a request id
+                    refused = len(packet) + 1
+                    break
+                direct = self._direct.get(kind)
+                if direct is not None:
+                    direct(packet)
+                else:
+                    self._conch_packet(kind, bytes(packet))
+        if refused is not None:
+            self._refuse(refused)
 
-    def _complete_packet(self, buf):
-        """True once *buf* holds a whole packet (or one to refuse)."""
-        if len(buf) < 9:
-            return False
-        length, _ = _HEADER.unpack_from(buf)
-        return length > MAX_PACKET or length < 5 or len(buf) >= 4 + length
+    def sendPacket(self, kind, data):
+        self._cork.write(pack(kind, data))
 
     def _refuse(self, length):
         self._log.warn("SFTP packet of {length} bytes refused (over {limit}); closing", length=length,
                        limit=MAX_PACKET)
-        self._inbuf = bytearray()
         self._refused = True
         self.transport.loseConnection()
 
@@ -314,8 +300,7 @@ class BoundedFileTransferServer(filetransfer.FileTransferServer):
             self._log.failure("Failed to handle packet of type {kind}", kind=name)
 
     def _status_ok(self, request_id):
-        self.transport.write(_HEADER.pack(9 + len(_OK_STATUS) - 4, filetransfer.FXP_STATUS) + request_id
-                             + _OK_STATUS)
+        self._cork.write(_HEADER.pack(5 + len(_OK_STATUS), filetransfer.FXP_STATUS) + request_id + _OK_STATUS)
 
     def _failed(self, request_id, msg):
         self._ebStatus(Failure(), request_id, msg)
@@ -355,8 +340,7 @@ class BoundedFileTransferServer(filetransfer.FileTransferServer):
         except Exception:
             self._failed(request_id, b"read failed")
             return
-        self.transport.write(_DATA_HEAD.pack(9 + len(data), filetransfer.FXP_DATA, request_id, len(data))
-                             + data)
+        self._cork.write(_DATA_HEAD.pack(9 + len(data), filetransfer.FXP_DATA, request_id, len(data)) + data)
 
     def _direct_stat(self, packet, follow_links):
         request_id = bytes(packet[:4])

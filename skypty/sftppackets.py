@@ -1,0 +1,88 @@
+"""Cutting an SFTP byte stream into packets, and corking what is sent (sans-I/O).
+
+conch's protocol appends every delivery to a ``bytes`` buffer and slices
+each packet off the front, copying the rest of the buffer every time; with
+many pipelined requests (or 128 KiB data packets arriving in pieces) that is
+most of the work.  ``PacketCutter`` keeps incomplete input until a packet is
+whole, then hands out every complete packet as a view of one immutable
+bytes object: nothing is copied per packet, and a view may be kept.
+
+``Cork`` gathers the packets one batch of work produces (the replies to
+every request that arrived in one read; a file's read-ahead requests) into
+one write: one Noise pass and one ``send`` instead of one per packet.
+"""
+
+import struct
+
+_HEADER = struct.Struct("!LB")  # length (of type + body), type
+
+
+class PacketCutter:
+    def __init__(self, limit):
+        self.limit = limit  # the largest length field accepted
+        self._held = bytearray()
+
+    def feed(self, data):
+        """-> (packets, refused): packets are (type, view of the body, request
+        id included); *refused* is the length of an oversized packet (the
+        stream is then unusable), else None."""
+        if self._held:
+            self._held += data
+            if not self._ready(self._held):
+                return [], None
+            data, self._held = bytes(self._held), bytearray()
+        elif not self._ready(data):
+            self._held += data
+            return [], None
+        view = memoryview(data)
+        packets, pos, end = [], 0, len(data)
+        while end - pos >= 5:
+            length, kind = _HEADER.unpack_from(data, pos)
+            if length > self.limit or length < 1:
+                self._held = bytearray()
+                return packets, length
+            if end - pos < 4 + length:
+                break
+            packets.append((kind, view[pos + 5:pos + 4 + length]))
+            pos += 4 + length
+        if pos < end:
+            self._held += view[pos:]
+        return packets, None
+
+    def _ready(self, buf):
+        """True once *buf* holds a whole packet (or one to refuse)."""
+        if len(buf) < 5:
+            return False
+        length, _ = _HEADER.unpack_from(buf)
+        return length > self.limit or length < 1 or len(buf) >= 4 + length
+
+
+def pack(kind, body):
+    return _HEADER.pack(len(body) + 1, kind) + body
+
+
+class Cork:
+    """Writes to *write* held while corked (nestable), sent as one on the
+    last uncork; uncorked, each goes through at once."""
+
+    def __init__(self, write):
+        self._write = write
+        self._depth = 0
+        self._held = []
+
+    def write(self, data):
+        if self._depth:
+            self._held.append(data)
+        else:
+            self._write(data)
+
+    def __enter__(self):
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        self._depth -= 1
+        if not self._depth and self._held:
+            held, self._held = self._held, []
+            self._write(held[0] if len(held) == 1 else b"".join(held))
+        return False
