@@ -70,7 +70,8 @@ def echo_times(argv, keys, server_root):
     # not the remote end's.  ssh copies that mode to the remote pty, hence
     # the remote `stty echo` (REMOTE) for every client alike.
     child = pexpect.spawn(argv[0], argv[1:], env=env(), timeout=20, echo=False)
-    child.delaybeforesend = None  # pexpect sleeps 50 ms before each send by default
+    child.delaybeforesend = None  # pexpect sleeps 50 ms before each send by default,
+    child.delayafterread = None  # and 0.1 ms (0.2 with timer slack) after each read, inside the timing
     try:
         deadline = time.monotonic() + 20
         while True:  # until the remote cat is up and echoing (early keys may be flushed by a mode switch)

@@ -1,19 +1,17 @@
 """The keystroke hot path: gob fast paths (same bytes, values and errors as
-the generic code), held pty.Write replies, the client's non-blocking
-channels, and write_now on Twisted transports."""
+the generic code), the client's non-blocking channels, and write_now on
+Twisted transports."""
 
 import socket
 import threading
 
 import pytest
 from hypothesis import given, settings, strategies as st
-from twisted.internet import abstract, defer
-from twisted.internet.task import Clock
+from twisted.internet import abstract
 
 from skypty.client.transport import PlainChannel
 from skypty.wire import gob
 from skypty.wire import types as T
-from skypty.wire.rpc import HOLD_SECONDS, Method, RPCClientConnection, RPCError, RPCServerConnection
 from skypty.writenow import write_now
 from tests.fuzz.strategies import GO_TYPES, values_of
 from tests.vectors import load
@@ -92,99 +90,6 @@ def test_a_struct_read_as_another_with_fewer_and_unknown_fields():
     fast = _take_all(stream, T.Request, True)
     assert fast == _take_all(stream, T.Request, False)
     assert [(r.service_method, r.seq) for r in fast] == [("pty.Read", 0), ("pty.Read", 1), ("pty.Read", 2**64 - 1)]
-
-
-# -- held pty.Write replies ------------------------------------------------------------
-
-def _server(clock):
-    reads = []
-
-    def read(n):
-        d = defer.Deferred()
-        reads.append(d)
-        return d
-
-    methods = {"pty.Read": Method(T.INT, T.BYTES, read),
-               "pty.Write": Method(T.BYTES, T.INT, lambda data: len(data), hold=True)}
-    sends = []
-    server = RPCServerConnection(methods, sends.append, call_later=clock.callLater)
-    return server, reads, sends
-
-
-def _replies(client, sends):
-    out = {}
-    for data in sends:
-        for seq, value in client.data_received(data):
-            out[seq] = value
-    return out
-
-
-def test_a_write_reply_rides_with_the_read_reply():
-    clock, client = Clock(), RPCClientConnection()
-    server, reads, sends = _server(clock)
-    read_seq, data = client.start_call("pty.Read", 1024, T.INT, T.BYTES)
-    server.data_received(data)
-    write_seq, data = client.start_call("pty.Write", b"ab", T.BYTES, T.INT)
-    server.data_received(data)
-    assert sends == []  # held: a Read is outstanding
-    reads[0].callback(b"ab")  # the echo
-    assert len(sends) == 1  # one send carries both replies, the echo first
-    assert _replies(client, sends) == {read_seq: b"ab", write_seq: 2}
-    assert clock.getDelayedCalls() == []
-
-
-def test_a_held_reply_goes_alone_after_the_hold():
-    clock, client = Clock(), RPCClientConnection()
-    server, reads, sends = _server(clock)
-    server.data_received(client.start_call("pty.Read", 1024, T.INT, T.BYTES)[1])
-    seqs = []
-    for key in (b"a", b"b", b"c"):  # no echo (stty -echo): the replies wait together
-        seq, data = client.start_call("pty.Write", key, T.BYTES, T.INT)
-        seqs.append(seq)
-        server.data_received(data)
-    clock.advance(HOLD_SECONDS * 0.9)
-    assert sends == []
-    clock.advance(HOLD_SECONDS * 0.2)
-    assert len(sends) == 1 and _replies(client, sends) == {s: 1 for s in seqs}
-
-
-def test_without_another_call_outstanding_a_write_reply_is_not_held():
-    clock, client = Clock(), RPCClientConnection()
-    server, reads, sends = _server(clock)
-    seq, data = client.start_call("pty.Write", b"xyz", T.BYTES, T.INT)
-    server.data_received(data)
-    assert _replies(client, sends) == {seq: 3}
-    assert clock.getDelayedCalls() == []
-
-
-def test_errors_are_never_held_and_a_lost_connection_drops_the_timer():
-    clock, client = Clock(), RPCClientConnection()
-    server, reads, sends = _server(clock)
-    server.methods["pty.Write"] = Method(T.BYTES, T.INT, lambda data: defer.fail(RPCError("EOF")), hold=True)
-    read_seq, data = client.start_call("pty.Read", 1024, T.INT, T.BYTES)
-    server.data_received(data)
-    seq, data = client.start_call("pty.Write", b"a", T.BYTES, T.INT)
-    server.data_received(data)
-    assert str(_replies(client, sends)[seq]) == "EOF"
-    server.methods["pty.Write"] = Method(T.BYTES, T.INT, len, hold=True)
-    server.data_received(client.start_call("pty.Write", b"a", T.BYTES, T.INT)[1])
-    assert len(clock.getDelayedCalls()) == 1
-    server.connection_lost()
-    assert clock.getDelayedCalls() == []
-
-
-def test_held_replies_keep_the_gob_stream_valid_when_a_later_reply_defines_types():
-    # The held Write reply is encoded when it goes, after the reply it rides
-    # with: a first Read reply (defining nothing new) or a first error.
-    clock, client = Clock(), RPCClientConnection()
-    server, reads, sends = _server(clock)
-    read_seq, data = client.start_call("pty.Read", 1024, T.INT, T.BYTES)
-    server.data_received(data)
-    write_seq, data = client.start_call("pty.Write", b"a", T.BYTES, T.INT)
-    server.data_received(data)
-    reads[0].errback(RPCError("EOF"))  # the first Response on the stream defines the Response type
-    replies = _replies(client, sends)
-    assert str(replies[read_seq]) == "EOF" and replies[write_seq] == 1
 
 
 # -- the client's channel ------------------------------------------------------------------

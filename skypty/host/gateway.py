@@ -60,7 +60,7 @@ def pty_methods(avatar, sessions_visible):
         "pty.Start": Method(T.CommandReq, T.EMPTY, empty(
             lambda r: avatar.start(r.name, r.arg, r.env, _size(r)))),
         "pty.Read": Method(T.INT, T.BYTES, avatar.read),
-        "pty.Write": Method(T.BYTES, T.INT, avatar.write, hold=True),
+        "pty.Write": Method(T.BYTES, T.INT, avatar.write),
         "pty.SetPtySize": Method(T.WinSize, T.EMPTY, empty(
             lambda ws: avatar.set_size(ws.rows, ws.cols, ws.x, ws.y))),
         "pty.Stop": Method(T.EMPTY, T.EMPTY, empty(lambda _: avatar.stop())),

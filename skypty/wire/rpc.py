@@ -23,22 +23,13 @@ class RPCError(SkyptyError):
     """An error string from the other side (or "connection closed")."""
 
 
-# How long a held reply (Method.hold) may wait for another reply to travel with.
-HOLD_SECONDS = 0.002
-
-
 class Method:
-    __slots__ = ("arg_type", "reply_type", "handler", "hold")
+    __slots__ = ("arg_type", "reply_type", "handler")
 
-    def __init__(self, arg_type, reply_type, handler, hold=False):
+    def __init__(self, arg_type, reply_type, handler):
         self.arg_type = arg_type
         self.reply_type = reply_type
         self.handler = handler  # callable(arg) -> value | Deferred
-        # hold: while another call is outstanding, this method's reply waits
-        # up to HOLD_SECONDS to share that call's reply's send (pty.Write's
-        # reply then rides with the Read reply carrying the echo: one send
-        # and one client wake-up per keystroke instead of two).
-        self.hold = hold
 
 
 def _unknown(service_method, methods):
@@ -56,8 +47,7 @@ class RPCServerConnection:
     *pause()/resume()* (optional) stop and restart reading, used when too
     many calls are outstanding."""
 
-    def __init__(self, methods, send, pause=None, resume=None, log=None, max_message=MAX_CALL,
-                 call_later=None):
+    def __init__(self, methods, send, pause=None, resume=None, log=None, max_message=MAX_CALL):
         self.methods = methods
         self.send = send
         self._pause, self._resume = pause, resume
@@ -68,10 +58,6 @@ class RPCServerConnection:
         self.outstanding = 0
         self._paused = False
         self.closed = False
-        # Held replies (Method.hold) need a clock: call_later(seconds, f) -> .cancel()
-        self._call_later = call_later
-        self._held = []  # (header, reply type, value), encoded when they go
-        self._hold_timer = None
 
     def data_received(self, data):
         self._dec.feed(data)
@@ -122,10 +108,6 @@ class RPCServerConnection:
                 self.log.failure("rpc {method} failed", failure, method=header.service_method)
             message = str(failure.value) or failure.value.__class__.__name__
             self._reply(header, None, message)
-        elif method.hold and self.outstanding and self._call_later is not None and not self.closed:
-            self._held.append((header, method.reply_type, value))
-            if self._hold_timer is None:
-                self._hold_timer = self._call_later(HOLD_SECONDS, self._release_held)
         else:
             self._reply(header, (method.reply_type, value), "")
         if self._paused and self.outstanding < MAX_OUTSTANDING // 2:
@@ -133,40 +115,20 @@ class RPCServerConnection:
             self._resume()
             self._drain()
 
-    def _encode(self, header, reply_type, value, error):
-        response = Response.cls(service_method=header.service_method, seq=header.seq, error=error)
-        head = self._enc.encode(response, Response)  # first: type ids follow the order of use
-        if error:
-            return head + self._enc.encode(EMPTY.cls(), EMPTY)
-        return head + self._enc.encode(value, reply_type)
-
     def _reply(self, header, result, error):
         if self.closed:
             return
-        reply_type, value = result or (None, None)
-        data = self._encode(header, reply_type, value, error)
-        if self._held:  # encoded after: a held reply may use a type this one defines
-            data += self._take_held()
-        self.send(data)
-
-    def _take_held(self):
-        if self._hold_timer is not None:
-            self._hold_timer.cancel()
-            self._hold_timer = None
-        held, self._held = self._held, []
-        return b"".join(self._encode(header, reply_type, value, "") for header, reply_type, value in held)
-
-    def _release_held(self):
-        self._hold_timer = None
-        if self._held and not self.closed:
-            self.send(self._take_held())
+        response = Response.cls(service_method=header.service_method, seq=header.seq, error=error)
+        head = self._enc.encode(response, Response)  # first: type ids follow the order of use
+        if error:
+            body = self._enc.encode(EMPTY.cls(), EMPTY)
+        else:
+            reply_type, value = result
+            body = self._enc.encode(value, reply_type)
+        self.send(head + body)
 
     def connection_lost(self):
         self.closed = True
-        if self._hold_timer is not None:
-            self._hold_timer.cancel()
-            self._hold_timer = None
-        self._held = []
 
 
 class RPCClientConnection:
@@ -240,13 +202,10 @@ def _make_classes():
     class RPCServerProtocol(protocol.Protocol):
         log = Logger()
 
-        def __init__(self, methods, on_close=None, clock=None):
+        def __init__(self, methods, on_close=None):
             self.methods = methods
             self.on_close = on_close
             self.core = None
-            if clock is None:
-                from twisted.internet import reactor as clock
-            self.clock = clock
 
         def connectionMade(self):
             from skypty.writenow import write_now
@@ -254,8 +213,7 @@ def _make_classes():
             t = self.transport
             self.core = RPCServerConnection(self.methods, lambda data: write_now(t, data),
                                             getattr(t, "pauseProducing", None),
-                                            getattr(t, "resumeProducing", None), self.log,
-                                            call_later=self.clock.callLater)
+                                            getattr(t, "resumeProducing", None), self.log)
 
         def dataReceived(self, data):
             try:
@@ -319,8 +277,8 @@ def _make_classes():
     return RPCServerProtocol, RPCClientProtocol
 
 
-def RPCServerProtocol(methods, on_close=None, clock=None):
-    return _Lazy.classes()[0](methods, on_close, clock)
+def RPCServerProtocol(methods, on_close=None):
+    return _Lazy.classes()[0](methods, on_close)
 
 
 def RPCClientProtocol():
