@@ -54,19 +54,9 @@ class ConfigError(SkyptyError):
 
 def parse_duration(value, key="duration"):
     """'30s', '5m', '1h', '250ms', or a bare number of seconds -> float seconds."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a duration such as 30s or 5m, got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", str(value))
-        if not match:
-            raise ConfigError(f"{key}: expected a duration such as 30s or 5m, got {value!r}")
-        number, unit = float(match.group(1)), match.group(2) or "s"
-        seconds = number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
-    if seconds < 0:
-        raise ConfigError(f"{key}: must not be negative")
-    return seconds
+    from skypty.durations import parse_duration as parse
+
+    return parse(value, key, ConfigError)
 
 
 def parse_listen(value, key):

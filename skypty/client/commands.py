@@ -65,11 +65,11 @@ def parse_target(text, default_port):
 
 
 def timeout_ms(args):
-    from skypty.config import ConfigError, parse_duration
+    from skypty.durations import DurationError, parse_duration  # not skypty.config: attrs is slow to import
 
     try:
         return int(parse_duration(args.timeout, "--timeout") * 1000)
-    except ConfigError as e:
+    except DurationError as e:
         raise SkyptyError(str(e)) from None
 
 
