@@ -104,6 +104,46 @@ def hold(host, seconds, per_port):
     return rows
 
 
+def hostile(host, rounds):
+    """Garbage at every port (tests/test_hostile_host.py's payloads) while a
+    legitimate client keeps running execs; -> (blasts, execs ok during, failed
+    during, ok after)."""
+    import threading
+
+    from tests.test_hostile_host import _unix, blast, payloads
+
+    ok, failed, stop = [0], [0], threading.Event()
+
+    def legit():
+        while not stop.is_set():
+            r = host.client("shell", host.target, "-i", host.config_path, "--", "echo", "ok")
+            if r.returncode == 0 and r.stdout == b"ok\n":
+                ok[0] += 1
+            else:
+                failed[0] += 1
+
+    worker = threading.Thread(target=legit)
+    worker.start()
+    sent = 0
+    try:
+        for i in range(rounds):
+            for n, connect in enumerate((
+                    lambda: _unix(host.cli),
+                    lambda: socket.create_connection(("127.0.0.1", host.tcp_port)),
+                    lambda: socket.create_connection(("127.0.0.1", host.web_port)),
+                    lambda: socket.create_connection(("127.0.0.1", host.server_port)),
+                    lambda: socket.create_connection(("127.0.0.1", host.discovery_port)))):
+                batch = payloads(i * 10 + n)
+                blast(connect, batch)
+                sent += len(batch)
+    finally:
+        stop.set()
+        worker.join()
+    after = sum(host.client("shell", host.target, "-i", host.config_path, "--", "true").returncode == 0
+                for _ in range(5))
+    return sent, ok[0], failed[0], after
+
+
 def strangers(host):
     """Every entry point, as a key that is not whitelisted: processes spawned."""
     import subprocess
@@ -186,6 +226,7 @@ def main():
     ap.add_argument("--per-port", type=int, default=100, help="idle and trickling connections per port each")
     ap.add_argument("--execs", type=int, default=2000)
     ap.add_argument("--shells", type=int, default=200)
+    ap.add_argument("--hostile-rounds", type=int, default=20)
     args = ap.parse_args()
     host = Host(tempfile.mkdtemp(prefix="skypty-rel-"), "rel").start()
     try:
@@ -197,6 +238,12 @@ def main():
         print(f"\nhost alive afterwards: {host.proc.poll() is None}")
         r = host.client("shell", host.target, "-i", host.config_path, "--", "echo", "ok")
         print(f"legitimate exec afterwards: exit {r.returncode}, {r.stdout!r}\n")
+        sent, ok, failed, after = hostile(host, args.hostile_rounds)
+        print("## Hostile input while a legitimate client works\n")
+        print(f"{sent} garbage connections (random, truncated, oversized, bad request lines) across the "
+              f"control socket, Noise TCP, web, dmsg server and discovery ports; meanwhile {ok} execs "
+              f"succeeded and {failed} failed; afterwards {after}/5 succeeded; host alive: "
+              f"{host.proc.poll() is None}\n")
         attempts, spawned = strangers(host)
         print("## Strangers on every entry point\n")
         print("| attempt | answer |")
