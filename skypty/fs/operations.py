@@ -62,6 +62,8 @@ class SFTPOperations(llfuse.Operations):
         self.inodes = InodeTable(root_path)
         self._attrs = {}  # path -> (sftp attrs, expiry): lookups after a readdir cost nothing
         self._sweep_at = SWEEP_EVERY
+        self._changed = {}  # path -> how often it changed here (answers older than a change are not kept)
+        self._changes = 0  # all of them
         self._listings = {}  # directory path -> ({name: attrs}, expiry): complete, so also says what is not there
         self._files = {}  # fh -> RemoteFile
         self._open_by_inode = {}  # inode -> {RemoteFile}
@@ -98,8 +100,11 @@ class SFTPOperations(llfuse.Operations):
         if self.read_only:
             raise llfuse.FUSEError(errno.EROFS)
 
-    def _cache(self, path, attrs):
-        if self.attr_ttl > 0:
+    def _cache(self, path, attrs, since=None):
+        """Keep *attrs* of *path* for attr_ttl, unless *path* changed after
+        *since* (what ``_changes(path)`` said before the request was sent):
+        then the answer may predate the change."""
+        if self.attr_ttl > 0 and (since is None or self._changed.get(path, 0) == since):
             now = time.monotonic()
             self._attrs[path] = (attrs, now + self.attr_ttl)
             if len(self._attrs) > self._sweep_at:
@@ -112,7 +117,7 @@ class SFTPOperations(llfuse.Operations):
         for cache in (self._attrs, self._listings):
             for path in [p for p, (_, expiry) in cache.items() if expiry <= now]:
                 del cache[path]
-        self._sweep_at = max(SWEEP_EVERY, 2 * len(self._attrs))
+        self._changed.clear()  # an answer in flight now is simply not kept        self._sweep_at = max(SWEEP_EVERY, 2 * len(self._attrs))
 
     def _uncache(self, path):
         """*path*'s size or times changed: ask the host next time.  The entry
@@ -121,6 +126,11 @@ class SFTPOperations(llfuse.Operations):
         cached = self._attrs.get(path)
         if cached is not None:
             self._attrs[path] = (cached[0], 0.0)
+        self._changed[path] = self._changed.get(path, 0) + 1
+        self._changes += 1
+
+    def _changes_of(self, path):
+        return self._changed.get(path, 0)
 
     def _last_atime(self, path):
         cached = self._attrs.get(path)
@@ -142,9 +152,11 @@ class SFTPOperations(llfuse.Operations):
         """{name: attrs} of directory *path*: cached while fresh, else from the host."""
         entries = self._cached_listing(path)
         if entries is None:
+            changes = self._changes
             entries = dict(self._remote(self.fs.listdir, path))
-            for name, attrs in entries.items():
-                self._cache(os.path.join(path, name), attrs)
+            if changes == self._changes:  # nothing written meanwhile: the attributes are current
+                for name, attrs in entries.items():
+                    self._cache(os.path.join(path, name), attrs)
             if self.dir_ttl > 0:
                 self._listings[path] = (entries, time.monotonic() + self.dir_ttl)
         return entries
@@ -169,7 +181,8 @@ class SFTPOperations(llfuse.Operations):
         cached = self._attrs.get(path)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        return self._cache(path, self._remote(self.fs.lstat, path))
+        since = self._changes_of(path)
+        return self._cache(path, self._remote(self.fs.lstat, path), since)
 
     def _entry(self, inode, attrs):
         entry = llfuse.EntryAttributes()
@@ -201,9 +214,10 @@ class SFTPOperations(llfuse.Operations):
         """``request(*args)`` creates *path*; its LSTAT travels with it.
         -> (request's result, the entry for *path*)."""
         self._uncache(path)
+        since = self._changes_of(path)
         result, attrs = self._remote(self.fs.then_lstat, lambda: request(*args), path)
         self._listed(path, attrs, made=True)
-        return result, self._entry(self.inodes.remember(path), self._cache(path, attrs))
+        return result, self._entry(self.inodes.remember(path), self._cache(path, attrs, since))
 
     def _order_after_writes(self, inode):
         """A request by path must see this inode's queued writes.  The host
@@ -232,8 +246,9 @@ class SFTPOperations(llfuse.Operations):
     def getattr(self, inode, ctx):
         path = self._path(inode)
         if self._open_by_inode.get(inode):
+            # Writes expire the cached attributes once they are sent; an
+            # LSTAT sent after them sees them.
             self._order_after_writes(inode)
-            self._uncache(path)
         return self._entry(inode, self._lstat(path))
 
     def setattr(self, inode, attr, fields, fh, ctx):
@@ -270,11 +285,12 @@ class SFTPOperations(llfuse.Operations):
             self._order_after_writes(inode)
             send = lambda: self.fs.setstat(path, changes)  # noqa: E731
         self._uncache(path)
+        since = self._changes_of(path)
         _, attrs = self._remote(self.fs.then_lstat, send, path)
         if "size" in changes:
             for f in self._open_by_inode.get(inode, ()):
                 f.truncated()
-        return self._entry(inode, self._cache(path, attrs))
+        return self._entry(inode, self._cache(path, attrs, since))
 
     def readlink(self, inode, ctx):
         return self._remote(self.fs.readlink, self._path(inode))
@@ -405,13 +421,17 @@ class SFTPOperations(llfuse.Operations):
     def write(self, fh, off, buf):
         remote = self._files[fh]
         self._uncache(remote.path)
-        return self._remote(remote.write, off, buf)
+        try:
+            return self._remote(remote.write, off, buf)
+        finally:
+            # Again now that the WRITE is on the wire: an answer to a stat
+            # sent before it (by another thread) must not be kept.
+            self._uncache(remote.path)
 
     def flush(self, fh):
         remote = self._files.get(fh)
         if remote is not None:
             self._remote(remote.flush)
-            self._uncache(remote.path)
 
     def fsync(self, fh, datasync):
         self.flush(fh)
@@ -425,5 +445,4 @@ class SFTPOperations(llfuse.Operations):
             opened.discard(remote)
             if not opened:
                 del self._open_by_inode[remote.inode]
-        self._uncache(remote.path)
         self._remote(remote.close)
