@@ -69,7 +69,7 @@ def check_entry(body):
             entry.validate_iteration(again)
 
 
-@fuzz(200)
+@fuzz(120)
 @given(bodies)
 @example(b'{"static":"' + PUBLIC_KEYS[0].hex().encode() + b'","version":"\\ud800"}')  # a lone surrogate
 @example(b'{"static":"' + PUBLIC_KEYS[0].hex().encode() + b'","timestamp":NaN}')
@@ -78,7 +78,7 @@ def test_entry_json(body):
     check_entry(body)
 
 
-@fuzz(100)
+@fuzz(60)
 @given(json_values)
 def test_entry_object(obj):
     with only(EntryError):
@@ -135,7 +135,7 @@ requests = st.lists(st.tuples(
     st.one_of(bodies, good_entries.map(lambda e: e.to_json()))), min_size=1, max_size=4)
 
 
-@fuzz(100)
+@fuzz(60)
 @given(requests)
 @example([(b"POST", "/dmsg-discovery/entry/", b"{" + b" " * MAX_ENTRY_JSON + b"}")])
 @example([(b"GET", "/dmsg-discovery/entry/\udcff", b"")])

@@ -40,7 +40,7 @@ def test_envelope_reader(data, sizes):
                     reader.feed(rest)
 
 
-@fuzz(200)
+@fuzz(120)
 @given(st.one_of(st.binary(max_size=600), st.tuples(st.sampled_from(SEED_SIGNED), edits).map(
     lambda se: bytes(SIG_LEN) + mutate(*se))), st.sampled_from([T.StreamRequest, T.StreamResponse]))
 @example(b"", T.StreamRequest)
@@ -51,7 +51,7 @@ def test_open_object(signed, gotype):
         assert isinstance(value, gotype.cls) and sig + raw == signed
 
 
-@fuzz(200)
+@fuzz(100)
 @given(st.lists(st.integers(0, 3 * REPLAY_WINDOW), max_size=40))
 def test_envelope_nonces_never_repeat(nonces):
     enc, cipher = FrameEncoder(KEY), ciphers()
@@ -85,7 +85,7 @@ def take(signed, sizes):
     return got
 
 
-@fuzz(150)
+@fuzz(100)
 @given(good_requests, signers, chunk_sizes)
 def test_stream_request_round_trip(req, signer, sizes):
     signed = sign_object(SECRET_KEYS[signer], req, T.StreamRequest)

@@ -40,7 +40,7 @@ def run_decoder(data, sizes, expected, max_message=CAP):
             drain(dec, expected)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.binary(max_size=2000), chunk_sizes, expected_types)
 @example(b"\xfc\xff\xff\xff\xff", [], None)                      # a 2**32 length: refused before buffering
 @example(b"\x04\x81\x09\x00\x00", [], None)                      # redefine a builtin id
@@ -49,7 +49,7 @@ def test_gob_random_bytes(data, sizes, expected):
     run_decoder(data, sizes, expected)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.sampled_from(SEED_STREAMS), edits, chunk_sizes, expected_types)
 def test_gob_mutated_reference_streams(stream, changes, sizes, expected):
     run_decoder(mutate(stream, changes), sizes, expected, max_message=gob.MAX_MESSAGE)
@@ -86,7 +86,7 @@ definitions = st.lists(st.tuples(
     type_ids, st.integers(-2, 40)), min_size=1, max_size=5)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(definitions, st.integers(65, 70), st.binary(max_size=200), chunk_sizes, expected_types)
 def test_gob_peer_defined_types(defs, value_tid, value, sizes, expected):
     stream = b"".join(_wire_type_message(65 + i, *d) for i, d in enumerate(defs))
@@ -94,7 +94,7 @@ def test_gob_peer_defined_types(defs, value_tid, value, sizes, expected):
     run_decoder(stream + gob.encode_uint(len(body)) + body, sizes, expected)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.sampled_from(GO_TYPES).flatmap(lambda t: st.tuples(st.just(t), st.lists(values_of(t), min_size=1,
                                                                                     max_size=3))),
        chunk_sizes)

@@ -149,7 +149,7 @@ def test_handshake_random_message(step, message):
     read_hostile(step, message)
 
 
-@fuzz(150)
+@fuzz(100)
 @given(st.sampled_from(STEPS), edits)
 def test_handshake_mutated_message(step, changes):
     pattern, index = step

@@ -51,13 +51,13 @@ def run_server(data, sizes):
     check_replies(sent)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.binary(max_size=2000), chunk_sizes)
 def test_rpc_server_random_bytes(data, sizes):
     run_server(data, sizes)
 
 
-@fuzz(300)
+@fuzz(150)
 @given(st.sampled_from(CLIENT_STREAMS), edits, chunk_sizes)
 def test_rpc_server_mutated_reference_calls(stream, changes, sizes):
     run_server(mutate(stream, changes), sizes)
@@ -66,7 +66,7 @@ def test_rpc_server_mutated_reference_calls(stream, changes, sizes):
 names = st.sampled_from(sorted(pty_like_methods()) + ["pty.Nope", "nope.Nope", "", "pty", ".", "a.b.c"])
 
 
-@fuzz(200)
+@fuzz(100)
 @given(st.lists(st.tuples(names, st.sampled_from(GO_TYPES).flatmap(lambda t: st.tuples(st.just(t), values_of(t)))),
                 min_size=1, max_size=6), chunk_sizes)
 # a call whose argument is of another type than the method takes: GobError, the connection drops
@@ -97,13 +97,13 @@ reference_calls = [("pty.Start", T.EMPTY), ("pty.Read", T.BYTES), ("pty.Write", 
                    ("pty.Read", T.BYTES), ("pty.Read", T.BYTES), ("pty.Stop", T.EMPTY)]
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.binary(max_size=2000), chunk_sizes, st.integers(0, len(reference_calls)))
 def test_rpc_client_random_bytes(data, sizes, ncalls):
     run_client(data, sizes, reference_calls[:ncalls])
 
 
-@fuzz(300)
+@fuzz(150)
 @given(st.sampled_from(SERVER_STREAMS), edits, chunk_sizes)
 def test_rpc_client_mutated_reference_replies(stream, changes, sizes):
     run_client(mutate(stream, changes), sizes, reference_calls)
@@ -115,7 +115,7 @@ def echo_methods():
     return methods
 
 
-@fuzz(200)
+@fuzz(100)
 @given(st.lists(st.one_of(
     st.integers(0, len(GO_TYPES) - 1).flatmap(lambda i: st.tuples(st.just(i), values_of(GO_TYPES[i]))),
     st.tuples(st.just(-1), st.text(min_size=1, max_size=30))), min_size=1, max_size=5), chunk_sizes)

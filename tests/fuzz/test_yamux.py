@@ -116,7 +116,7 @@ def encode(frame_list):
     return b"".join(out)
 
 
-@fuzz(300)
+@fuzz(150)
 @given(st.booleans(), st.integers(0, 3), st.sampled_from([0, 10, INITIAL_WINDOW + 5]), frames, chunk_sizes)
 @example(False, 0, 0, [(0, WINDOW_UPDATE, SYN, 1, 0)] * (MAX_STREAMS + 2), [])  # more streams than allowed
 @example(True, 1, 10, [(0, WINDOW_UPDATE, 0, 1, 2**31)], [])                   # window overflow
