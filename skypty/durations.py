@@ -6,12 +6,9 @@ A module of its own (no attrs, no config loader) so that the client parses
 of every one-shot ``exec``.
 """
 
-import re
-
 from skypty.errors import SkyptyError
 
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
-_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+_UNITS = (("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600))  # "ms" before "s" and "m"
 
 
 class DurationError(SkyptyError):
@@ -25,10 +22,25 @@ def parse_duration(value, key="duration", error=DurationError):
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
-        match = _DURATION.fullmatch(str(value))
-        if not match:
+        seconds = _seconds(str(value))
+        if seconds is None:
             raise error(f"{key}: expected a duration such as 30s or 5m, got {value!r}")
-        seconds = float(match.group(1)) * _UNIT[match.group(2) or "s"]
     if seconds < 0:
         raise error(f"{key}: must not be negative")
     return seconds
+
+
+def _seconds(text):
+    """NUMBER[UNIT] with optional spaces around and between (what the regex
+    \\s*(\\d+(?:\\.\\d+)?)\\s*(ms|s|m|h)?\\s* takes), or None.  By hand: compiling
+    that regex was ~0.4 ms of every exec, which always parses --timeout."""
+    text = text.strip()
+    factor = 1
+    for unit, unit_factor in _UNITS:
+        if text.endswith(unit):
+            text, factor = text[:-len(unit)].rstrip(), unit_factor
+            break
+    whole, dot, fraction = text.partition(".")
+    if not whole.isdecimal() or (dot and not fraction.isdecimal()):
+        return None
+    return float(text) * factor

@@ -195,7 +195,11 @@ class SecretKey(_Frozen):
 
     @property
     def public_key(self):
-        return PublicKey(self._private.public_key.format(compressed=True))
+        # Derived from a valid scalar, so on the curve: no check (a fresh
+        # ephemeral key per dmsg stream would miss the cache every time).
+        pk = object.__new__(PublicKey)
+        object.__setattr__(pk, "raw", self._private.public_key.format(compressed=True))
+        return pk
 
     def sign(self, data):
         """65-byte recoverable signature over SHA256(data)."""

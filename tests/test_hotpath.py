@@ -180,3 +180,114 @@ def test_write_now_queues_the_rest_and_keeps_the_order():
     while d in d.reactor.writers:
         d.doWrite()
     assert b"".join(d.written) == b"abcdef"
+
+
+# -- start-up: hand-written stand-ins for regexes compiled at every start ---------------
+
+def test_snake_case_names_match_the_regex_rules():
+    import re
+
+    from skypty.wire.gob import _snake
+
+    def by_regex(name):
+        s = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
+        return re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", s).lower()
+
+    @given(st.text(alphabet="aZbYX9_1cD", max_size=12))
+    @settings(max_examples=500, deadline=None)
+    def run(name):
+        assert _snake(name) == by_regex(name)
+
+    run()
+    for t in [getattr(T, n) for n in dir(T)]:
+        for f in getattr(t, "fields", ()):
+            assert _snake(f.go_name) == by_regex(f.go_name)
+
+
+def test_durations_take_what_the_regex_took():
+    import re
+
+    from skypty.durations import DurationError, parse_duration
+
+    pattern = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
+
+    @given(st.text(alphabet="0123456789.smh \t\u00a0\u0661\u00b2e+-", max_size=8))
+    @settings(max_examples=500, deadline=None)
+    def run(text):
+        m = pattern.fullmatch(text)
+        if m is None:
+            with pytest.raises(DurationError):
+                parse_duration(text)
+        else:
+            assert parse_duration(text) == float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
+
+    run()
+    assert parse_duration("30s") == 30 and parse_duration("250ms") == 0.25 and parse_duration(" 5 m ") == 300
+
+
+def test_plain_words_are_what_the_regex_called_plain():
+    import re
+
+    from skypty.client.cmdline import needs_shell
+
+    plain = re.compile(r"[A-Za-z0-9_./@%+,:-]+")
+
+    @given(st.text(max_size=8))
+    @settings(max_examples=500, deadline=None)
+    def run(word):
+        assert needs_shell([word]) == (plain.fullmatch(word) is None)
+
+    run()
+
+
+# -- start-up: `exec PK -- CMD` without argparse ------------------------------------------
+
+def _argparse_exec(words, command):
+    from skypty.client.main import build_parser
+
+    args, unknown = build_parser(only="exec").parse_known_args(["exec", *words])
+    assert not unknown and args.command == []
+    args.command = list(command)
+    return vars(args)
+
+
+def test_the_fast_exec_parser_knows_every_exec_option():
+    from skypty.client.fastargs import DEFAULTS, FLAGS, VALUES
+    from skypty.client.main import build_parser
+
+    parser = build_parser(only="exec")
+    exec_parser = next(a for a in parser._actions if a.dest == "verb").choices["exec"]
+    options = {o for a in exec_parser._actions for o in a.option_strings if o not in ("-h", "--help")}
+    assert options == set(FLAGS) | set(VALUES)
+    dests = {a.dest: a.default for a in exec_parser._actions if a.dest not in ("help", "targets", "command")}
+    assert dests == DEFAULTS
+
+
+WORDS = st.lists(st.sampled_from([
+    "03" + "ab" * 32, "web1", "@group", "-", "--via", "tcp://x@h:1", "--scheme", "dmsg", "skynet", "ftp",
+    "--port", "2222", "0x10", "-5", "--timeout", "5s", "--stdin", "--json", "--parallel", "0", "3", "--group",
+    "--connect-timeout", "-i", "cfg.json", "--input", "-p", "--pkg", "--sk", "--no-visor-key", "--cliaddr",
+    "/tmp/pty.sock", "--clinet", "unix", "tcp", "--cliaddr=/x", "--port=7", "--port=", "-i=x", "--cli", "-h",
+    "-pi", "", "--scheme=skynet", "--clinet=udp",
+]), max_size=7)
+
+
+@given(WORDS, st.lists(st.sampled_from(["true", "-c", "--", "x y"]), min_size=1, max_size=3))
+@settings(max_examples=400, deadline=None)
+def test_the_fast_exec_parser_agrees_with_argparse_or_steps_aside(words, command):
+    from skypty.client.fastargs import parse_exec
+
+    fast = parse_exec(words, command)
+    if fast is None:
+        return  # argparse decides (and reports any error)
+    assert vars(fast) == _argparse_exec(words, command)
+
+
+def test_the_plain_forms_take_the_fast_path():
+    from skypty.client.fastargs import parse_exec
+
+    pk = "03" + "ab" * 32
+    for words in ([pk], [pk, "--cliaddr", "/tmp/a.sock"], ["-i", "c.json", pk, "--timeout", "5m", "--stdin"],
+                  [pk, "--via", "tcp://k@h:2022", "--port=23", "-p"]):
+        fast = parse_exec(words, ["uname", "-a"])
+        assert fast is not None and vars(fast) == _argparse_exec(words, ["uname", "-a"])

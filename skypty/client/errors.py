@@ -10,7 +10,7 @@ import re
 
 from skypty.errors import SkyptyError
 
-PK_RE = re.compile(r"\b[0-9a-fA-F]{66}\b")
+PK_PATTERN = r"\b[0-9a-fA-F]{66}\b"  # compiled where used (re caches it), not at every start
 
 
 class ClientError(SkyptyError):
@@ -48,7 +48,7 @@ def parse_rejection(data):
 def proxy_refusal(reason, text, target_pk, port, local="the local host"):
     """Why the local host could not give us *target_pk*'s pty service."""
     if reason == "not-whitelisted":
-        keys = PK_RE.findall(text)
+        keys = re.findall(PK_PATTERN, text)
         own = keys[-1] if len(keys) >= 2 else "of the local host"
         return not_whitelisted(target_pk, own)
     if reason == "not-in-discovery":

@@ -5,7 +5,6 @@ Order: ``--sk HEX``; ``--no-visor-key`` (a fresh random key, said on stderr);
 ``$SKYPTY_CONFIG``; ``./skywire-config.json``.
 """
 
-import json
 import os
 import sys
 
@@ -30,6 +29,8 @@ SOCKET_HINT = "it names the local host's control socket; or give --cliaddr"
 
 
 def read_config_json(path, hint=KEY_HINT):
+    import json  # not at import: `exec PK --cliaddr ...` reads no config
+
     try:
         with open(path, "rb") as f:
             return json.loads(f.read(16 * 1024 * 1024))

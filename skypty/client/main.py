@@ -5,8 +5,8 @@ this module imports nothing heavy: each verb's implementation is imported
 only when that verb runs.
 """
 
-import argparse
 import importlib
+import os
 import sys
 
 from skypty import __version__
@@ -58,6 +58,8 @@ def _positive_int(text):
     except ValueError:
         value = 0
     if value < 1:
+        import argparse
+
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
@@ -79,6 +81,8 @@ def _escape_char(text):
     try:
         return parse_escape_char(text)
     except ValueError as e:
+        import argparse
+
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
@@ -98,18 +102,57 @@ def _command_arg(parser, required):
                         help="the command to run, after --")
 
 
-def build_parser():
+def _columns():
+    """The terminal width as shutil.get_terminal_size finds it."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+        if columns > 0:
+            return columns
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+def _formatter_class(argparse):
+    class Formatter(argparse.RawDescriptionHelpFormatter):
+        """argparse's, minus its import of shutil (and with it bz2, lzma and
+        fnmatch) just to learn the terminal width: every add_argument makes one."""
+
+        def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+            super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+
+    return Formatter
+
+
+class _Skipped:
+    """Takes the place of the parser of a verb that is not being run."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self
+
+
+def build_parser(only=None):
+    """The whole command line, or (*only*) just that verb's part of it:
+    building every verb's parser was ~8 ms of each one-shot exec."""
+    import argparse  # not at import: a plain `exec PK -- CMD` never needs it (skypty.client.fastargs)
+
+    _Formatter = _formatter_class(argparse)
     parser = argparse.ArgumentParser(
         prog="skypty-client",
         description="Client for skypty and Skywire pty hosts: shells, commands, files and the "
                     "web terminal, authorised by secp256k1 public key.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXIT_CODES, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"skypty-client {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
 
     def verb(name, help_, **kw):
+        if only is not None and name != only:
+            return _Skipped()
         p = sub.add_parser(name, help=help_, description=help_, epilog=kw.pop("epilog", EXIT_CODES),
-                           formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+                           formatter_class=_Formatter, **kw)
         return p
 
     p = verb("exec", "Run one command on a remote host and mirror its exit code; or on many "
@@ -350,12 +393,45 @@ def _command_needs_dashes(argv, args, unknown):
 
 
 def main(argv=None):
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:  # the program itself (console script or -m), not a caller in-process
+        return _exit_now(_main(sys.argv[1:]))
+    return _main(argv)
+
+
+def _exit_now(code):
+    """Flush and leave without the interpreter's teardown (~10 ms of freeing
+    modules one by one after a one-shot exec), when nothing else is running:
+    no other thread, no Twisted (cp, fs mount) with cleanup of its own."""
+    if "twisted.internet.reactor" in sys.modules:
+        return code
+    if "threading" in sys.modules:
+        import threading
+
+        if threading.active_count() > 1:
+            return code
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return code  # let the normal exit report it
+    os._exit(code if isinstance(code, int) else 1)
+
+
+def _main(argv):
+    argv = list(argv)
+    first = argv[0] if argv else ""
     command = None
     if "--" in argv:
         i = argv.index("--")
         argv, command = argv[:i], argv[i + 1:]
+    if first == "exec" and command is not None:
+        from skypty.client.fastargs import parse_exec
+
+        args = parse_exec(argv[1:], command)
+        if args is not None:  # the plain one-shot form, without argparse
+            return _run_verb(args, None)
+    # Just the verb being run (completion describes them all).
+    parser = build_parser(only=first if first in VERBS and first != "completion" else None)
     args, unknown = parser.parse_known_args(argv)
     if not args.verb:
         parser.print_help(sys.stderr)
@@ -375,6 +451,10 @@ def main(argv=None):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if command is not None and takes_command:
         args.command = command
+    return _run_verb(args, parser)
+
+
+def _run_verb(args, parser):
     module, func = VERBS[args.verb]
     try:
         return getattr(importlib.import_module(module), func)(args, parser) or 0

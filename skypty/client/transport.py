@@ -12,9 +12,8 @@ every send and recv, which was two extra system calls per keystroke in an
 interactive shell, where the loop has already selected.
 """
 
+import _socket  # socket.py's C core: see connect_unix
 import select
-import socket
-import struct
 
 from skypty.errors import SkyptyError
 
@@ -40,7 +39,7 @@ class PlainChannel:
         fd = [self.sock]
         ready = select.select([], fd, [], self.timeout) if for_write else select.select(fd, [], [], self.timeout)
         if not any(ready):
-            raise socket.timeout("timed out")
+            raise TimeoutError("timed out")  # what a socket with a timeout raises (socket.timeout)
 
     def send(self, data):
         view = None
@@ -120,7 +119,10 @@ def _recv_exact(sock, n):
 
 
 def connect_unix(path, timeout=CONNECT_TIMEOUT):
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # A bare _socket.socket: everything a channel uses is in the C object,
+    # and `import socket` (its enums, selectors) was ~4 ms of a one-shot
+    # exec through the local host.
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(path)
@@ -134,6 +136,8 @@ def connect_unix(path, timeout=CONNECT_TIMEOUT):
 
 
 def connect_tcp(host, port, timeout=CONNECT_TIMEOUT):
+    import socket
+
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as e:
@@ -149,6 +153,9 @@ def connect_noise(host, port, remote_pk, local_sk, timeout=CONNECT_TIMEOUT):
     cannot read it and hangs up before answering, which is ssh's "host key
     mismatch" moment.  (A host refusing *our* key does so only after the
     handshake: request_service sees that.)"""
+    import socket
+    import struct
+
     from skypty.noise import NoiseError, NoiseHandshake, frame_handshake
 
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -11,7 +11,6 @@ Python type by field name, as Go does.  Anything malformed raises GobError.
 """
 
 import keyword
-import re
 import struct as _struct
 
 from skypty.errors import ProtocolError
@@ -209,13 +208,46 @@ def record_class(name, fields):
                                              "__init__": namespace["__init__"]})
 
 
+_LOWER_OR_DIGIT = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_LOWER = frozenset("abcdefghijklmnopqrstuvwxyz")
+
+
 def _snake(go_name):
-    s = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", go_name)
-    return re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", s).lower()
+    """ServiceMethod -> service_method, HTTPServer -> http_server: what
+    re.sub(r"([a-z0-9])([A-Z])", r"\1_\2") then re.sub(r"([A-Z]+)([A-Z][a-z])",
+    r"\1_\2") and lower() give, by hand (every wire type's fields are named at
+    import, and compiling the two regexes was part of every client start)."""
+    out, i, n = [], 0, len(go_name)
+    while i < n:  # an underscore between a lower-case letter or digit and a capital
+        c = go_name[i]
+        out.append(c)
+        if i + 1 < n and c in _LOWER_OR_DIGIT and go_name[i + 1] in _UPPER:
+            out += ("_", go_name[i + 1])
+            i += 2
+        else:
+            i += 1
+    s = "".join(out)
+    out, i, n = [], 0, len(s)
+    while i < n:  # a run of capitals followed by a lower-case letter: its last capital starts a word
+        if s[i] in _UPPER:
+            j = i
+            while j < n and s[j] in _UPPER:
+                j += 1
+            if j - i >= 2 and j < n and s[j] in _LOWER:
+                out += (s[i:j - 1], "_", s[j - 1:j + 1])
+                i = j + 1
+                continue
+            out.append(s[i:j])
+            i = j
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out).lower()
 
 
 class Struct(GoType):
-    """A Go struct; values are instances of ``cls`` (an attrs class)."""
+    """A Go struct; values are instances of ``cls`` (a record class, made on first use)."""
 
     def __init__(self, name, fields, cls=None, gostring=None):
         self.name = name
@@ -224,9 +256,14 @@ class Struct(GoType):
                                                             f[3] if len(f) > 3 else False)
                        for f in fields]
         self.by_go_name = {f.go_name: f for f in self.fields}
-        if cls is None:
-            cls = record_class(name, [(f.attr_name, *_zero_default(f)) for f in self.fields])
-        self.cls = cls
+        self._cls = cls
+
+    @property
+    def cls(self):
+        # Made on first use: the client imports ~25 wire types and uses a few.
+        if self._cls is None:
+            self._cls = record_class(self.name, [(f.attr_name, *_zero_default(f)) for f in self.fields])
+        return self._cls
 
     def __call__(self, **kwargs):
         return self.cls(**kwargs)
