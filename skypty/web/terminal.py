@@ -78,7 +78,7 @@ def _dimension(value):
     not a float such as 1e999) or a string of digits; else None."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, str) and value.isdigit() and len(value) < 5:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 5:
         value = int(value)
     return value if isinstance(value, int) and 0 < value < 1000 else None
 
