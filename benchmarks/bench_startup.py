@@ -26,6 +26,7 @@ machine: 15-32 ms).
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,11 +41,19 @@ PYTHON = os.path.realpath(sys.executable)  # not a pyenv shim: that is a bash sc
 CLIENT = os.path.join(os.path.dirname(sys.executable), "skypty-client")
 
 
-def wall(argv, environ):
+CPU = {}  # argv key -> CPU seconds (user + system) of each run: steadier than wall time on a busy machine
+
+
+def wall(argv, environ, key=None):
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, env=environ)
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if key:
+        CPU.setdefault(key, []).append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return elapsed
 
 
 def in_process_exec(cli, pk):
@@ -96,10 +105,10 @@ def main():
         exec_s_argv = [PYTHON, "-S"] + exec_argv
         t = {"pass": [], "pass -S": [], "exec": [], "exec -S": [], "in-process": []}
         for _ in range(args.runs):
-            t["pass"].append(wall([PYTHON, "-c", "pass"], environ))
-            t["exec"].append(wall(exec_argv, environ))
-            t["pass -S"].append(wall([PYTHON, "-S", "-c", "pass"], environ))
-            t["exec -S"].append(wall(exec_s_argv, environ))
+            t["pass"].append(wall([PYTHON, "-c", "pass"], environ, "pass"))
+            t["exec"].append(wall(exec_argv, environ, "exec"))
+            t["pass -S"].append(wall([PYTHON, "-S", "-c", "pass"], environ, "pass -S"))
+            t["exec -S"].append(wall(exec_s_argv, environ, "exec -S"))
             t["in-process"].append(in_process_exec(a.cli, b.pk))
         above = [e - p for e, p in zip(t["exec"], t["pass"])]
         above_s = [e - p for e, p in zip(t["exec -S"], t["pass -S"])]
@@ -114,6 +123,9 @@ def main():
         print(f"  the hosts' share (the exec in-process)  : {ms(t['in-process']):6.1f} ms")
         print(f"  the client's own share (-S, above the interpreter, less the hosts): "
               f"{ms(above_s) - ms(t['in-process']):.1f} ms")
+        print(f"  CPU time (user+sys) of the process, median: python3 -c pass {ms(CPU['pass']):.1f} ms, "
+              f"exec {ms(CPU['exec']):.1f} ms; -S: {ms(CPU['pass -S']):.1f} ms, exec {ms(CPU['exec -S']):.1f} ms "
+              f"(the client's CPU above the interpreter: {ms(CPU['exec -S']) - ms(CPU['pass -S']):.1f} ms)")
         print(f"  ratio of the -S exec to the reference Go client ({ref[0]:g}-{ref[-1]:g} ms): "
               f"{user / ref[-1]:.1f}-{user / ref[0]:.1f}x (target <= 1.5x)")
     finally:
