@@ -354,12 +354,18 @@ class RemoteFS:
         directory = yield self.link.call(lambda c: c.openDirectory(path))
         entries = []
         try:
-            while True:
-                try:
-                    page = yield self.link.call(lambda c: directory.read())
-                except EOFError:
-                    break
-                entries.extend((name, attrs) for name, _, attrs in page if name not in (b".", b".."))
+            # READDIRs go two at a time: a directory that fits in one page
+            # (and the EOF that ends it) costs one round trip, not two.
+            done = False
+            while not done:
+                with self.link.corked():
+                    pages = [self.link.call(lambda c: directory.read()) for _ in range(2)]
+                for ok, found in (yield defer.DeferredList(pages, consumeErrors=True)):
+                    if not ok:
+                        found.trap(EOFError)
+                        done = True
+                    elif not done:
+                        entries.extend((name, attrs) for name, _, attrs in found if name not in (b".", b".."))
         finally:
             if self.link.connected:
                 directory.close().addErrback(lambda _: None)
