@@ -11,7 +11,8 @@ PYTHONDONTWRITEBYTECODE), then alternates, run after run:
     and without site (here site also runs a sandbox .pth that imports
     certifi, ~20-30 ms no user machine pays);
   * `skypty-client exec B --cliaddr A -- true`: the whole client process,
-    and the same under `python3 -S` (skypty from PYTHONPATH): what it costs
+    and the same under `python3 -S` (skypty and site-packages from
+    PYTHONPATH, no .pth file run): what it costs
     without the sandbox's .pth, which also imports for us modules the
     client would otherwise pay for (re, enum, functools...);
   * the same exec done in-process by this script (connect, proxy request,
@@ -30,6 +31,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 
@@ -103,12 +105,16 @@ def main():
             wall(exec_argv, environ)
             in_process_exec(a.cli, b.pk)
         exec_s_argv = [PYTHON, "-S"] + exec_argv
+        # -S skips every .pth: skypty comes from PYTHONPATH (env()), its
+        # dependencies from site-packages named there too.
+        environ_s = dict(environ)
+        environ_s["PYTHONPATH"] += os.pathsep + sysconfig.get_paths()["purelib"]
         t = {"pass": [], "pass -S": [], "exec": [], "exec -S": [], "in-process": []}
         for _ in range(args.runs):
             t["pass"].append(wall([PYTHON, "-c", "pass"], environ, "pass"))
             t["exec"].append(wall(exec_argv, environ, "exec"))
             t["pass -S"].append(wall([PYTHON, "-S", "-c", "pass"], environ, "pass -S"))
-            t["exec -S"].append(wall(exec_s_argv, environ, "exec -S"))
+            t["exec -S"].append(wall(exec_s_argv, environ_s, "exec -S"))
             t["in-process"].append(in_process_exec(a.cli, b.pk))
         above = [e - p for e, p in zip(t["exec"], t["pass"])]
         above_s = [e - p for e, p in zip(t["exec -S"], t["pass -S"])]
