@@ -51,6 +51,30 @@ def wait_unmounted(path):
         time.sleep(0.02)
 
 
+def cpu_seconds(pid):
+    """user + system CPU of *pid* so far (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def mount_pid(mnt):
+    """The `fs mount` process serving *mnt* (None for sshfs)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"fs" in argv and b"mount" in argv and os.fsencode(mnt) in argv:
+                return int(entry)
+    return None
+
+
 def write_file(path, mib):
     block = os.urandom(BLOCK)
     start = time.perf_counter()
@@ -177,15 +201,29 @@ def main():
             return metadata(args, systems, mnt, data, tmp)
         writes = {name: [] for name in systems}
         reads = {name: [] for name in systems}
+        cpu = {name: {"host w": [], "client w": [], "host r": [], "client r": []} for name in systems}
+
+        def cpus(name):
+            client = mount_pid(mnt)
+            return (cpu_seconds(host.proc.pid) if "Noise" in name else 0.0,
+                    cpu_seconds(client) if client else 0.0, client)
         for run in range(args.runs):
             for name, (mount, umount) in systems.items():  # alternating: each run visits every system
                 target = os.path.join(mnt, f"bench-{run}.bin")
                 subprocess.run(mount, check=True)
+                h0, c0, client = cpus(name)
                 writes[name].append(write_file(target, args.mib))
+                h1, c1, _ = cpus(name)
+                cpu[name]["host w"].append(h1 - h0)
+                cpu[name]["client w"].append(c1 - c0)
                 subprocess.run(umount, check=True)
                 wait_unmounted(mnt)
                 subprocess.run(mount, check=True)
+                h0, c0, client = cpus(name)
                 secs, total = read_file(target)
+                h1, c1, _ = cpus(name)
+                cpu[name]["host r"].append(h1 - h0)
+                cpu[name]["client r"].append(c1 - c0)
                 assert total == args.mib * BLOCK, (name, total)
                 reads[name].append(secs)
                 subprocess.run(umount, check=True)
@@ -195,9 +233,12 @@ def main():
         for name in systems:
             results[name] = (n / statistics.median(writes[name]) / 1e6, n / statistics.median(reads[name]) / 1e6)
         print(f"sequential {args.mib} MiB file, 1 MiB blocks, median of {args.runs} alternating runs (MB/s):")
-        print(f"  {'':<36}{'write':>8}{'read':>8}")
+        print(f"  {'':<36}{'write':>8}{'read':>8}   CPU ms/MB: host w, client w, host r, client r")
         for name, (w, r) in results.items():
-            print(f"  {name:<36}{w:8.1f}{r:8.1f}")
+            per_mb = [statistics.median(cpu[name][k]) * 1000 / (n / 1e6)
+                      for k in ("host w", "client w", "host r", "client r")]
+            shown = "  ".join(f"{v:4.1f}" if v else "   -" for v in per_mb)
+            print(f"  {name:<36}{w:8.1f}{r:8.1f}   {shown}")
         if "skypty fs mount (Noise TCP)" in results and "sshfs (ssh)" in results:
             sw, sr = results["skypty fs mount (Noise TCP)"]
             ow, orr = results["sshfs (ssh)"]

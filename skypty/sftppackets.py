@@ -49,6 +49,11 @@ class PacketCutter:
             self._held += view[pos:]
         return packets, None
 
+    @property
+    def holding(self):
+        """True while part of a packet has arrived and the rest has not."""
+        return bool(self._held)
+
     def _ready(self, buf):
         """True once *buf* holds a whole packet (or one to refuse)."""
         if len(buf) < 5:
@@ -75,6 +80,10 @@ class Cork:
             self._held.append(data)
         else:
             self._write(data)
+
+    def discard(self):
+        """The connection is gone: nothing held will be sent."""
+        self._depth, self._held = 0, []
 
     def __enter__(self):
         self._depth += 1

@@ -196,7 +196,15 @@ def test_sequential_reads_are_pipelined_ahead():
     assert first.result == bytes(handle.data[:2 * CHUNK])
     second = f.read(2 * CHUNK, 2 * CHUNK)
     assert second.called and second.result == bytes(handle.data[2 * CHUNK:4 * CHUNK])  # already here
-    assert len(handle.reads) == 2  # the window slides on
+    assert handle.reads == []  # plenty is still ahead: nothing asked yet
+    offset = 4 * CHUNK
+    while not handle.reads:  # read on until half the window is used up...
+        got = f.read(offset, CHUNK)
+        assert got.called and got.result == bytes(handle.data[offset:offset + CHUNK])
+        offset += CHUNK
+    # ... then one batch tops it up (and the chunk being read was already here)
+    assert len(handle.reads) > READ_AHEAD // 2
+    assert all(o >= (2 + READ_AHEAD) * CHUNK for o, _, _ in handle.reads)  # only chunks not asked before
 
 
 def test_reads_at_random_offsets_and_past_the_end():

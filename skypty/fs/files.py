@@ -1,8 +1,9 @@
 """An open remote file: read-ahead and write-behind, so that throughput is
 not one round trip per request.
 
-Reads are served from a grid of 64 KiB chunks; a sequential reader gets the
-next ``READ_AHEAD`` chunks requested before it asks.  Writes are sent at
+Reads are served from a grid of 128 KiB chunks; a sequential reader gets the
+next ``READ_AHEAD`` chunks requested before it asks (topped up in batches,
+one write each).  Writes are sent at
 once and acknowledged to the kernel without waiting, up to ``WRITE_WINDOW``
 bytes in flight; the first failure is kept and reported by the next write,
 flush (close) or fsync, as sshfs does, so no error is lost.
@@ -89,6 +90,10 @@ class RemoteFile:
         ahead = READ_AHEAD if sequential else 0
         for index in [i for i in self._chunks if i < first or i > last + READ_AHEAD]:
             del self._chunks[index]
+        if ahead and all(i in self._chunks for i in range(last + 1, last + 1 + READ_AHEAD // 2)):
+            # Enough is on its way: top the window up in batches of half of
+            # it (one write of 8 requests) rather than one request per read.
+            ahead = 0
         with self.fs.link.corked():  # the read-ahead requests leave as one write
             for index in range(first, last + 1 + ahead):
                 if self._eof_chunk is not None and index > self._eof_chunk:
