@@ -250,3 +250,38 @@ def test_writes_beyond_the_window_wait():
     for _, _, d in list(handle.writes):
         d.callback(None)
     assert acks[-1].called and flushed.called
+
+
+def test_writes_from_a_fuse_thread_are_handed_over_within_the_window_only():
+    """A FUSE thread's write goes to the reactor without waiting while the
+    window has room; past it, or with an error waiting to be reported, the
+    caller is told to take the waiting path (where the error is raised)."""
+    from skypty.fs.files import WRITE_WINDOW
+
+    class Reactor:
+        def __init__(self):
+            self.calls = []
+
+        def callFromThread(self, f, *args):
+            self.calls.append((f, args))
+
+        def run(self):
+            calls, self.calls = self.calls, []
+            for f, args in calls:
+                f(*args)
+
+    reactor, handle = Reactor(), FakeHandle(0)
+    f = RemoteFile(FakeFS(), b"/f", fx.FXF_WRITE, handle, 1)
+    piece = b"x" * 131072
+    handed = 0
+    while f.write_from_thread(reactor, handed * len(piece), piece):
+        handed += 1
+    assert handed == WRITE_WINDOW // len(piece)  # queued bytes count against the window
+    assert f.pending_writes and handle.writes == []  # nothing sent before the reactor runs
+    reactor.run()
+    assert [offset for offset, _, _ in handle.writes] == [i * len(piece) for i in range(handed)]
+    handle.writes[0][2].errback(fx.SFTPError(fx.FX_FAILURE, "No space left on device"))
+    assert not f.write_from_thread(reactor, 0, b"y")  # the error is reported by the waiting path
+    later = f.write(0, b"y")
+    assert isinstance(later.result.value, fx.SFTPError)
+    later.addErrback(lambda _: None)

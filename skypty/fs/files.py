@@ -11,6 +11,8 @@ flush (close) or fsync, as sshfs does, so no error is lost.
 Runs in the reactor thread; every method returns a Deferred.
 """
 
+import threading
+
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
@@ -52,6 +54,8 @@ class RemoteFile:
         self._next_read = 0
         self._writes = set()
         self._in_flight = 0
+        self._queued = 0  # handed over by write_from_thread, not yet sent
+        self._queue_lock = threading.Lock()
         self._window_waiters = []
         self._error = None
         self._closed = False
@@ -141,6 +145,25 @@ class RemoteFile:
         self._window_waiters.append(w)
         return w.addCallback(lambda _: len(data))
 
+    def write_from_thread(self, reactor, offset, data):
+        """From a FUSE worker thread: hand the write to the reactor without
+        waiting for it, when the window has room and no error is waiting to
+        be reported; -> False when the caller must take the waiting path.
+        (Calls into the reactor run in order, so whatever the thread asks
+        next still comes after this write.)"""
+        with self._queue_lock:
+            if self._error is not None or self._in_flight + self._queued + len(data) > WRITE_WINDOW:
+                return False
+            self._queued += len(data)
+        reactor.callFromThread(self._queued_write, offset, data)
+        return True
+
+    def _queued_write(self, offset, data):
+        with self._queue_lock:
+            self._queued -= len(data)
+        if self._error is None:  # else it stays for the next write or flush to report
+            self.write(offset, data)
+
     def _send(self, offset, piece):
         self._in_flight += len(piece)
         d = self.on_handle(lambda h: h.writeChunk(offset, piece))
@@ -193,4 +216,4 @@ class RemoteFile:
 
     @property
     def pending_writes(self):
-        return bool(self._writes)
+        return bool(self._writes) or self._queued > 0

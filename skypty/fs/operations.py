@@ -422,9 +422,11 @@ class SFTPOperations(llfuse.Operations):
         remote = self._files[fh]
         self._uncache(remote.path)
         try:
+            if remote.write_from_thread(self.reactor, off, buf):
+                return len(buf)  # write-behind: this thread need not wait for the reactor
             return self._remote(remote.write, off, buf)
         finally:
-            # Again now that the WRITE is on the wire: an answer to a stat
+            # Again now that the WRITE is on its way: an answer to a stat
             # sent before it (by another thread) must not be kept.
             self._uncache(remote.path)
 
