@@ -15,6 +15,7 @@ one write: one Noise pass and one ``send`` instead of one per packet.
 import struct
 
 _HEADER = struct.Struct("!LB")  # length (of type + body), type
+BIG = 16 * 1024  # a write this large is worth a send of its own
 
 
 class PacketCutter:
@@ -67,8 +68,8 @@ def pack(kind, body):
 
 
 class Cork:
-    """Writes to *write* held while corked (nestable), sent as one on the
-    last uncork; uncorked, each goes through at once."""
+    """Small writes to *write* held while corked (nestable), sent as one on
+    the last uncork; uncorked, and big ones, go through at once (in order)."""
 
     def __init__(self, write):
         self._write = write
@@ -76,10 +77,13 @@ class Cork:
         self._held = []
 
     def write(self, data):
-        if self._depth:
+        if self._depth and len(data) < BIG:
             self._held.append(data)
-        else:
-            self._write(data)
+            return
+        if self._held:  # a big one goes at once (joining it would only copy it), in order
+            held, self._held = self._held, []
+            self._write(b"".join(held))
+        self._write(data)
 
     def discard(self):
         """The connection is gone: nothing held will be sent."""

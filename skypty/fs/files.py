@@ -112,6 +112,28 @@ class RemoteFile:
         start = offset - first * CHUNK
         return d.addCallback(lambda parts: b"".join(parts)[start:start + size])
 
+    def read_ready(self, offset, size):
+        """From a FUSE worker thread: the bytes, if every chunk they lie in
+        has already arrived (the reactor only adds and drops whole entries);
+        else None.  The caller then calls ``read`` in the reactor anyway, so
+        the window slides on."""
+        if size <= 0:
+            return None
+        first, last = offset // CHUNK, (offset + size - 1) // CHUNK
+        eof = self._eof_chunk
+        parts = []
+        for index in range(first, last + 1):
+            if eof is not None and index > eof:
+                parts.append(b"")
+                continue
+            known = self._chunks.get(index)
+            if known is None or not known.done or isinstance(known.result, Failure):
+                return None
+            parts.append(known.result)
+        start = offset - first * CHUNK
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        return data[start:start + size]
+
     @defer.inlineCallbacks
     def _fetch(self, index):
         """Chunk *index*, whole unless the file ends in it (servers may

@@ -416,7 +416,14 @@ class SFTPOperations(llfuse.Operations):
         return self._opened(entry.st_ino, path, handle, generation, pflags), entry
 
     def read(self, fh, off, size):
-        return self._remote(self._files[fh].read, off, size)
+        remote = self._files[fh]
+        data = remote.read_ready(off, size)
+        if data is not None:
+            # Already read ahead: no need to wait for the reactor, which only
+            # slides the window on (and asks for more) in its own time.
+            self.reactor.callFromThread(lambda: remote.read(off, size).addErrback(lambda _: None))
+            return data
+        return self._remote(remote.read, off, size)
 
     def write(self, fh, off, buf):
         remote = self._files[fh]
