@@ -285,3 +285,16 @@ def test_writes_from_a_fuse_thread_are_handed_over_within_the_window_only():
     later = f.write(0, b"y")
     assert isinstance(later.result.value, fx.SFTPError)
     later.addErrback(lambda _: None)
+
+
+def test_reads_already_here_are_answered_without_the_reactor():
+    handle = FakeHandle(3 * CHUNK + 100)
+    f = RemoteFile(FakeFS(), b"/f", fx.FXF_READ, handle, 1)
+    assert f.read_ready(0, CHUNK) is None  # nothing asked yet
+    f.read(0, CHUNK)
+    assert f.read_ready(CHUNK - 10, 20) is None  # asked, not arrived
+    handle.answer_reads()
+    assert f.read_ready(CHUNK - 10, 20) == bytes(handle.data[CHUNK - 10:CHUNK + 10])  # across chunks
+    assert f.read_ready(3 * CHUNK + 50, CHUNK) == bytes(handle.data[3 * CHUNK + 50:])  # up to the end
+    handle.answer_reads()  # the EOF answer past the last chunk
+    assert f.read_ready(4 * CHUNK, CHUNK) == b""
