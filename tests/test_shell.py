@@ -140,3 +140,42 @@ class PipeProcessTests(unittest.TestCase):
         proc.stop()
         yield proc.when_ended()
         yield wait_until(lambda: not pid_alive(grandchild))
+
+
+class SpawnedChildTests(unittest.TestCase):
+    """What a child gets from skypty.host.spawn: the pty as its controlling
+    terminal (job control works), no fd of the host, default signals (glibc's
+    own 32 and 33 included), nothing blocked."""
+
+    @defer.inlineCallbacks
+    def test_pty_is_the_controlling_terminal_and_nothing_else_is_inherited(self):
+        import os
+
+        script = "tty; ps -o pgid=,tpgid= -p $$; exec grep -E '^Sig(Ign|Blk)' /proc/self/status"
+        proc, reader = start(["sh", "-c", script])
+        out = (yield read_all(reader)).decode()
+        self.assertEqual((yield proc.when_ended()), 0)
+        lines = out.split("\r\n")
+        self.assertTrue(lines[0].startswith("/dev/pts/"), out)
+        pgid, tpgid = lines[1].split()
+        self.assertEqual(pgid, tpgid)  # the shell's group is the terminal's foreground group
+        self.assertIn("SigIgn:\t0000000000000000", out)
+        self.assertIn("SigBlk:\t0000000000000000", out)
+
+    @defer.inlineCallbacks
+    def test_piped_child_has_its_own_session_and_only_stdio(self):
+        import os
+
+        leaked = os.open(os.devnull, os.O_RDONLY)  # inheritable: the child must not get it anyway
+        os.set_inheritable(leaked, True)
+        self.addCleanup(os.close, leaked)
+        out, err = DirectReader(), DirectReader()
+        # ls execs in place of the spawned sh: its fds are the child's, plus the directory it reads (3)
+        proc = PipeProcess.spawn(reactor, "sh", ["-c", "ps -o sid= -p $$; exec ls /proc/self/fd"], [],
+                                 sink=out, err_sink=err)
+        out.process = err.process = proc
+        text = (yield read_all(out)).decode().split("\n")
+        self.assertEqual((yield proc.when_ended()), 0)
+        self.assertEqual(int(text[0]), proc.pid)  # a session leader
+        self.assertNotEqual(int(text[0]), os.getsid(0))
+        self.assertEqual(sorted(text[1:-1]), ["0", "1", "2", "3"])

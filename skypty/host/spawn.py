@@ -26,6 +26,7 @@ import errno
 import fcntl
 import os
 import signal
+import sys
 
 from twisted.internet import abstract, error, main
 from twisted.python.failure import Failure
@@ -100,6 +101,18 @@ def _ignored_signals():
     return [s for s in range(1, signal.NSIG) if signal.getsignal(s) == signal.SIG_IGN]
 
 
+def _add_libc_internal_signals(sigset):
+    """glibc's spawn sets the signals it uses itself (32 and 33, below
+    SIGRTMIN) to SIG_IGN in the child unless they are in the defaults set,
+    and exec keeps an ignored signal ignored; sigaddset refuses them, so the
+    bits are set by hand (a sigset_t is an array of unsigned longs, signal n
+    at bit n-1: on a little-endian machine, byte (n-1)//8)."""
+    if sys.byteorder != "little":
+        return
+    for sig in range(32, getattr(signal, "SIGRTMIN", 32)):
+        sigset[(sig - 1) // 8] = sigset[(sig - 1) // 8][0] | (1 << ((sig - 1) % 8))
+
+
 def posix_spawn(path, argv, env, cwd, stdio=None, tty=None):
     """Start *path* with *argv* and *env* in a new session, in *cwd*; -> pid.
 
@@ -138,6 +151,7 @@ def posix_spawn(path, argv, env, cwd, stdio=None, tty=None):
         libc.sigemptyset(mask)  # the reactor's thread may block signals: the child must not inherit that
         for sig in _ignored_signals():
             libc.sigaddset(defaults, sig)
+        _add_libc_internal_signals(defaults)
         check(libc.posix_spawnattr_setsigdefault(attr, defaults))
         check(libc.posix_spawnattr_setsigmask(attr, mask))
         check(libc.posix_spawnattr_setflags(
