@@ -30,7 +30,8 @@ class Shared:
         d.addBoth(self._fire)
 
     def _fire(self, result):
-        self.done, self.result = True, result
+        self.result = result
+        self.done = True  # after the result: FUSE threads look at done, then result (read_ready)
         waiters, self._waiters = self._waiters, []
         for w in waiters:
             (w.errback if isinstance(result, Failure) else w.callback)(result)
@@ -127,8 +128,8 @@ class RemoteFile:
                 parts.append(b"")
                 continue
             known = self._chunks.get(index)
-            if known is None or not known.done or isinstance(known.result, Failure):
-                return None
+            if known is None or not known.done or not isinstance(known.result, bytes):
+                return None  # not here yet, or failed (the reactor's read reports it)
             parts.append(known.result)
         start = offset - first * CHUNK
         data = parts[0] if len(parts) == 1 else b"".join(parts)
