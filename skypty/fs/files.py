@@ -87,7 +87,7 @@ class RemoteFile:
     # -- reads ------------------------------------------------------------------------
 
     def read(self, offset, size):
-        if size <= 0:
+        if size <= 0 or self._closed:  # closed: a window slide queued by read_ready's caller, too late
             return defer.succeed(b"")
         first, last = offset // CHUNK, (offset + size - 1) // CHUNK
         sequential = offset == self._next_read
