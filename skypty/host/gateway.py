@@ -125,7 +125,7 @@ def whitelist_methods(host):
 
 def routes_for(host, entry_point):
     def pty(avatar, query, conn):
-        return RPCServerProtocol(pty_methods(avatar, sessions_visible=entry_point == "cli"))
+        return RPCServerProtocol(pty_methods(avatar, sessions_visible=entry_point == "cli"), immediate=True)
 
     def whitelist(avatar, query, conn):
         return RPCServerProtocol(whitelist_methods(host))

@@ -202,17 +202,20 @@ def _make_classes():
     class RPCServerProtocol(protocol.Protocol):
         log = Logger()
 
-        def __init__(self, methods, on_close=None):
+        def __init__(self, methods, on_close=None, immediate=False):
             self.methods = methods
             self.on_close = on_close
+            self.immediate = immediate
             self.core = None
 
         def connectionMade(self):
-            from skypty.writenow import write_now
-
             t = self.transport
-            self.core = RPCServerConnection(self.methods, lambda data: write_now(t, data),
-                                            getattr(t, "pauseProducing", None),
+            send = t.write
+            if self.immediate:  # replies leave in this reactor turn (skypty.writenow)
+                from skypty.writenow import write_now
+
+                send = lambda data: write_now(t, data)  # noqa: E731
+            self.core = RPCServerConnection(self.methods, send, getattr(t, "pauseProducing", None),
                                             getattr(t, "resumeProducing", None), self.log)
 
         def dataReceived(self, data):
@@ -277,8 +280,10 @@ def _make_classes():
     return RPCServerProtocol, RPCClientProtocol
 
 
-def RPCServerProtocol(methods, on_close=None):
-    return _Lazy.classes()[0](methods, on_close)
+def RPCServerProtocol(methods, on_close=None, immediate=False):
+    """*immediate*: send each reply in the turn that made it instead of
+    Twisted's next one (the pty service: a reactor turn per keystroke)."""
+    return _Lazy.classes()[0](methods, on_close, immediate)
 
 
 def RPCClientProtocol():
