@@ -298,3 +298,16 @@ def test_reads_already_here_are_answered_without_the_reactor():
     assert f.read_ready(3 * CHUNK + 50, CHUNK) == bytes(handle.data[3 * CHUNK + 50:])  # up to the end
     handle.answer_reads()  # the EOF answer past the last chunk
     assert f.read_ready(4 * CHUNK, CHUNK) == b""
+
+
+def test_a_full_window_needs_no_reactor_round():
+    handle = FakeHandle(40 * CHUNK)
+    f = RemoteFile(FakeFS(), b"/f", fx.FXF_READ, handle, 1)
+    f.read(0, CHUNK)  # asks for chunk 0 and READ_AHEAD more
+    handle.answer_reads()
+    assert f.read_ready(CHUNK, CHUNK) is not None and f.window_full(CHUNK, CHUNK)
+    assert not f.window_full(5 * CHUNK, CHUNK)  # not the next sequential read
+    offset = 2 * CHUNK
+    while f.window_full(offset, CHUNK):
+        offset += CHUNK
+    assert offset == (READ_AHEAD - READ_AHEAD // 2 + 1) * CHUNK  # half the window left: time to top up

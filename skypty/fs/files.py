@@ -135,6 +135,17 @@ class RemoteFile:
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         return data[start:start + size]
 
+    def window_full(self, offset, size):
+        """From a FUSE thread, after read_ready: True while at least half the
+        read-ahead window past this read is asked for or here (then ``read``
+        would send nothing: the reactor need not even be woken)."""
+        last = (offset + size - 1) // CHUNK
+        if offset != self._next_read or any(i not in self._chunks
+                                            for i in range(last + 1, last + 1 + READ_AHEAD // 2)):
+            return False
+        self._next_read = offset + size
+        return True
+
     @defer.inlineCallbacks
     def _fetch(self, index):
         """Chunk *index*, whole unless the file ends in it (servers may

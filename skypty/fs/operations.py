@@ -420,8 +420,10 @@ class SFTPOperations(llfuse.Operations):
         data = remote.read_ready(off, size)
         if data is not None:
             # Already read ahead: no need to wait for the reactor, which only
-            # slides the window on (and asks for more) in its own time.
-            self.reactor.callFromThread(lambda: remote.read(off, size).addErrback(lambda _: None))
+            # slides the window on (and asks for more) in its own time, and
+            # only when it is running low.
+            if not remote.window_full(off, size):
+                self.reactor.callFromThread(lambda: remote.read(off, size).addErrback(lambda _: None))
             return data
         return self._remote(remote.read, off, size)
 
