@@ -829,12 +829,12 @@ def cmd_cp(args, parser):
 def _cmd_cp(args, parser):
     import signal
 
-    from skypty.config import ConfigError, parse_duration
+    from skypty.durations import DurationError, parse_duration
 
     sources, dst = split_paths(args.paths)
     try:
         timeout = parse_duration(args.timeout, "--timeout")
-    except ConfigError as e:
+    except DurationError as e:
         raise SkyptyError(str(e)) from None
     remote = dst if dst.remote else sources[0]
 

@@ -349,7 +349,7 @@ class Printer:
 def make_plan(args, targets):
     from skypty.client.cmdline import remote_argv
     from skypty.client.commands import _exec_env, _read_stdin, no_key_flags, timeout_ms
-    from skypty.config import ConfigError, parse_duration
+    from skypty.durations import DurationError, parse_duration
 
     from skypty.client.commands import PROXY_ANSWER_TIMEOUT
     from skypty.client.transport import CONNECT_TIMEOUT
@@ -360,7 +360,7 @@ def make_plan(args, targets):
     if args.connect_timeout is not None:
         try:
             connect_timeout = proxy_timeout = max(parse_duration(args.connect_timeout, "--connect-timeout"), 0.1)
-        except ConfigError as e:
+        except DurationError as e:
             raise SkyptyError(str(e)) from None
     plan = Plan(command=remote_argv(args.command), timeout_ms=timeout_ms(args), connect_timeout=connect_timeout,
                 proxy_timeout=proxy_timeout, stdin=_read_stdin(args), env=_exec_env(), dmsg_port=args.port)

@@ -30,11 +30,11 @@ def cmd_fs(args, parser):
 
 
 def _duration(text, option):
-    from skypty.config import ConfigError, parse_duration
+    from skypty.durations import DurationError, parse_duration
 
     try:
         return parse_duration(text, option)
-    except ConfigError as e:
+    except DurationError as e:
         raise SkyptyError(str(e)) from None
 
 
