@@ -676,3 +676,55 @@ class DialThroughVisorTests(unittest.TestCase):
         assert code == 1 and b"not authorized" in err, err
         assert [net for net, _ in self.dials()] == []  # a made no dial; b's were refused by a
         assert f"refused {self.b.pk.hex()} on skynet" in self.a.process.log()
+
+
+class ScriptedAppClient:
+    """Just the calls an AppConn makes, answered by the test."""
+
+    closed = False
+
+    def __init__(self):
+        self.conns, self.reads, self.writes, self.closed_ids = {}, [], [], []
+
+    def read(self, conn_id, n):
+        d = defer.Deferred()
+        self.reads.append(d)
+        return d
+
+    def write(self, conn_id, data):
+        d = defer.Deferred()
+        self.writes.append((data, d))
+        return d
+
+    def close_conn(self, conn_id):
+        self.closed_ids.append(conn_id)
+        return defer.succeed(None)
+
+
+def test_an_answer_read_after_our_write_failed_still_arrives_before_the_end():
+    # Regression: the peer wrote its reject byte and closed while our request
+    # line was on its way; the failed Write ended the connection before the
+    # pending Read delivered the byte, so the user saw "closed without
+    # answering" instead of "not authorized".
+    from skypty.visor.appnet import AppConn
+
+    client = ScriptedAppClient()
+    events = []
+
+    class Recorder(protocol.Protocol):
+        def dataReceived(self, data):
+            events.append(("data", data))
+
+        def connectionLost(self, reason):
+            events.append(("lost", reason.type))
+
+    conn = AppConn(client, 7, "local", "remote")
+    conn.start(Recorder())
+    conn.write(requestline.encode_request(requestline.PTY))
+    _data, write_done = client.writes[0]
+    eof = V.RPCIOErr.cls(text="EOF")
+    write_done.callback(V.WriteResp.cls(n=0, err=V.RPCIOErr.cls(text="io: read/write on closed pipe")))
+    assert events == []  # not ended yet: a Read is outstanding
+    client.reads[0].callback(V.ReadResp.cls(b=requestline.REJECT, n=1, err=eof))
+    assert events[0] == ("data", requestline.REJECT) and events[1][0] == "lost"
+    assert client.closed_ids == [7]

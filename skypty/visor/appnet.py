@@ -159,7 +159,7 @@ class AppConn:
         if self.disconnected:
             return
         if resp.err is not None:
-            return self._end(_io_error(resp.err))
+            return self._write_side_failed(_io_error(resp.err))
         if not 0 <= resp.n <= len(chunk):
             return self._end(error.ConnectionLost("malformed Write reply"))
         if resp.n < len(chunk):  # a short write without an error: send the rest next
@@ -173,7 +173,17 @@ class AppConn:
 
     def _write_failed(self, f):
         self._writing = False
-        self._end(error.ConnectionLost(f"Write: {f.getErrorMessage()}"))
+        self._write_side_failed(error.ConnectionLost(f"Write: {f.getErrorMessage()}"))
+
+    def _write_side_failed(self, reason):
+        # The peer may have answered and closed (a reject byte, then EOF)
+        # while our bytes were on their way: what it sent is still to be read,
+        # so the connection ends when reading does, not at the failed write.
+        self._queue.clear()
+        self._queued = 0
+        self.disconnecting = True  # nothing more is written
+        if not self._reading:
+            self._end(reason)
 
     # -- ITransport --
     def loseConnection(self):
