@@ -104,3 +104,24 @@ def test_a_peer_entry_is_reused_for_a_while_and_refetched_when_stale():
     clock.advance(dmsg_client.PEER_ENTRY_TTL + 1)
     svc.dial(peer, 22, None).addBoth(results.append)
     assert len(fetches) == 3 and results[-1] == "ok"
+
+
+def test_a_proxy_relay_back_pressures_both_ways():
+    from twisted.internet.testing import StringTransport
+
+    from skypty.dmsg.client import Relay
+
+    class Remote:
+        def __init__(self):
+            self.transport = StringTransport()
+
+        def attach(self, sink, on_lost):
+            self.sink = sink
+
+    remote = Remote()
+    relay = Relay(remote)
+    local = StringTransport()
+    relay.makeConnection(local)
+    assert local.producer is remote.transport and remote.transport.producer is local
+    remote.sink(b"x" * 10)  # the peer's bytes reach the local client
+    assert local.value() == b"x" * 10

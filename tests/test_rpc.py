@@ -154,3 +154,25 @@ def test_a_server_refuses_a_call_over_its_cap_before_buffering_it():
     server = RPCServerConnection(pty_methods([])[0], None)
     call, results = pump(RPCClientConnection(), server)
     assert results[call("pty.Write", b"x" * (1 << 20), T.BYTES, T.INT)] == 1 << 20
+
+
+def test_a_peer_that_does_not_read_its_replies_stops_being_read():
+    # Fuzzing noted it: replies to a peer that sends calls but never reads
+    # grew the transport's write buffer without bound.  The transport pauses
+    # its producer (the protocol) past its high-water mark; the protocol then
+    # stops reading that peer, and resumes only when every hold is released.
+    from twisted.internet.testing import StringTransport
+
+    from skypty.wire.rpc import RPCServerProtocol
+
+    proto = RPCServerProtocol({})
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    assert transport.producer is proto and transport.streaming
+    proto.pauseProducing()  # as the transport does when its buffer is full
+    assert transport.producerState == "paused"
+    proto._hold("calls")  # too many calls outstanding as well
+    proto.resumeProducing()  # the buffer drained...
+    assert transport.producerState == "paused"  # ...but the calls still hold it
+    proto._release("calls")
+    assert transport.producerState == "producing"

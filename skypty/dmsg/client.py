@@ -407,12 +407,26 @@ class Relay(protocol.Protocol):
 
     def connectionMade(self):
         self.remote.attach(self.transport.write, self.transport.loseConnection)
+        # Back-pressure both ways, as the dmsg server's splice does: a side
+        # that does not read stops the other side's reads, never a buffer
+        # growing without bound.
+        _produce_into(self.transport, self.remote.transport)
+        _produce_into(self.remote.transport, self.transport)
 
     def dataReceived(self, data):
         self.remote.transport.write(data)
 
     def connectionLost(self, reason=protocol.connectionDone):
         self.remote.transport.loseConnection()
+
+
+def _produce_into(consumer, producer):
+    register = getattr(consumer, "registerProducer", None)
+    if register is not None and hasattr(producer, "pauseProducing"):
+        try:
+            register(producer, True)
+        except RuntimeError:
+            pass  # already fed by another producer
 
 
 # -- endpoints: dmsg as just another place to listen and dial ------------------------

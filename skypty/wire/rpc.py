@@ -215,8 +215,40 @@ def _make_classes():
                 from skypty.writenow import write_now
 
                 send = lambda data: write_now(t, data)  # noqa: E731
-            self.core = RPCServerConnection(self.methods, send, getattr(t, "pauseProducing", None),
-                                            getattr(t, "resumeProducing", None), self.log)
+            self._holds = set()
+            can_pause = hasattr(t, "pauseProducing")
+            self.core = RPCServerConnection(self.methods, send,
+                                            (lambda: self._hold("calls")) if can_pause else None,
+                                            (lambda: self._release("calls")) if can_pause else None, self.log)
+            # Replies a peer does not read pile up in the transport's write
+            # buffer: the transport pauses us (IPushProducer) past its high-water
+            # mark, and we stop reading that peer's calls until it drains.
+            if can_pause and hasattr(t, "registerProducer"):
+                try:
+                    t.registerProducer(self, True)
+                except RuntimeError:
+                    pass  # another producer already feeds this transport
+
+        def _hold(self, why):
+            if not self._holds:
+                self.transport.pauseProducing()
+            self._holds.add(why)
+
+        def _release(self, why):
+            if why in self._holds:
+                self._holds.discard(why)
+                if not self._holds:
+                    self.transport.resumeProducing()
+
+        # IPushProducer, for the transport's write buffer
+        def pauseProducing(self):
+            self._hold("writes")
+
+        def resumeProducing(self):
+            self._release("writes")
+
+        def stopProducing(self):
+            pass
 
         def dataReceived(self, data):
             try:
