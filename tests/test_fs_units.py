@@ -311,3 +311,21 @@ def test_a_full_window_needs_no_reactor_round():
     while f.window_full(offset, CHUNK):
         offset += CHUNK
     assert offset == (READ_AHEAD - READ_AHEAD // 2 + 1) * CHUNK  # half the window left: time to top up
+
+
+def test_write_requests_are_byte_for_byte_what_conch_would_send():
+    from twisted.conch.ssh.filetransfer import ClientFile
+    from twisted.internet.testing import StringTransport
+
+    from skypty.fs.link import SFTPClientProtocol, _ClientFile
+
+    def sent(file_class):
+        client = SFTPClientProtocol()
+        transport = StringTransport()
+        client.makeConnection(transport)
+        transport.clear()
+        client.counter = 7
+        file_class(client, b"handle-1").writeChunk(2**40 + 3, b"data" * 1000)
+        return transport.value()
+
+    assert sent(_ClientFile) == sent(ClientFile)
