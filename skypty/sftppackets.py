@@ -4,8 +4,9 @@ conch's protocol appends every delivery to a ``bytes`` buffer and slices
 each packet off the front, copying the rest of the buffer every time; with
 many pipelined requests (or 128 KiB data packets arriving in pieces) that is
 most of the work.  ``PacketCutter`` keeps incomplete input until a packet is
-whole, then hands out every complete packet as a view of one immutable
-bytes object: nothing is copied per packet, and a view may be kept.
+whole, then hands out every complete packet as a view of one buffer that
+is never changed afterwards: nothing is copied per packet, and a view may be
+kept.
 
 ``Cork`` gathers the packets one batch of work produces (the replies to
 every request that arrived in one read; a file's read-ahead requests) into
@@ -31,7 +32,9 @@ class PacketCutter:
             self._held += data
             if not self._ready(self._held):
                 return [], None
-            data, self._held = bytes(self._held), bytearray()
+            # The held buffer is handed out as it is (never changed again:
+            # a new one takes its place), not copied once more.
+            data, self._held = self._held, bytearray()
         elif not self._ready(data):
             self._held += data
             return [], None
