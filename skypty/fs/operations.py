@@ -382,7 +382,13 @@ class SFTPOperations(llfuse.Operations):
             # readdir hands out no references: a known inode, or a stable
             # stand-in number (the kernel only uses it for d_ino).
             inode = self.inodes.known(child) or (zlib.crc32(child) | 1 << 40)
-            yield name, self._entry(inode, attrs), index + 1
+            # Only the number and the type reach the kernel (a dirent): the
+            # rest of _entry's work would be thrown away, per name, per walk.
+            entry = llfuse.EntryAttributes()
+            entry.st_ino = inode
+            mode = attrs.get("permissions", stat.S_IFREG)
+            entry.st_mode = mode if stat.S_IFMT(mode) else mode | stat.S_IFREG
+            yield name, entry, index + 1
 
     def releasedir(self, fh):
         self._dirs.pop(fh, None)
