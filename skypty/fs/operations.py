@@ -165,6 +165,7 @@ class SFTPOperations(llfuse.Operations):
         """*path* appeared through this mount: a cached listing of its
         directory gains it (and a directory *made* here is known empty)."""
         parent, name = os.path.split(path)
+        self._uncache(parent)  # its mtime (and a directory's link count) changed
         entries = self._cached_listing(parent)
         if entries is not None:
             entries[name] = attrs
@@ -173,6 +174,7 @@ class SFTPOperations(llfuse.Operations):
 
     def _unlisted(self, path):
         parent, name = os.path.split(path)
+        self._uncache(parent)
         entries = self._cached_listing(parent)
         if entries is not None:
             entries.pop(name, None)
