@@ -1,6 +1,7 @@
 """The client's pure pieces: escape filter, command-line rule, exec trailer,
 the local host's reasons."""
 
+import os
 import pytest
 
 from skypty.client.classic import Ready, TrailerParser, wrapper_script
@@ -109,3 +110,31 @@ def test_a_visors_reasons_get_their_own_lines():
     assert "did not answer in time" in proxy_refusal("timeout", "no answer within 5s", A, 22)
     assert proxy_refusal("scheme-unavailable", "skynet is not available: no visor", A, 22) == (
         "--scheme: skynet is not available: no visor")
+
+
+def test_channels_wait_on_fds_past_selects_limit():
+    # select() refuses fds >= 1024; a fleet exec or a benchmark holding many
+    # sockets gets there.
+    import resource
+    import socket
+
+    from skypty.client.transport import wait_for_fd
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2100:
+        raise AssertionError(f"this test needs RLIMIT_NOFILE >= 2100, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2100), hard))
+    a, b = socket.socketpair()
+    high = os.dup2(a.fileno(), 2000)
+    try:
+        sock = socket.socket(fileno=high)
+        assert not wait_for_fd(sock, 0.01)
+        b.send(b"x")
+        assert wait_for_fd(sock, 5)
+        assert wait_for_fd(sock, 5, for_write=True)
+        sock.detach()
+    finally:
+        os.close(high)
+        a.close()
+        b.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

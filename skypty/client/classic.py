@@ -13,10 +13,10 @@ pty with ``pty.Start`` and recover what exec promises as far as it can.
 
 import os
 import re
-import select
 import shlex
 import time
 
+from skypty.client.transport import wait_for_fd
 from skypty.wire import types as T
 from skypty.wire.rpc import RPCError
 
@@ -150,8 +150,7 @@ def run_exec_on_pty(rpc, channel, argv, timeout_ms, stdin, out, err, env):
             err.write(f"[timed out after {timeout_ms}ms]\n".encode())
             err.flush()
             return 124
-        ready_fds, _, _ = select.select([channel], [], [], left)
-        if ready_fds and not rpc.pump():
+        if wait_for_fd(channel, left) and not rpc.pump():
             break
     if not parser.done:
         tail = parser.finish()[:max(0, CAPTURE_LIMIT - written)]

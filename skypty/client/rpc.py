@@ -1,8 +1,7 @@
 """A blocking net/rpc client on a channel, for the command line."""
 
-import select
 
-from skypty.client.transport import TransportError
+from skypty.client.transport import TransportError, wait_for_fd
 from skypty.wire import requestline
 from skypty.wire.rpc import RPCClientConnection, RPCError
 
@@ -55,7 +54,7 @@ def _rest_of_reason(channel, data):
     while not data or len(data) < 1 + data[0]:
         left = deadline - time.monotonic()
         if left <= 0 or not (getattr(channel, "pending", lambda: False)()
-                             or select.select([channel], [], [], left)[0]):
+                             or wait_for_fd(channel, left)):
             break
         try:
             more = channel.recv()
@@ -91,8 +90,7 @@ class BlockingRPC:
             return True
         pending = getattr(self.channel, "pending", lambda: False)()
         if not pending and timeout is not None:
-            ready, _, _ = select.select([self.channel], [], [], timeout)
-            if not ready:
+            if not wait_for_fd(self.channel, timeout):
                 return True
         data = self.channel.recv()
         if not data:

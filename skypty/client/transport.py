@@ -25,6 +25,15 @@ class TransportError(SkyptyError):
     pass
 
 
+def wait_for_fd(obj, timeout=None, for_write=False):
+    """Wait until *obj* (anything with fileno()) is readable (or writable);
+    False on timeout.  poll(), not select(): a process holding many sockets
+    (a fleet exec, a benchmark) has fds past select()'s limit of 1024."""
+    poller = select.poll()
+    poller.register(obj, select.POLLOUT if for_write else select.POLLIN)
+    return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+
+
 class PlainChannel:
     def __init__(self, sock):
         self.sock = sock
@@ -36,9 +45,7 @@ class PlainChannel:
         self._view = memoryview(self._buffer)
 
     def _wait(self, for_write):
-        fd = [self.sock]
-        ready = select.select([], fd, [], self.timeout) if for_write else select.select(fd, [], [], self.timeout)
-        if not any(ready):
+        if not wait_for_fd(self.sock, self.timeout, for_write):
             raise TimeoutError("timed out")  # what a socket with a timeout raises (socket.timeout)
 
     def send(self, data):
