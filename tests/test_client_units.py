@@ -2,6 +2,7 @@
 the local host's reasons."""
 
 import os
+
 import pytest
 
 from skypty.client.classic import Ready, TrailerParser, wrapper_script
