@@ -178,7 +178,7 @@ def strangers(host):
     return attempts, len(spawned)
 
 
-def soak(host, execs, shells):
+def soak(host, execs, shells, rounds):
     from skypty.client.rpc import BlockingRPC, request_service
     from skypty.client.transport import connect_noise
     from skypty.keys import PublicKey, SecretKey
@@ -194,6 +194,7 @@ def soak(host, execs, shells):
         return host.fd_count(), rss_kib(host.proc.pid), len(host.children()), \
             sum(1 for _, state in host.children() if state == "Z")
 
+    wait_for(host.joined_dmsg, what="the host's dmsg session (its sockets belong in the baseline)")
     c, rpc = channel()  # warm up
     rpc.call("pty.Exec", T.CommandExecReq.cls(name="true"), T.CommandExecReq, T.CommandExecResult)
     c.close()
@@ -207,17 +208,19 @@ def soak(host, execs, shells):
     exec_time = time.monotonic() - t
     wait_for(lambda: snapshot()[0] <= base[0], timeout=30, what="fds to settle")
     after_execs = snapshot()
-    open_ = []
-    for _ in range(shells):
-        c, rpc = channel()
-        rpc.call("pty.Start", T.CommandReq.cls(name="sh"), T.CommandReq, T.EMPTY)
-        open_.append(c)
-    during = snapshot()
-    for c in open_:
-        c.close()
-    wait_for(lambda: snapshot()[2] <= base[2] and snapshot()[0] <= base[0], timeout=60, what="shells to end")
-    after_shells = snapshot()
-    return base, after_execs, exec_time, during, after_shells
+    cycles = []
+    for _ in range(rounds):  # RSS must level off, not grow with every round
+        open_ = []
+        for _ in range(shells):
+            c, rpc = channel()
+            rpc.call("pty.Start", T.CommandReq.cls(name="sh"), T.CommandReq, T.EMPTY)
+            open_.append(c)
+        during = snapshot()
+        for c in open_:
+            c.close()
+        wait_for(lambda: snapshot()[2] <= base[2] and snapshot()[0] <= base[0], timeout=60, what="shells to end")
+        cycles.append((during, snapshot()))
+    return base, after_execs, exec_time, cycles
 
 
 def main():
@@ -227,6 +230,7 @@ def main():
     ap.add_argument("--execs", type=int, default=2000)
     ap.add_argument("--shells", type=int, default=200)
     ap.add_argument("--hostile-rounds", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of opening and closing --shells shells")
     args = ap.parse_args()
     host = Host(tempfile.mkdtemp(prefix="skypty-rel-"), "rel").start()
     try:
@@ -251,12 +255,14 @@ def main():
         for k, v in attempts.items():
             print(f"| {k} | {v} |")
         print(f"\nprocesses spawned for strangers: {spawned}\n")
-        base, after_execs, exec_time, during, after_shells = soak(host, args.execs, args.shells)
+        base, after_execs, exec_time, cycles = soak(host, args.execs, args.shells, args.rounds)
         print("## Soak\n")
         print("| moment | fds | RSS KiB | children | zombies |")
         print("|---|---|---|---|---|")
-        for label, snap in (("baseline", base), (f"after {args.execs} execs ({exec_time:.1f} s)", after_execs),
-                            (f"{args.shells} shells open", during), ("after closing them", after_shells)):
+        rows = [("baseline", base), (f"after {args.execs} execs ({exec_time:.1f} s)", after_execs)]
+        for i, (during, after) in enumerate(cycles, 1):
+            rows += [(f"round {i}: {args.shells} shells open", during), (f"round {i}: after closing them", after)]
+        for label, snap in rows:
             print("| {} | {} | {} | {} | {} |".format(label, *snap))
     finally:
         host.stop()

@@ -116,6 +116,17 @@ class Host:
         finally:
             s.close()
 
+    def joined_dmsg(self):
+        """Is this host registered in its dmsg discovery with a server session?"""
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.discovery_port}/dmsg-discovery/entry/{self.pk}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return bool(json.load(r).get("client", {}).get("delegated_servers"))
+        except (OSError, ValueError):
+            return False
+
     def log(self):
         try:
             with open(self.log_path) as f:

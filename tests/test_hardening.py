@@ -213,18 +213,7 @@ def _run_dmsg_peer(host, script):
 
     from tests.hosts import env
 
-    import json
-    import urllib.request
-
-    def host_joined():
-        url = f"http://127.0.0.1:{host.discovery_port}/dmsg-discovery/entry/{host.pk}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                return bool(json.load(r).get("client", {}).get("delegated_servers"))
-        except OSError:
-            return False
-
-    wait_for(host_joined, what="the host to join its embedded dmsg network")
+    wait_for(host.joined_dmsg, what="the host to join its embedded dmsg network")
     pk, sk = generate_keypair()
     assert host.client("whitelist-add", pk.hex(), "--cliaddr", host.cli).returncode == 0
     program = textwrap.dedent('''
