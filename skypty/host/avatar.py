@@ -69,8 +69,8 @@ class PtyAvatar:
         reader.process = proc
         self._proc, self._reader = proc, reader
         self.log.info("pty started for {pk} via {entry}: {cmd} pid {pid}", pk=self.public_key.hex(),
-                      entry=self.entry_point, cmd=name, pid=proc.pid)
-        proc.when_ended().addCallback(self._shell_ended, name)
+                      entry=self.entry_point, cmd=name or "(login shell)", pid=proc.pid)
+        proc.when_ended().addCallback(self._shell_ended, name or "(login shell)")
 
     def start_piped(self, name, args, env):
         """skypty extension: the command without a terminal (stdin/stdout/stderr
@@ -153,13 +153,19 @@ class PtyAvatar:
 
     # -- one-shot ------------------------------------------------------------
     def exec_(self, name, args, env, stdin, timeout_ms):
-        self.log.info("exec for {pk} via {entry}: {cmd}", pk=self.public_key.hex(),
-                      entry=self.entry_point, cmd=name)
         d = run_exec(self.context.reactor, name, args, env, stdin, timeout_ms)
         self._execs.add(d)
 
         def done(result):
             self._execs.discard(d)
+            # One line per exec, when it is over: what ran and how it ended.
+            if hasattr(result, "exit_code"):
+                how = "timed out" if result.timed_out else f"exit {result.exit_code}"
+                self.log.info("exec for {pk} via {entry}: {cmd}: {how} in {ms} ms", pk=self.public_key.hex(),
+                              entry=self.entry_point, cmd=name, how=how, ms=result.duration_ms)
+            else:
+                self.log.info("exec for {pk} via {entry}: {cmd}: {why}", pk=self.public_key.hex(),
+                              entry=self.entry_point, cmd=name, why=result.getErrorMessage() or "cancelled")
             return result
 
         d.addBoth(done)
