@@ -15,9 +15,11 @@ from twisted.internet.abstract import FileDescriptor
 
 
 def write_now(transport, data):
+    # The queue lives in FileDescriptor's private attributes; should a Twisted
+    # release rename them, the getattr defaults turn the fast path off.
     if (data and isinstance(transport, FileDescriptor) and transport.connected
-            and not transport.disconnecting and not transport._writeDisconnected
-            and not transport.dataBuffer and not transport._tempDataLen):
+            and not transport.disconnecting and not getattr(transport, "_writeDisconnected", True)
+            and not getattr(transport, "dataBuffer", True) and not getattr(transport, "_tempDataLen", True)):
         written = transport.writeSomeData(data)
         if isinstance(written, int) and written > 0:
             if written == len(data):
