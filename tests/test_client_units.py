@@ -139,3 +139,15 @@ def test_channels_wait_on_fds_past_selects_limit():
         a.close()
         b.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["exec", "--bogus", A, "--", "true"], "skypty-client exec: unrecognized option --bogus (see skypty-client exec --help)\n"),
+    (["shell", "--nope", f"{A}@h", "--", "ls"], "skypty-client shell: unrecognized option --nope (see skypty-client shell --help)\n"),
+    (["exec", A, "uname", "-a"], f"skypty-client: put the remote command after --: skypty-client exec {A} -- uname -a\n"),
+])
+def test_usage_errors_say_what_is_wrong(argv, line, capsys):
+    from skypty.client.main import _main
+
+    assert _main(argv) == 2
+    assert capsys.readouterr().err == line

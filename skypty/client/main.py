@@ -444,6 +444,12 @@ def _main(argv):
             n += 1
         args.targets, args.command = args.targets[:n], args.targets[n:]
     takes_command = hasattr(args, "command")
+    if command is not None and any(word.startswith("-") for word in unknown):
+        # The command is already after --: what is left before it are options we lack.
+        options = " ".join(w for w in unknown if w.startswith("-"))
+        sys.stderr.write(f"skypty-client {args.verb}: unrecognized option {options} "
+                         f"(see skypty-client {args.verb} --help)\n")
+        return EXIT_USAGE
     if takes_command and (unknown or args.command):
         return _command_needs_dashes(argv, args, unknown)
     if unknown:
