@@ -144,18 +144,10 @@ class Host:
                 self.proc.wait()
 
     def children(self):
-        """pids whose parent is the host process."""
-        out = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == self.proc.pid:
-                    out.append((int(entry), fields[0]))
-        return out
+        """[(pid, state)] of the processes whose parent is the host process."""
+        from tests.procutil import children_of
+
+        return children_of(self.proc.pid)
 
     def fd_count(self):
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))

@@ -3,8 +3,6 @@
 import os
 import time
 
-from twisted.internet import defer, reactor, task
-
 
 def open_fds():
     return len(os.listdir("/proc/self/fd"))
@@ -19,26 +17,35 @@ def pid_alive(pid):
         return False
 
 
-def zombie_children():
-    me = str(os.getpid())
+def children_of(pid):
+    """[(pid, state letter)] of the processes whose parent is *pid*."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
+            except OSError:
                 continue
-            if fields[0] == "Z" and fields[1] == me:
-                found.append(int(entry))
+            if int(fields[1]) == pid:
+                found.append((int(entry), fields[0]))
     return found
 
 
-@defer.inlineCallbacks
+def zombie_children():
+    return [pid for pid, state in children_of(os.getpid()) if state == "Z"]
+
+
 def wait_until(predicate, timeout=10.0, interval=0.02):
     """Poll *predicate* on the reactor until it is true or *timeout* passes."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
-        yield task.deferLater(reactor, interval, lambda: None)
+    from twisted.internet import defer, reactor, task
+
+    @defer.inlineCallbacks
+    def poll():
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+            yield task.deferLater(reactor, interval, lambda: None)
+
+    return poll()

@@ -409,17 +409,9 @@ class AppProcess(protocol.ProcessProtocol):
 
 
 def children_of(pid):
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry))
-    return out
+    from tests.procutil import children_of as with_states
+
+    return [child for child, _state in with_states(pid)]
 
 
 class VisorApp:

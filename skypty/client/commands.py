@@ -296,32 +296,27 @@ def parse_pks(texts):
     return list(dict.fromkeys(parse_pk(k) for k in texts))
 
 
+def _change_whitelist(args, verb, method, if_listed, if_not_listed):
+    """Add or remove keys, and say for each key what it did (or that it did nothing)."""
+    keys = parse_pks(args.pks)
+    rpc = _whitelist_rpc(args, verb)
+    before = _current_whitelist(rpc)
+    rpc.call(method, keys, T.PubKeys, T.EMPTY)
+    for pk in keys:
+        print((if_listed if pk in before else if_not_listed).format(pk=pk.hex()))
+    return 0
+
+
 @guarded
 def cmd_whitelist_add(args, parser):
-    keys = parse_pks(args.pks)
-    rpc = _whitelist_rpc(args, "whitelist-add")
-    before = _current_whitelist(rpc)
-    rpc.call("whitelist.WhitelistAdd", keys, T.PubKeys, T.EMPTY)
-    for pk in keys:
-        if pk in before:
-            print(f"{pk.hex()} was already whitelisted (nothing changed)")
-        else:
-            print(f"added {pk.hex()}")
-    return 0
+    return _change_whitelist(args, "whitelist-add", "whitelist.WhitelistAdd",
+                             "{pk} was already whitelisted (nothing changed)", "added {pk}")
 
 
 @guarded
 def cmd_whitelist_remove(args, parser):
-    keys = parse_pks(args.pks)
-    rpc = _whitelist_rpc(args, "whitelist-remove")
-    before = _current_whitelist(rpc)
-    rpc.call("whitelist.WhitelistRemove", keys, T.PubKeys, T.EMPTY)
-    for pk in keys:
-        if pk in before:
-            print(f"removed {pk.hex()}")
-        else:
-            print(f"{pk.hex()} was not on the whitelist (nothing to remove)")
-    return 0
+    return _change_whitelist(args, "whitelist-remove", "whitelist.WhitelistRemove",
+                             "removed {pk}", "{pk} was not on the whitelist (nothing to remove)")
 
 
 @guarded
