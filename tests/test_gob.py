@@ -36,7 +36,7 @@ def test_rpc_streams_reencode_byte_for_byte(scenario):
     for direction, header_type, which in (("client_to_server", T.Request, 0), ("server_to_client", T.Response, 1)):
         stream = bytes.fromhex(sc[direction]["stream"])
         generic = decode_all(stream)
-        enc = gob.Encoder()
+        enc = gob.Encoder(first_id=gob.LEGACY_FIRST_ID)  # captured from a Go < 1.21 build
         out = []
         for header, body in zip(generic[::2], generic[1::2]):
             h = gob.convert(header, header_type)
@@ -69,7 +69,7 @@ def test_stream_request_and_response_gob_are_byte_exact():
         raw = bytes.fromhex(record["gob"])
         (generic,) = decode_all(raw)
         value = gob.convert(generic, gotype)
-        assert gob.Encoder().encode(value, gotype) == raw
+        assert gob.Encoder(first_id=gob.LEGACY_FIRST_ID).encode(value, gotype) == raw
     req = gob.convert(decode_all(bytes.fromhex(v["request"]["gob"]))[0], T.StreamRequest)
     assert (req.src_addr.port, req.dst_addr.port, req.timestamp) == (49153, 22, 1700000000123456789)
     resp = gob.convert(decode_all(bytes.fromhex(v["response_side"]["response"]["gob"]))[0], T.StreamResponse)
@@ -179,3 +179,21 @@ def test_an_array_sent_as_bytes_must_have_its_length():
     assert gob.convert(bytes(range(32)), T.SHA256) == list(range(32))
     with pytest.raises(gob.GobError, match="32 elements"):
         gob.convert(b"\x01" * 5, T.SHA256)
+
+
+def test_type_ids_from_64_as_go_1_21_numbers_them_and_below_is_refused():
+    """Go >= 1.21 hands out 64 first (older builds 65): both must decode, and
+    our encoder numbers as current Go does."""
+    raw = gob.Encoder().encode(T.WinSize.cls(x=0, y=0, rows=24, cols=80), T.WinSize)
+    assert raw[1] == 0x7f  # -64: the definition of type 64
+    dec = gob.Decoder()
+    dec.feed(raw)
+    assert gob.convert(dec.next_value(), T.WinSize).cols == 80
+    legacy = gob.Encoder(first_id=gob.LEGACY_FIRST_ID).encode(T.WinSize.cls(x=0, y=0, rows=24, cols=80), T.WinSize)
+    dec = gob.Decoder()
+    dec.feed(legacy)
+    assert gob.convert(dec.next_value(), T.WinSize).rows == 24
+    dec = gob.Decoder()
+    dec.feed(gob.Encoder(first_id=63).encode(T.WinSize.cls(x=0, y=0, rows=24, cols=80), T.WinSize))
+    with pytest.raises(gob.GobError, match="builtin type 63"):
+        dec.next_value()

@@ -1,8 +1,8 @@
 """Go's encoding/gob, sans-I/O, for the types the pty and dmsg protocols use.
 
 Types are declared once in Python (see skypty.wire.types).  An Encoder sends
-each type's definition the first time it is used, allocating ids from 65 and
-naming and ordering definitions exactly as a fresh Go process does (struct
+each type's definition the first time it is used, allocating ids from 64 (as
+Go >= 1.21 does; older toolchains started at 65, see FIRST_USER_ID) and naming and ordering definitions exactly as a fresh Go process does (struct
 ids before their fields' ids; a slice's or array's element id before its own;
 unnamed types named by their Go type string when first met as a struct
 field, and "" when first met at top level).  A Decoder learns definitions
@@ -18,7 +18,12 @@ from skypty.errors import ProtocolError
 MAX_MESSAGE = 64 * 1024 * 1024
 MAX_DEPTH = 32
 MAX_TYPES = 1024
-FIRST_USER_ID = 65
+# Go's decoder has always accepted any id from 64 (its firstUserId) for a
+# definition; what changed in Go 1.21 is the first id an encoder hands out:
+# 65 before (an internal registration took 64), 64 since.  We decode both and
+# encode as current Go does; LEGACY_FIRST_ID reproduces older captures.
+FIRST_USER_ID = 64
+LEGACY_FIRST_ID = 65
 
 
 class GobError(ProtocolError):
@@ -316,11 +321,11 @@ def _is_zero(t, value, pointer):
 class Encoder:
     """One gob stream direction: remembers which types it has defined."""
 
-    def __init__(self, fast=True):
+    def __init__(self, fast=True, first_id=None):
         self._ids = {}
         self._names = {}
         self._sent = set()
-        self._next = FIRST_USER_ID
+        self._next = FIRST_USER_ID if first_id is None else first_id
         self._fast = fast  # False: the generic path only (tests compare the two)
         self._flat = {}  # type -> its value encoder, once no definition is left to send
 
