@@ -83,9 +83,9 @@ def no_key_flags(args, what):
 
 # -- channels -----------------------------------------------------------------------
 
-def open_direct(pk, host, port, args, uri=requestline.PTY):
+def open_direct(pk, host, port, args, uri=requestline.PTY, timeout=None):
     sk = resolve_secret_key(args)
-    channel = connect_noise(host, port, pk, sk)
+    channel = connect_noise(host, port, pk, sk, **({"timeout": timeout} if timeout else {}))
     try:
         return channel, request_service(channel, uri)
     except RejectedError as e:
@@ -95,9 +95,9 @@ def open_direct(pk, host, port, args, uri=requestline.PTY):
         raise ClientError(f"host {pk.hex()} refused {uri} (that service is off there)") from None
 
 
-def open_control(args, uri):
+def open_control(args, uri, timeout=None):
     network, address = control_socket(args)
-    channel = connect_control(network, address)
+    channel = connect_control(network, address, **({"timeout": timeout} if timeout else {}))
     try:
         return channel, request_service(channel, uri)
     except RejectedError as e:
@@ -105,7 +105,8 @@ def open_control(args, uri):
         raise ClientError(f"the local host at {address} refused {uri}" + (f": {e.text}" if e.text else "")) from None
 
 
-def open_remote_via_host(args, pk):
+def open_remote_via_host(args, pk, timeout=None):
+    # *timeout* is unused: the local host bounds its own dial (below)
     network, address = control_socket(args)
     channel = connect_control(network, address)
     uri = requestline.proxy_uri(pk.hex(), args.port)
@@ -230,7 +231,7 @@ def cmd_shell(args, parser):
         return run_exec(channel, early, command, timeout_ms(args), b"")
     from skypty.client.interactive import interactive
 
-    return interactive(lambda: open_direct(pk, host, port, args), attach=args.attach, command=command,
+    return interactive(lambda timeout=None: open_direct(pk, host, port, args, timeout=timeout), attach=args.attach, command=command,
                        want_pty=want_pty, escape=args.escape, label=f"{host}:{port}")
 
 
@@ -242,11 +243,11 @@ def cmd_start(args, parser):
     if args.pk:
         no_key_flags(args, "start PK")
         pk = parse_pk(args.pk, "host key")
-        opener = lambda: open_remote_via_host(args, pk)  # noqa: E731
+        opener = lambda timeout=None: open_remote_via_host(args, pk, timeout)  # noqa: E731
         label = pk.hex()
     else:
         no_key_flags(args, "start")
-        opener = lambda: open_control(args, requestline.PTY)  # noqa: E731
+        opener = lambda timeout=None: open_control(args, requestline.PTY, timeout)  # noqa: E731
         label = "the local host"
     command = remote_argv(args.command) if args.command else None
     return interactive(opener, attach=args.attach, command=command, want_pty=want_pty,

@@ -27,16 +27,19 @@ import tty
 
 from skypty.client.errors import ClientError, explain_rpc
 from skypty.client.escape import DISCONNECT, SHOW_HELP, EscapeFilter
+from skypty.client.linkwatch import READ_SIZE, START_WINDOW, ContactWatch, ReadWindow, contact_timers
 from skypty.client.rpc import BlockingRPC, RejectedError
-from skypty.client.transport import TransportError
+from skypty.client.transport import CONNECT_TIMEOUT, TransportError
 from skypty.wire import types as T
 from skypty.wire.rpc import RPCError
 
 PING_INTERVAL = 30.0
-READ_SIZE = 64 * 1024  # the most a pty.Read may ask for: fewer round trips
-MAX_RECONNECT_WAIT = 10.0
-RECONNECT_GIVE_UP = 120.0
+READ_WINDOW = 16  # pty.Reads we would keep in flight (skypty's pty.ReadAhead; others: 1)
+MAX_RECONNECT_WAIT = 0.5  # between attempts: output must resume soon after the link does
+ATTEMPT_TIMEOUT = 2.0  # one reattach attempt (a dead path hangs; a live one answers in a few RTTs)
+RECONNECT_GIVE_UP = 300.0  # the host's default session TTL
 LOST_PREFIX = "dmsgpty: output lost: "
+SKIP_PREFIX = "dmsgpty: output skipped: "
 EXIT_ESCAPED = 255  # "~." (ssh's code for a connection it closed)
 CTRL_D = b"\x04"
 
@@ -69,10 +72,11 @@ def _missing(error):
 
 
 class Link:
-    """One connected pty RPC channel."""
+    """One connected pty RPC channel.  *timeout*: for connecting (a reattach
+    tries often, each attempt briefly); the channel then keeps its default."""
 
-    def __init__(self, opener):
-        channel, early = opener()
+    def __init__(self, opener, timeout=None):
+        channel, early = opener(timeout=timeout) if timeout else opener()
         self.channel = channel
         self.rpc = BlockingRPC(channel, early)
 
@@ -178,7 +182,8 @@ def _on_pty(opener, attach, command, is_tty, escape, label, link=None, ctrl_d_at
     keys = EscapeFilter(escape)
     try:
         while True:
-            kind, value = _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof)
+            kind, value = _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof,
+                               persistent=bool(sid), label=label)
             if kind == "ended":
                 return exit_status(link)
             if kind == "escaped":
@@ -186,11 +191,12 @@ def _on_pty(opener, attach, command, is_tty, escape, label, link=None, ctrl_d_at
                 where = f"; the session lives on: --attach {sid}" if sid else ""
                 _say(f"disconnected from {label}{where}")
                 return EXIT_ESCAPED
-            offset = value  # the link dropped
+            offset = value  # the link dropped, or (a persistent session) went silent
             if not sid:
                 _say("connection lost")
                 return 1
-            link = _reattach(opener, sid, offset, size_fd)
+            why = f"no contact with {label} for {contact_timers()[2]:.0f} s" if kind == "dead" else "connection lost"
+            link = _reattach(opener, sid, offset, size_fd, why)
             if link is None:
                 return 1
             link, offset = link
@@ -202,19 +208,23 @@ def _on_pty(opener, attach, command, is_tty, escape, label, link=None, ctrl_d_at
         os.close(wake_w)
 
 
-def _reattach(opener, sid, offset, size_fd):
+def _reattach(opener, sid, offset, size_fd, why="connection lost"):
     """Reconnect and follow *sid* from *offset*; a link that drops again during
     the reattach is just another drop.  -> (link, offset) or None."""
     deadline = time.monotonic() + RECONNECT_GIVE_UP
+    _say(f"{why}; reattaching session {sid}")
     while time.monotonic() < deadline:
         link = _reconnect(opener, sid)
         if link is None:
             return None
         try:
-            result = link.rpc.call("pty.AttachAt", T.AttachReq.cls(id=sid, offset=offset),
-                                   T.AttachReq, T.AttachResult)
             rows, cols = terminal_size(size_fd)
-            link.rpc.call("pty.SetPtySize", T.WinSize.cls(rows=rows, cols=cols), T.WinSize, T.EMPTY)
+            attach_seq = link.rpc.start("pty.AttachAt", T.AttachReq.cls(id=sid, offset=offset),
+                                        T.AttachReq, T.AttachResult)
+            size_seq = link.rpc.start("pty.SetPtySize", T.WinSize.cls(rows=rows, cols=cols), T.WinSize, T.EMPTY)
+            result = link.rpc.wait(attach_seq)
+            link.rpc.wait(size_seq)
+            link.channel.settimeout(CONNECT_TIMEOUT)  # attached: the attempt's short timeout is over
         except RPCError as e:
             link.channel.close()
             _say(str(_explained(e, sid)))
@@ -232,10 +242,9 @@ def _reattach(opener, sid, offset, size_fd):
 
 def _reconnect(opener, sid):
     delay, deadline = 0.0, time.monotonic() + RECONNECT_GIVE_UP
-    _say(f"connection lost; reattaching session {sid}")
     while time.monotonic() < deadline:
         try:
-            return Link(opener)
+            return Link(opener, ATTEMPT_TIMEOUT)
         except (RejectedError, ClientError) as e:  # refused now: retrying will not help
             _say(str(e))
             return None
@@ -246,13 +255,14 @@ def _reconnect(opener, sid):
     return None
 
 
-def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof):
+def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, persistent=False, label="the host"):
     """Drive one link until the shell ends, the link drops or the user escapes.
-    -> ('ended', None) | ('escaped', None) | ('dropped', bytes of output received so far).
+    -> ('ended', None) | ('escaped', None) | ('dropped', bytes of output received so far)
+    | ('dead', bytes so far): a persistent session's path went silent.
 
     Every keystroke passes through here twice (the key, then its echo), so
     the loop does little per turn: one poll() on fds registered once, and
-    the Read reply written out before the next pty.Read is sent."""
+    the Read replies written out before the next pty.Reads are sent."""
     rpc, channel = link.rpc, link.channel
     results = rpc.results
     pending = getattr(channel, "pending", None)
@@ -262,41 +272,59 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof):
     poller.register(wake_r, select.POLLIN)
     poller.register(stdin_fd, select.POLLIN)
     stdin_open = True
-    read_seq = rpc.start("pty.Read", READ_SIZE, T.INT, T.BYTES)
-    next_ping = time.monotonic() + PING_INTERVAL
+    now = time.monotonic()
+    reads = ReadWindow(limit=1)
+    # Asked before the first read, so a host that grants a window already
+    # treats it so; the answer (or "can't find method") comes with the first reply.
+    ahead_seq = rpc.start("pty.ReadAhead", READ_WINDOW, T.INT, T.INT)
+    reads.sent(rpc.start("pty.Read", READ_SIZE, T.INT, T.BYTES), now)
+    quiet_ping, notice_after, dead_after = contact_timers()
+    contact = ContactWatch(now, quiet_ping, notice_after, dead_after if persistent else None)
+    pings = {}  # seq -> when it was sent: round trips for the read window
     try:
         while True:
             while rpc._early or (pending is not None and pending()):
                 rpc.pump()
             if results:
-                value = results.pop(read_seq, results)
-                if value is not results:
-                    if not isinstance(value, RPCError):
-                        stdout.write(value)
-                        stdout.flush()
-                        offset += len(value)
-                    elif str(value).startswith(LOST_PREFIX):
-                        lost = int(str(value)[len(LOST_PREFIX):].split()[0])
-                        _say(f"{lost} bytes of output were lost (this client fell behind)")
-                        offset += lost
-                    else:
-                        return ("ended", None)
-                    read_seq = rpc.start("pty.Read", READ_SIZE, T.INT, T.BYTES)
+                now = time.monotonic()
+                if ahead_seq in results:
+                    granted = results.pop(ahead_seq)
+                    reads.limit = granted if isinstance(granted, int) and granted > 1 else 1
+                    reads.size = min(reads.limit, START_WINDOW)
+                ended, offset = _deliver(reads.ready(results, now), stdout, offset)
+                if ended:
+                    return ("ended", None)
                 if results:
-                    results.clear()  # writes, pings, resizes: the read tells us when it ends
+                    for seq in [s for s in results if s not in reads]:
+                        value = results.pop(seq)  # writes, pings, resizes: the reads say when it ends
+                        sent_at = pings.pop(seq, None)
+                        if sent_at is not None and not isinstance(value, RPCError):
+                            reads.rtt_sample(now - sent_at)
+                while reads.wanted() > 0:
+                    reads.sent(rpc.start("pty.Read", READ_SIZE, T.INT, T.BYTES), now)
             if resized:
                 resized.clear()
                 rows, cols = terminal_size(stdin_fd)
                 rpc.start("pty.SetPtySize", T.WinSize.cls(rows=rows, cols=cols), T.WinSize, T.EMPTY)
             now = time.monotonic()
-            if now >= next_ping:
-                rpc.start("pty.Ping", T.EMPTY.cls(), T.EMPTY, T.EMPTY)
-                next_ping = now + PING_INTERVAL
-            for fd, _ in poller.poll(max(0.0, next_ping - now) * 1000 + 1):
+            if now >= contact.deadline():
+                for action in contact.due(now):
+                    if action == "ping":
+                        pings = {seq: t for seq, t in pings.items() if now - t < 60}  # unanswered: forget
+                        pings[rpc.start("pty.Ping", T.EMPTY.cls(), T.EMPTY, T.EMPTY)] = now
+                    elif action == "silent":
+                        _say(f"no contact with {label} for {contact.silence(now):.0f} s")
+                    elif action == "dead":
+                        channel.close()
+                        return ("dead", offset)
+            for fd, _ in poller.poll(max(0.0, contact.deadline() - now) * 1000 + 1):
                 if fd == channel_fd:
                     if not rpc.pump():
                         channel.close()
                         return ("dropped", offset)
+                    silence = contact.heard(time.monotonic())
+                    if silence is not None:
+                        _say(f"back in contact with {label} after {silence:.0f} s")
                 elif fd == stdin_fd:
                     data = os.read(stdin_fd, 65536)
                     if not data:
@@ -319,6 +347,32 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof):
     except (OSError, TransportError):
         channel.close()
         return ("dropped", offset)
+
+
+def _deliver(values, stdout, offset):
+    """Write the Read replies (in the order the reads were sent) to the
+    terminal; -> (the shell ended, bytes of output counted so far)."""
+    out = []
+    ended = False
+    for value in values:
+        if not isinstance(value, RPCError):
+            out.append(value)
+            offset += len(value)
+            continue
+        text = str(value)
+        if text.startswith(LOST_PREFIX):
+            lost = int(text[len(LOST_PREFIX):].split()[0])
+            _say(f"{lost} bytes of output were lost (this client fell behind)")
+            offset += lost
+        elif text.startswith(SKIP_PREFIX):
+            offset += int(text[len(SKIP_PREFIX):].split()[0])  # dropped for our Ctrl-C: counted, not shown
+        else:
+            ended = True
+            break
+    if out:
+        stdout.write(out[0] if len(out) == 1 else b"".join(out))
+        stdout.flush()
+    return ended, offset
 
 
 # -- no terminal: pipes, as ssh without -t -------------------------------------------------

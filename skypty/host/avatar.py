@@ -13,13 +13,14 @@ from zope.interface import implementer
 
 from skypty.host.auth import IPtyAvatar
 from skypty.host.command import ExecError, run_exec
-from skypty.host.persist import OutputLost
+from skypty.host.persist import OutputLost, OutputSkipped
 from skypty.wire.rpc import RPCError
 from skypty.host.shell import DirectReader, PipeProcess, PtyProcess, ShellEnded, SpawnError
 
 ERR_EOF = "EOF"
 ERR_RUNNING = "a pty session is already running"
 ERR_NO_SESSION = "no active pty session"
+MAX_READ_WINDOW = 16  # reads one client may keep waiting at once (16 x 64 KiB in flight)
 
 
 class RPCFault(RPCError):
@@ -50,6 +51,9 @@ class PtyAvatar:
         self._session = None
         self._execs = set()  # one-shot commands in flight (Deferreds)
         self.logged_out = False
+        # skypty's pty.ReadAhead: how many reads may wait at once, and whether an
+        # interrupt drops the output not yet read (the client counts on both).
+        self.read_window = 1
 
     @property
     def persistent(self):
@@ -68,6 +72,7 @@ class PtyAvatar:
             raise RPCFault(str(e)) from None
         reader.process = proc
         self._proc, self._reader = proc, reader
+        reader.max_pending = self.read_window
         self.log.info("pty started for {pk} via {entry}: {cmd} pid {pid}", pk=self.public_key.hex(),
                       entry=self.entry_point, cmd=name or "(login shell)", pid=proc.pid)
         proc.when_ended().addCallback(self._shell_ended, name or "(login shell)")
@@ -119,7 +124,7 @@ class PtyAvatar:
             return defer.fail(RPCFault(ERR_NO_SESSION))
 
         def eof(failure):
-            if failure.check(OutputLost):
+            if failure.check(OutputLost, OutputSkipped):
                 raise RPCFault(str(failure.value))
             failure.trap(ShellEnded)
             raise RPCFault(ERR_EOF)
@@ -129,9 +134,33 @@ class PtyAvatar:
     def write(self, data):
         proc = self._current_process()
         try:
-            return proc.write(data)
+            written = proc.write(data)
         except ShellEnded:
             raise RPCFault(ERR_EOF) from None
+        if self.read_window > 1 and isinstance(proc, PtyProcess) and not isinstance(proc, PipeProcess):
+            self._flush_if_interrupted(proc, data)
+        return written
+
+    def read_ahead(self, window):
+        """skypty extension (pty.ReadAhead): let this connection keep up to
+        *window* reads waiting, answered in order; and from now on drop the
+        output it has not read yet when it interrupts the foreground job (the
+        kernel flushes the pty itself on ^C; this is what we hold above it).
+        -> the window granted; a host without the method means 1."""
+        self.read_window = max(1, min(int(window), MAX_READ_WINDOW))
+        if self._reader is not None:
+            self._reader.max_pending = self.read_window
+        return self.read_window
+
+    def _flush_if_interrupted(self, proc, data):
+        from skypty.host.shell import interrupt_written
+
+        transport = proc.transport
+        if self._reader is None or transport is None or not interrupt_written(transport.fileno(), data):
+            return
+        dropped = self._reader.discard()
+        if dropped:
+            self.log.debug("interrupt: dropped {n} unread bytes for {pk}", n=dropped, pk=self.public_key.hex())
 
     def set_size(self, rows, cols, xpixel=0, ypixel=0):
         self._current_process().resize(rows, cols, xpixel, ypixel)
@@ -216,6 +245,7 @@ class PtyAvatar:
 
     def _bind(self, session, follower):
         self._session, self._reader, self._proc = session, follower, session.process
+        follower.max_pending = self.read_window
         self.log.info("session {sid} attached by {pk} via {entry}", sid=session.id,
                       pk=self.public_key.hex(), entry=self.entry_point)
 

@@ -78,6 +78,7 @@ def pty_methods(avatar, sessions_visible):
             lambda r: avatar.start_piped(r.name, r.arg, r.env))),
         "pty.ReadStderr": Method(T.INT, T.BYTES, lambda n: avatar.read_stderr(n)),
         "pty.CloseStdin": Method(T.EMPTY, T.EMPTY, empty(lambda _: avatar.close_stdin())),
+        "pty.ReadAhead": Method(T.INT, T.INT, avatar.read_ahead),
     }
 
 

@@ -13,6 +13,7 @@ client also says how many bytes it already has (``attach(..., offset=N)``), so
 a reconnect continues exactly where the old link stopped.
 """
 
+import collections
 import os
 
 from twisted.internet import defer, task
@@ -25,6 +26,7 @@ RING_CAPACITY = 256 * 1024
 ERR_NOT_FOUND = "dmsgpty: session not found"
 ERR_OTHER_OWNER = "dmsgpty: session owned by a different public key"
 LOST_PREFIX = "dmsgpty: output lost: "
+SKIP_PREFIX = "dmsgpty: output skipped: "  # skypty: dropped after an interrupt
 
 
 class SessionNotFound(LookupError):
@@ -75,34 +77,66 @@ class OutputRing:
         return data, lost, offset + len(data)
 
 
+class OutputSkipped(Exception):
+    """The user interrupted a flood: *count* unread bytes were dropped on
+    purpose.  Told only to a client that asked for a read window (it counts
+    every byte it has, for pty.AttachAt)."""
+
+    def __init__(self, count):
+        super().__init__(f"{SKIP_PREFIX}{count} bytes")
+        self.count = count
+
+
 class Follower:
-    """One attached reader of a session."""
+    """One attached reader of a session.
+
+    Up to *max_pending* reads may wait (1 unless the client asked for a read
+    window); they are answered oldest first.  A client keeps at most that
+    many reads out, so a new read means it has received the reply to the
+    read *max_pending* back: that is how far the session is known drained.
+    """
 
     def __init__(self, session, offset, report_loss_as_error):
         self.session = session
         self.offset = offset
         self.lost = 0
+        self.max_pending = 1
         self._report_as_error = report_loss_as_error
-        self._pending = None
+        self._pending = collections.deque()  # (Deferred, max_bytes), oldest first
+        self._reply_ends = collections.deque([offset])  # our offset after each reply not yet known delivered
+        self._skipped = 0
         self.detached = False
 
     def read(self, max_bytes):
-        if self._pending is not None:
+        if len(self._pending) >= self.max_pending:
             return defer.fail(RuntimeError("a pty.Read is already pending"))
         max_bytes = max(1, min(int(max_bytes), MAX_READ))
-        # A client asks again only once the previous reply arrived: everything
-        # before our offset is now known to be delivered (a reply in flight on a
-        # dropped link is not, and must survive for the reattach).
-        self.session.drained_to = max(self.session.drained_to, self.offset)
+        # Everything up to the reply max_pending back is delivered (a reply in
+        # flight on a dropped link is not, and must survive for the reattach).
+        while len(self._reply_ends) >= self.max_pending:
+            self.session.drained_to = max(self.session.drained_to, self._reply_ends.popleft())
+        if self._skipped:
+            skipped, self._skipped = self._skipped, 0
+            self._reply_ends.append(self.offset)
+            return defer.fail(OutputSkipped(skipped))
         result = self._take(max_bytes)
         if result is not None:
             return result
-        d = defer.Deferred(lambda _: setattr(self, "_pending", None))
-        self._pending = (d, max_bytes)
+        d = defer.Deferred(self._cancelled)
+        self._pending.append((d, max_bytes))
         return d
+
+    def _cancelled(self, d):
+        self._pending = collections.deque(p for p in self._pending if p[0] is not d)
 
     def _take(self, max_bytes):
         """A fired Deferred if there is something to say, else None."""
+        result = self._answer(max_bytes)
+        if result is not None:
+            self._reply_ends.append(self.offset)
+        return result
+
+    def _answer(self, max_bytes):
         ring = self.session.ring
         data, lost, offset = ring.read(self.offset, max_bytes)
         if lost:
@@ -121,19 +155,30 @@ class Follower:
         return None
 
     def _wake(self):
-        if self._pending is not None:
-            d, max_bytes = self._pending
+        while self._pending:
+            d, max_bytes = self._pending[0]
             result = self._take(max_bytes)
-            if result is not None:
-                self._pending = None
-                result.chainDeferred(d)
+            if result is None:
+                return
+            self._pending.popleft()
+            result.chainDeferred(d)
+
+    def discard(self):
+        """Skip what this follower has not read yet (the user interrupted
+        a flood); -> bytes skipped.  A client counting offsets is told with
+        its next read; others just see the output resume."""
+        skipped = self.session.ring.end - self.offset
+        if skipped > 0:
+            self.offset = self.session.ring.end
+            if self._report_as_error:
+                self._skipped += skipped
+        return max(0, skipped)
 
     def detach(self):
         if not self.detached:
             self.detached = True
-            if self._pending is not None:
-                d, _ = self._pending
-                self._pending = None
+            pending, self._pending = self._pending, collections.deque()
+            for d, _ in pending:
                 d.errback(ShellEnded("detached"))
             self.session._follower_gone(self)
 

@@ -311,21 +311,42 @@ class PipeProcess(PtyProcess):
             self.err_sink.output_ended(self.status)
 
 
+def interrupt_written(fd, data):
+    """Did writing *data* to the pty master *fd* interrupt the foreground job?
+    True when the terminal turns its interrupt character (VINTR, ^C unless
+    changed) into SIGINT (ISIG on) and *data* holds it.  A program with ISIG
+    off (an editor in raw mode) gets ^C as a key: nothing to flush then."""
+    try:
+        attrs = termios.tcgetattr(fd)
+    except (OSError, termios.error, ValueError):
+        return False
+    if not attrs[3] & termios.ISIG:
+        return False
+    vintr = attrs[6][termios.VINTR]
+    vintr = vintr if isinstance(vintr, bytes) else bytes([vintr])
+    return vintr != b"\0" and vintr in data
+
+
 @implementer(IOutputSink)
 class DirectReader:
     """A bounded output queue for pty.Read, with real back-pressure.
 
     Above *high_water* queued bytes the pty master is no longer read (so the
     shell blocks on its writes); reading resumes below *low_water*.
+
+    *max_pending* reads may wait at once (1, the reference's one-at-a-time,
+    unless the client asked for a read window with skypty's pty.ReadAhead);
+    they are answered in the order they came, so output is never reordered.
     """
 
     def __init__(self, high_water=1024 * 1024, low_water=256 * 1024):
         self.process = None
         self.high_water = high_water
         self.low_water = low_water
+        self.max_pending = 1
         self._queue = collections.deque()
         self._queued = 0
-        self._pending = None
+        self._pending = collections.deque()  # (Deferred, max_bytes), oldest first
         self._paused = False
         self._ended = False
 
@@ -334,13 +355,11 @@ class DirectReader:
         return self._queued
 
     def output_received(self, data):
-        if self._pending is not None:
-            d, limit = self._pending
-            self._pending = None
-            if len(data) > limit:
-                self._queue.append(data[limit:])
-                self._queued += len(data) - limit
-            d.callback(data[:limit])
+        while self._pending and data:
+            d, limit = self._pending.popleft()
+            chunk, data = data[:limit], data[limit:]
+            d.callback(chunk)
+        if not data:
             return
         self._queue.append(data)
         self._queued += len(data)
@@ -350,22 +369,23 @@ class DirectReader:
 
     def output_ended(self, status):
         self._ended = True
-        if self._pending is not None and not self._queue:
-            d, _ = self._pending
-            self._pending = None
-            d.errback(ShellEnded("EOF"))
+        if not self._queue:
+            self.fail_pending(ShellEnded("EOF"))
 
     def read(self, max_bytes):
         max_bytes = max(1, min(int(max_bytes), MAX_READ))
-        if self._pending is not None:
+        if len(self._pending) >= self.max_pending:
             return defer.fail(SkyptyError("a pty.Read is already pending"))
         if self._queue:
             return defer.succeed(self._take(max_bytes))
         if self._ended:
             return defer.fail(ShellEnded("EOF"))
-        d = defer.Deferred(lambda _: setattr(self, "_pending", None))
-        self._pending = (d, max_bytes)
+        d = defer.Deferred(self._cancelled)
+        self._pending.append((d, max_bytes))
         return d
+
+    def _cancelled(self, d):
+        self._pending = collections.deque(p for p in self._pending if p[0] is not d)
 
     def _take(self, limit):
         parts, size = [], 0
@@ -378,13 +398,24 @@ class DirectReader:
             parts.append(chunk)
             size += len(chunk)
         self._queued -= size
+        self._maybe_resume()
+        return b"".join(parts)
+
+    def _maybe_resume(self):
         if self._paused and self._queued < self.low_water and self.process:
             self._paused = False
             self.process.resume_output()
-        return b"".join(parts)
+
+    def discard(self):
+        """Drop the output nobody has read yet (the user interrupted a
+        flood: what is queued is no longer wanted); -> bytes dropped."""
+        dropped = self._queued
+        self._queue.clear()
+        self._queued = 0
+        self._maybe_resume()
+        return dropped
 
     def fail_pending(self, exc):
-        if self._pending is not None:
-            d, _ = self._pending
-            self._pending = None
+        pending, self._pending = self._pending, collections.deque()
+        for d, _ in pending:
             d.errback(exc)
