@@ -1,0 +1,229 @@
+"""Interactive sessions on a slow or unreliable path (issue #23), over a
+delaying relay on loopback (tests/delayrelay.py): 100 ms each way, a path
+that goes silent, a client whose old path is gone for good.  The client's
+contact timers are shortened through SKYPTY_CONTACT_TIMERS."""
+
+import os
+import re
+import subprocess
+import threading
+import time
+
+import pexpect
+import pytest
+
+from tests.delayrelay import DelayRelay
+from tests.hosts import CLIENT, Host, env, wait_for
+
+ONE_WAY = 0.1  # 200 ms round trips
+SHORT_TIMERS = "0.25,1.0,1.0"  # ping after 0.25 s quiet, say "no contact" / reattach after 1 s
+
+
+def client_env(timers=None):
+    e = env()
+    if timers:
+        e["SKYPTY_CONTACT_TIMERS"] = timers
+    return e
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    h = Host(tmp_path_factory.mktemp("slow")).start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="module")
+def phost(tmp_path_factory):
+    h = Host(tmp_path_factory.mktemp("slow-persist"), persistent=True).start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def relay_to(request):
+    relays = []
+
+    def make(h, **kw):
+        r = DelayRelay(("127.0.0.1", h.tcp_port), delay=ONE_WAY, **kw)
+        relays.append(r)
+        return r
+
+    yield make
+    for r in relays:
+        r.shutdown()
+
+
+def target(h, relay):
+    return f"{h.pk}@127.0.0.1:{relay.port}"
+
+
+def spawn_shell(h, relay, *command, timers=None):
+    argv = CLIENT[1:] + ["shell", "-t", target(h, relay), "-i", h.config_path, "--"] + list(command)
+    return pexpect.spawn(CLIENT[0], argv, env=client_env(timers), dimensions=(24, 80), timeout=30)
+
+
+class Drain:
+    """Reads a pexpect child's terminal all the time (a flood must not block
+    on a full pty) and remembers where each pattern was first seen."""
+
+    def __init__(self, child):
+        self.child, self.data, self.done = child, bytearray(), False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.done:
+            try:
+                self.data += self.child.read_nonblocking(65536, timeout=0.1)
+            except pexpect.TIMEOUT:
+                continue
+            except (pexpect.EOF, OSError):
+                return
+
+    def seen_after(self, mark, pattern):
+        return pattern in self.data[mark:]
+
+    def stop(self):
+        self.done = True
+        self.thread.join()
+
+
+def test_bulk_output_keeps_several_reads_in_flight(host, relay_to, tmp_path):
+    """`cat` of 2 MB at 200 ms RTT, until the prompt returns: one 64 KiB read
+    per round trip took ~6.5 s; ssh -tt takes ~1.5 s."""
+    relay = relay_to(host)
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"".join(b"%07d the quick brown fox jumps over the lazy dog\n" % i for i in range(40000)))
+    child = spawn_shell(host, relay, "sh")
+    try:
+        child.sendline("PS1='PRO''MPT> '")
+        child.expect("PROMPT> ")
+        drain = Drain(child)
+        child.sendline(f"cat {big}; echo EN''D-OF-CAT")
+        started = time.monotonic()
+        wait_for(lambda: drain.seen_after(0, b"END-OF-CAT\r\nPROMPT> "), timeout=60, what="the end of the cat")
+        elapsed = time.monotonic() - started
+        drain.stop()
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    got = bytes(drain.data).replace(b"\r\n", b"\n")
+    assert big.read_bytes() in got
+    print(f"bulk: 2 MB in {elapsed:.2f} s")
+    assert elapsed < 3.0, f"2 MB took {elapsed:.2f} s at 200 ms RTT"
+
+
+def test_ctrl_c_during_a_flood_returns_to_the_prompt_quickly(host, relay_to, tmp_path):
+    """A 2 MB/s bottleneck behind 200 ms: what the host holds and what is in
+    flight must be small, or ^C waits for it all to drain."""
+    relay = relay_to(host, rate=2_000_000)
+    f = tmp_path / "flood.txt"
+    f.write_bytes(b"flood flood flood flood flood flood flood flood flood flood\n" * 20000)
+    child = spawn_shell(host, relay, "sh")
+    try:
+        child.sendline("PS1='PRO''MPT> '")
+        child.expect("PROMPT> ")
+        child.sendline(f"while :; do cat {f}; done")
+        drain = Drain(child)
+        wait_for(lambda: relay.bytes_down > 3_000_000, timeout=30, what="the flood")
+        mark = len(drain.data)
+        child.send("\x03")
+        sent = time.monotonic()
+        wait_for(lambda: drain.seen_after(mark, b"PROMPT> "), timeout=30, what="the prompt")
+        elapsed = time.monotonic() - sent
+        drain.stop()
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    print(f"ctrl-c: prompt after {elapsed:.2f} s")
+    assert elapsed < 1.0, f"the prompt came back {elapsed:.2f} s after ^C"
+
+
+def test_a_silent_path_is_reported_and_a_plain_shell_survives_it(host, relay_to):
+    relay = relay_to(host)
+    child = spawn_shell(host, relay, "sh", timers=SHORT_TIMERS)
+    try:
+        child.sendline("echo ready-$((6*7))")
+        child.expect("ready-42")
+        relay.stall()
+        silenced = time.monotonic()
+        child.expect(r"\[skypty: no contact with .* for \d+ s\]")
+        noticed = time.monotonic() - silenced
+        print(f"dead link: noticed after {noticed:.2f} s (notice timer 1 s)")
+        assert noticed < 5
+        time.sleep(1.5)  # the outage itself (the thing under test), not a wait for a race
+        relay.resume()
+        child.expect(r"\[skypty: back in contact with .* after \d+ s\]")
+        child.sendline("echo alive-$((6*7))")
+        child.expect("alive-42")
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+
+
+def _numbered_output(phost, relay, tmp_path, count, timers):
+    script = f"i=0; while [ $i -lt {count} ]; do i=$((i+1)); echo n-$i; sleep 0.02; done"
+    out_path = tmp_path / "out"
+    out = open(out_path, "wb")
+    proc = subprocess.Popen(CLIENT + ["shell", "-t", target(phost, relay), "-i", phost.config_path, "--",
+                                      "sh", "-c", script], stdin=subprocess.DEVNULL, stdout=out,
+                            stderr=subprocess.PIPE, env=client_env(timers))
+    out.close()
+    return proc, out_path
+
+
+def _lines(path):
+    return re.findall(rb"n-(\d+)\r\n", path.read_bytes())
+
+
+def _resumes_after(out_path, since, what):
+    before = len(_lines(out_path))
+    wait_for(lambda: len(_lines(out_path)) > before + 3, timeout=30, what=what)
+    return time.monotonic() - since
+
+
+def _every_line_once(out_path, count):
+    assert [int(n) for n in _lines(out_path)] == list(range(1, count + 1))
+
+
+def test_a_persistent_session_resumes_soon_after_an_outage(phost, relay_to, tmp_path):
+    relay = relay_to(phost)
+    count = 400
+    proc, out_path = _numbered_output(phost, relay, tmp_path, count, SHORT_TIMERS)
+    try:
+        wait_for(lambda: len(_lines(out_path)) > 20, what="the first lines")
+        relay.stall()
+        time.sleep(4)  # the outage under test: longer than the dead-path timer
+        relay.resume()
+        resumed = _resumes_after(out_path, time.monotonic(), "output after the outage")
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    print(f"outage: output resumed {resumed:.2f} s after the link came back")
+    assert resumed < 3.0, f"output resumed {resumed:.2f} s after the link came back"
+    _every_line_once(out_path, count)
+    assert b"reattached session" in err
+
+
+def test_a_roaming_client_reattaches_on_a_new_path(phost, relay_to, tmp_path):
+    relay = relay_to(phost)
+    count = 300
+    proc, out_path = _numbered_output(phost, relay, tmp_path, count, SHORT_TIMERS)
+    try:
+        wait_for(lambda: len(_lines(out_path)) > 20, what="the first lines")
+        relay.strand()  # the client's old path is gone for good; new connections work
+        resumed = _resumes_after(out_path, time.monotonic(), "output on a new path")
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    print(f"roaming: output resumed {resumed:.2f} s after the address changed")
+    assert resumed < 10.0, f"output resumed {resumed:.2f} s after the address changed"
+    _every_line_once(out_path, count)
+    assert relay.connections >= 2 and b"no contact with" in err
