@@ -1,0 +1,245 @@
+"""The sans-I/O cores behind #23: the client's read window and contact
+watch, the host's in-order reads and interrupt flush."""
+
+import os
+import pty
+import termios
+
+from twisted.internet import task
+
+from skypty.client.linkwatch import (
+    GROW_BELOW, MAX_WINDOW, READ_SIZE, SHRINK_ABOVE, START_WINDOW, ContactWatch, ReadWindow, contact_timers,
+)
+from skypty.host.persist import OutputSkipped, SessionRegistry, Session
+from skypty.host.shell import DirectReader, ShellEnded, interrupt_written
+from skypty.wire.rpc import RPCError
+
+FULL = b"x" * READ_SIZE
+
+
+# -- ReadWindow ---------------------------------------------------------------------------
+
+def test_a_host_without_read_ahead_gets_one_read_at_a_time():
+    w = ReadWindow(limit=1)
+    assert w.wanted() == 1
+    w.sent(1, 0.0)
+    assert w.wanted() == 0
+    assert w.ready({1: FULL}, 0.2) == [FULL]
+    assert w.wanted() == 1 and w.size == 1  # never grows past what the host allows
+
+
+def test_replies_are_handed_out_in_the_order_the_reads_were_sent():
+    w = ReadWindow(limit=8)
+    for seq in (1, 2, 3):
+        w.sent(seq, 0.0)
+    results = {3: b"c", 2: b"b", 99: b"a write's reply"}
+    assert w.ready(results, 0.1) == []  # read 1 is not back: 2 and 3 wait
+    assert 2 in w and 3 in w and results == {3: b"c", 2: b"b", 99: b"a write's reply"}
+    results[1] = b"a"
+    assert w.ready(results, 0.1) == [b"a", b"b", b"c"]
+    assert results == {99: b"a write's reply"} and len(w) == 0
+
+
+def _steady_window(w, rtt, bdp_reads, rounds=60):
+    """Full replies through a path of round trip *rtt* whose bottleneck
+    carries *bdp_reads* reads per round trip: with W in flight, each comes
+    back after max(rtt, W / rate) (what does not fit queues)."""
+    seq, now = 0, 0.0
+    for _ in range(rounds):
+        while w.wanted() > 0:
+            seq += 1
+            w.sent(seq, now)
+        latency = max(rtt, len(w) * rtt / bdp_reads)
+        now += latency
+        w.ready({s: FULL for s, _ in list(w._order)}, now)
+    return w.size
+
+
+def test_the_window_grows_while_full_replies_take_one_round_trip():
+    w = ReadWindow(limit=MAX_WINDOW)
+    w.rtt_sample(0.2)
+    assert w.size == START_WINDOW
+    assert _steady_window(w, 0.2, bdp_reads=100) == MAX_WINDOW
+
+
+def test_the_window_stays_near_one_bandwidth_delay_product():
+    """A 1 MB/s bottleneck behind 200 ms holds ~3 reads: more in flight
+    would only queue (and delay a Ctrl-C)."""
+    w = ReadWindow(limit=MAX_WINDOW, size=MAX_WINDOW)
+    w.rtt_sample(0.2)
+    size = _steady_window(w, 0.2, bdp_reads=3)
+    assert 3 + GROW_BELOW <= size <= 3 + SHRINK_ABOVE + 1
+
+
+def test_short_replies_and_errors_do_not_move_the_window():
+    w = ReadWindow(limit=MAX_WINDOW)
+    w.rtt_sample(0.001)
+    w.sent(1, 0.0)
+    w.sent(2, 0.0)
+    err = RPCError("EOF")
+    assert w.ready({1: b"prompt$ ", 2: err}, 30.0) == [b"prompt$ ", err]
+    assert w.size == START_WINDOW
+
+
+# -- ContactWatch -------------------------------------------------------------------------
+
+def test_quiet_means_a_ping_then_a_notice_then_back():
+    c = ContactWatch(0.0, quiet_ping=2, notice_after=8)
+    assert c.due(1.0) == [] and c.deadline() == 2.0
+    assert c.due(2.0) == ["ping"]
+    assert c.deadline() == 4.0
+    assert c.due(4.0) == ["ping"]
+    assert c.due(6.0) == ["ping"]
+    assert c.due(8.0) == ["ping", "silent"]
+    assert c.due(9.0) == []  # said once per silence
+    assert c.heard(30.0) == 30.0  # -> "back after 30 s"
+    assert c.heard(31.0) is None
+    assert c.due(32.0) == []
+
+
+def test_traffic_keeps_the_pings_away():
+    c = ContactWatch(0.0, quiet_ping=2, notice_after=8)
+    for t in range(1, 60):
+        c.heard(float(t))
+        assert c.due(t + 0.5) == []
+
+
+def test_a_persistent_session_declares_the_path_dead_instead_of_waiting():
+    c = ContactWatch(0.0, quiet_ping=2, notice_after=8, dead_after=5)
+    assert c.due(2.0) == ["ping"]
+    assert c.deadline() == 4.0
+    c.due(4.0)
+    assert c.deadline() == 5.0
+    assert c.due(5.0) == ["dead"]
+    assert c.due(20.0) == ["ping"]  # dead once; never "silent": the reattach says it
+
+
+def test_contact_timers_can_be_shortened(monkeypatch):
+    monkeypatch.setenv("SKYPTY_CONTACT_TIMERS", "0.2,1,1.5")
+    assert contact_timers() == (0.2, 1.0, 1.5)
+    monkeypatch.setenv("SKYPTY_CONTACT_TIMERS", "nonsense")
+    assert contact_timers()[1] <= 10  # the default says "no contact" within 10 s
+
+
+# -- the host: reads in order, flush on interrupt -----------------------------------------
+
+def _values(ds):
+    out = []
+    for d in ds:
+        d.addBoth(out.append)
+    return out
+
+
+def test_direct_reader_answers_waiting_reads_in_order():
+    r = DirectReader()
+    r.max_pending = 3
+    ds = [r.read(4) for _ in range(3)]
+    got = _values(ds)
+    assert got == []
+    r.output_received(b"abcdefghij")  # one chunk feeds the reads in turn
+    assert got == [b"abcd", b"efgh", b"ij"]
+
+
+def test_direct_reader_refuses_more_reads_than_allowed():
+    r = DirectReader()
+    r.read(10)
+    failed = []
+    r.read(10).addErrback(failed.append)
+    assert failed and "already pending" in str(failed[0].value)
+
+
+def test_direct_reader_discard_drops_the_queue_and_resumes_the_shell():
+    class Proc:
+        paused = False
+
+        def pause_output(self):
+            self.paused = True
+
+        def resume_output(self):
+            self.paused = False
+
+    r = DirectReader(high_water=10, low_water=5)
+    r.process = Proc()
+    r.output_received(b"x" * 20)
+    assert r.process.paused
+    assert r.discard() == 20
+    assert not r.process.paused and r.queued == 0
+    r.output_received(b"prompt$ ")
+    assert _values([r.read(100)]) == [b"prompt$ "]
+
+
+def test_direct_reader_ends_every_waiting_read():
+    r = DirectReader()
+    r.max_pending = 2
+    got = _values([r.read(10), r.read(10)])
+    r.output_ended(0)
+    assert [f.check(ShellEnded) for f in got] == [ShellEnded, ShellEnded]
+
+
+def _session():
+    clock = task.Clock()
+    registry = SessionRegistry(clock, clock=clock)
+    return Session(registry, "s1", b"k", "sh")
+
+
+def test_follower_skips_on_interrupt_and_tells_a_counting_client():
+    s = _session()
+    f = s.follow(0, report_loss_as_error=True)
+    f.max_pending = 4
+    s.output_received(b"a" * 1000)
+    assert _values([f.read(100)]) == [b"a" * 100]
+    assert f.discard() == 900
+    (skip,) = _values([f.read(100)])
+    assert skip.check(OutputSkipped) and skip.value.count == 900
+    s.output_received(b"prompt$ ")
+    assert _values([f.read(100)]) == [b"prompt$ "]
+
+
+def test_follower_skips_silently_for_a_client_that_does_not_count():
+    s = _session()
+    f = s.follow(0)
+    s.output_received(b"a" * 1000)
+    f.discard()
+    s.output_received(b"prompt$ ")
+    assert _values([f.read(100)]) == [b"prompt$ "]
+
+
+def test_follower_window_knows_what_was_delivered():
+    """A client keeping 2 reads out: the third read proves the first reply arrived."""
+    s = _session()
+    f = s.follow(0, report_loss_as_error=True)
+    f.max_pending = 2
+    s.output_received(b"x" * 300)
+    f.read(100)
+    f.read(100)
+    assert s.drained_to == 0
+    f.read(100)
+    assert s.drained_to == 100
+
+
+def test_follower_answers_waiting_reads_in_order():
+    s = _session()
+    f = s.follow(0)
+    f.max_pending = 3
+    got = _values([f.read(4), f.read(4), f.read(4)])
+    s.output_received(b"abcdef")
+    assert got == [b"abcd", b"ef"]
+    s.output_received(b"gh")
+    assert got == [b"abcd", b"ef", b"gh"]
+
+
+def test_interrupt_written_follows_the_terminal_settings():
+    master, slave = pty.openpty()
+    try:
+        assert interrupt_written(master, b"\x03")
+        assert not interrupt_written(master, b"ls\r")
+        attrs = termios.tcgetattr(slave)
+        attrs[6][termios.VINTR] = b"\x07"
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        assert interrupt_written(master, b"\x07") and not interrupt_written(master, b"\x03")
+        attrs[3] &= ~termios.ISIG  # raw mode (an editor): ^C is a key
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        assert not interrupt_written(master, b"\x07")
+    finally:
+        os.close(master)
+        os.close(slave)
