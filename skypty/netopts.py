@@ -4,6 +4,12 @@ A link that silently drops packets (NAT timeout, cable pulled, peer host
 gone) never delivers a FIN or RST: without TCP keepalive the connection
 looks alive for hours.  Short keepalive timers notice it within about a
 minute (IDLE + INTERVAL * COUNT = 20 + 10 * 3 s).
+
+A connection that carries a shell (the Noise TCP port) is given longer
+(SHELL_KEEPALIVE: 60 + 20 * 8 = 220 s): ending it ends a plain shell, and
+ssh keeps one through an outage of minutes (its TCP retransmits for ~15
+minutes).  A Wi-Fi handover or a 3-minute outage must not cost the shell;
+a peer that is really gone still frees its shell within 4 minutes.
 """
 
 import os
@@ -12,6 +18,7 @@ import socket
 KEEPALIVE_IDLE = 20       # seconds of silence before the first probe
 KEEPALIVE_INTERVAL = 10   # seconds between probes
 KEEPALIVE_COUNT = 3       # unanswered probes before the kernel drops the link
+SHELL_KEEPALIVE = (60, 20, 8)  # (idle, interval, count) for connections that carry shells
 
 
 def _socket_of(transport_or_socket):
@@ -22,8 +29,8 @@ def _socket_of(transport_or_socket):
     return handle if isinstance(handle, socket.socket) else None
 
 
-def keepalive_timers():
-    """(idle, interval, count): the defaults, or ``SKYPTY_TCP_KEEPALIVE=idle,interval,count``
+def keepalive_timers(defaults=(KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)):
+    """(idle, interval, count): *defaults*, or ``SKYPTY_TCP_KEEPALIVE=idle,interval,count``
     (seconds, seconds, probes) for links that must be declared dead sooner or later."""
     override = os.environ.get("SKYPTY_TCP_KEEPALIVE", "")
     try:
@@ -32,10 +39,10 @@ def keepalive_timers():
             return idle, interval, count
     except ValueError:
         pass
-    return KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT
+    return defaults
 
 
-def enable_keepalive(transport_or_socket, idle=None, interval=None, count=None):
+def enable_keepalive(transport_or_socket, idle=None, interval=None, count=None, timers=None):
     """Turn on TCP keepalive with short timers where the platform has them,
     and bound how long sent data may stay unacknowledged (TCP_USER_TIMEOUT):
     keepalive probes only run while nothing is in flight, so a host writing
@@ -43,8 +50,10 @@ def enable_keepalive(transport_or_socket, idle=None, interval=None, count=None):
 
     Accepts a Twisted TCP transport or a socket; anything else (a test
     double, a Unix socket, TLS over something odd) is left alone.
+    *timers*: (idle, interval, count) in place of the short defaults (e.g.
+    SHELL_KEEPALIVE); ``SKYPTY_TCP_KEEPALIVE`` overrides either.
     -> True if keepalive was enabled."""
-    defaults = keepalive_timers()
+    defaults = keepalive_timers(timers) if timers else keepalive_timers()
     idle = idle or defaults[0]
     interval = interval or defaults[1]
     count = count or defaults[2]

@@ -47,7 +47,8 @@ class NoiseProtocol(ProtocolWrapper):
     def connectionMade(self):
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)  # small RPC replies must not wait for Nagle
-        enable_keepalive(self.transport)  # a black-holed peer is noticed within about a minute
+        # a black-holed peer is noticed (within about a minute, or the factory's timers)
+        enable_keepalive(self.transport, timers=self.factory.keepalive)
         self._timeout = self.factory.reactor.callLater(self.factory.handshake_timeout, self._timed_out)
         if self.factory.initiator:
             self.transport.write(frame_handshake(self.handshake.write_message()))
@@ -176,8 +177,9 @@ class NoiseFactory(WrappingFactory):
     protocol = NoiseProtocol
 
     def __init__(self, wrappedFactory, pattern, initiator, local_static, remote_static=None,
-                 handshake_timeout=HANDSHAKE_TIMEOUT, reactor=None, authorize=None):
+                 handshake_timeout=HANDSHAKE_TIMEOUT, reactor=None, authorize=None, keepalive=None):
         super().__init__(wrappedFactory)
+        self.keepalive = keepalive  # (idle, interval, count), or None: netopts' short defaults
         if reactor is None:
             from twisted.internet import reactor
         self.pattern = pattern

@@ -227,3 +227,45 @@ def test_a_roaming_client_reattaches_on_a_new_path(phost, relay_to, tmp_path):
     assert resumed < 10.0, f"output resumed {resumed:.2f} s after the address changed"
     _every_line_once(out_path, count)
     assert relay.connections >= 2 and b"no contact with" in err
+
+
+def _keepalive_seconds(port):
+    """The host side's keepalive timer on its connection(s) from local port *port* (ss -o)."""
+    out = subprocess.run(["ss", "-tno", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    return [float(v) for v in re.findall(r"timer:\(keepalive,(\d+(?:\.\d+)?)sec", out)]
+
+
+def test_the_host_keeps_a_plain_shells_connection_through_minutes_of_silence(host):
+    """The kernel would end the connection (and the shell with it) after
+    ~50 s of silence with the short timers; a shell's connection gets 220 s."""
+    from skypty.netopts import SHELL_KEEPALIVE
+
+    child = pexpect.spawn(CLIENT[0], CLIENT[1:] + ["shell", "-t", host.target, "-i", host.config_path, "--", "sh"],
+                          env=client_env(), dimensions=(24, 80), timeout=30)
+    try:
+        child.sendline("echo ready-$((6*7))")
+        child.expect("ready-42")
+        wait_for(lambda: _keepalive_seconds(host.tcp_port), what="the host's side of the connection")
+        assert max(_keepalive_seconds(host.tcp_port)) > 30
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    idle, interval, count = SHELL_KEEPALIVE
+    assert idle + interval * count > 180
+
+
+def test_shell_keepalive_bounds_unacknowledged_data_past_three_minutes():
+    import socket
+
+    from skypty.netopts import SHELL_KEEPALIVE, enable_keepalive
+
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname()) as sock:
+        assert enable_keepalive(sock, timers=SHELL_KEEPALIVE)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) > 180_000
+        assert enable_keepalive(sock)  # everything else keeps the short timers
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) <= 60_000

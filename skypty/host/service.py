@@ -116,12 +116,14 @@ class HostService(service.MultiService):
         self._settings[self.control] = (setting, self.config.pty.cli_address)
 
     def _add_tcp(self, listen):
+        from skypty.netopts import SHELL_KEEPALIVE
         from skypty.noiseproto import NoiseFactory
 
         inner = self.connection_factory("tcp", lambda transport: transport.getPeerPK(),
                                         reject_with_byte=False)
+        # Shells ride on these connections: an outage of minutes must not end them.
         factory = NoiseFactory(inner, "XK", initiator=False, local_static=self.config.sk,
-                               reactor=self.reactor)
+                               reactor=self.reactor, keepalive=SHELL_KEEPALIVE)
         factory.noisy = False
         endpoint = endpoints.serverFromString(self.reactor, listen.endpoint)
         svc = internet.StreamServerEndpointService(endpoint, factory)
