@@ -243,3 +243,38 @@ def test_interrupt_written_follows_the_terminal_settings():
     finally:
         os.close(master)
         os.close(slave)
+
+
+# -- what a new viewer of a session is replayed --------------------------------------------
+
+def _ring(data, capacity=256 * 1024):
+    from skypty.host.persist import OutputRing
+
+    ring = OutputRing(capacity)
+    ring.write(data)
+    return ring
+
+
+def test_screen_starts_at_the_last_clear():
+    data = b"old line\n" * 1000 + b"\x1b[H\x1b[2J" + b"$ ls\nfiles\n$ "
+    ring = _ring(data)
+    assert data[ring.screen_start():] == b"\x1b[2J$ ls\nfiles\n$ "
+
+
+def test_screen_without_a_clear_is_a_bounded_tail_from_a_line_start():
+    data = b"".join(b"line %06d\n" % i for i in range(30000))  # 330 KB: the ring keeps 256 KiB
+    ring = _ring(data)
+    start = ring.screen_start(tail=4096)
+    replay = data[start:]
+    assert 4096 - 12 <= len(replay) <= 4096 and replay.startswith(b"line ")
+    assert ring.end - start == len(replay) and start > ring.start
+
+
+def test_screen_of_a_full_screen_program_starts_where_it_entered():
+    vim = b"\x1b[?1049h\x1b[H\x1b[2Jvim screen" + b"\x1b[5;1Hedit" * 5000
+    data = b"shell output\n" * 100 + vim
+    ring = _ring(data)
+    assert data[ring.screen_start(tail=1024):] == vim  # its later partial redraws need that start
+    data += b"\x1b[?1049l$ "  # back in the shell: a clear or tail again
+    ring = _ring(data)
+    assert data[ring.screen_start(tail=1024):] != vim and ring.end - ring.screen_start(tail=1024) <= 1024

@@ -269,3 +269,32 @@ def test_shell_keepalive_bounds_unacknowledged_data_past_three_minutes():
         assert enable_keepalive(sock)  # everything else keeps the short timers
         if hasattr(socket, "TCP_USER_TIMEOUT"):
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) <= 60_000
+
+
+def test_a_manual_attach_shows_the_screen_not_the_whole_buffer(phost, tmp_path):
+    """A new client attaching by id gets the session from its last screen
+    clear (here) or a short tail, with a line saying what was replayed."""
+    script = ("i=0; while [ $i -lt 4000 ]; do i=$((i+1)); echo old-output-$i; done; "
+              "printf '\\033[H\\033[2J'; echo after-the-clear; sleep 60")
+    out_path = tmp_path / "first"
+    with open(out_path, "wb") as out:
+        first = subprocess.Popen(CLIENT + ["start", "-t", "--cliaddr", phost.cli, "--", "sh", "-c", script],
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, env=env())
+    try:
+        line = first.stderr.readline().decode()
+        sid = line.split("session ")[1].split(";")[0]
+        wait_for(lambda: b"after-the-clear" in out_path.read_bytes(), what="the session's output")
+        child = pexpect.spawn(CLIENT[0], CLIENT[1:] + ["start", "--attach", sid, "--cliaddr", phost.cli],
+                              env=env(), dimensions=(24, 80), timeout=30)
+        child.expect(r"\[skypty: reattached session \w+ \((\d+) bytes replayed: its current screen; "
+                     r"(\d+) earlier bytes skipped\)\]")
+        replayed, skipped = int(child.match.group(1)), int(child.match.group(2))
+        child.expect("after-the-clear")
+        assert b"old-output" not in child.before
+        child.sendcontrol("c")
+        child.expect(pexpect.EOF)
+        child.close()
+    finally:
+        first.kill()
+        first.wait()
+    assert replayed < 100 and skipped > 50_000

@@ -92,16 +92,7 @@ def _start(link, command, rows, cols, attach):
     size = T.WinSize.cls(rows=rows, cols=cols)
     if attach:
         try:
-            try:
-                result = rpc.call("pty.AttachAt", T.AttachReq.cls(id=attach, offset=0),
-                                  T.AttachReq, T.AttachResult)
-                offset = result.offset
-                replayed = f"{result.end - result.offset} bytes replayed" if result.end else "replaying its output"
-            except RPCError as e:
-                if not _missing(e):
-                    raise
-                rpc.call("pty.Attach", attach, T.STRING, T.EMPTY)
-                offset, replayed = 0, "replaying its output"
+            offset, replayed = _attach_fresh(rpc, attach)
         except RPCError as e:
             raise _explained(e, attach) from None
         rpc.call("pty.SetPtySize", size, T.WinSize, T.EMPTY)
@@ -120,6 +111,28 @@ def _start(link, command, rows, cols, attach):
         rpc.call("pty.Start", req, T.CommandReq, T.EMPTY)
         return None, 0
     return sid, 0
+
+
+def _attach_fresh(rpc, sid):
+    """Attach a client that has none of *sid*'s output: from where its screen
+    starts (skypty's pty.AttachScreen), else the whole ring (pty.AttachAt at 0,
+    then the reference's pty.Attach).  -> (offset, what is replayed)."""
+    for method, arg, arg_type in (("pty.AttachScreen", sid, T.STRING),
+                                  ("pty.AttachAt", T.AttachReq.cls(id=sid, offset=0), T.AttachReq)):
+        try:
+            result = rpc.call(method, arg, arg_type, T.AttachResult)
+        except RPCError as e:
+            if not _missing(e):
+                raise
+            continue
+        if not result.end:
+            return result.offset, "replaying its output"
+        replayed = f"{result.end - result.offset} bytes replayed"
+        if result.offset > 0:  # an older prefix is not shown (or was lost from the ring)
+            replayed += f": its current screen; {result.offset} earlier bytes skipped"
+        return result.offset, replayed
+    rpc.call("pty.Attach", sid, T.STRING, T.EMPTY)
+    return 0, "replaying its output"
 
 
 def exit_status(link):

@@ -239,6 +239,20 @@ class PtyAvatar:
         follower.offset += lost  # reported here, so the first read does not report it again
         return follower.offset, lost
 
+    def attach_screen(self, session_id):
+        """skypty extension (pty.AttachScreen): follow a session from where its
+        current screen starts (persist.OutputRing.screen_start), for a viewer
+        that has none of its output; -> (offset, lost=0)."""
+        registry = self.context.sessions
+        if registry is None:
+            raise RPCFault("rpc: can't find method pty.AttachScreen")
+        try:
+            start = registry.get(session_id).ring.screen_start()
+        except LookupError as e:
+            raise RPCFault(str(e)) from None
+        offset, _lost = self.attach(session_id, start)
+        return offset, 0
+
     def output_end(self):
         """How many bytes the attached session has written in all (0 if none)."""
         return self._session.ring.end if self._session is not None else 0

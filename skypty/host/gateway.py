@@ -44,6 +44,10 @@ def pty_methods(avatar, sessions_visible):
         offset, lost = avatar.attach(req.id, req.offset)
         return T.AttachResult.cls(offset=offset, lost=lost, end=avatar.output_end())
 
+    def attach_screen(sid):
+        offset, lost = avatar.attach_screen(sid)
+        return T.AttachResult.cls(offset=offset, lost=lost, end=avatar.output_end())
+
     def sessions(_):
         if avatar.context.sessions is None:
             raise RPCFault("rpc: can't find method pty.Sessions")
@@ -79,6 +83,7 @@ def pty_methods(avatar, sessions_visible):
         "pty.ReadStderr": Method(T.INT, T.BYTES, lambda n: avatar.read_stderr(n)),
         "pty.CloseStdin": Method(T.EMPTY, T.EMPTY, empty(lambda _: avatar.close_stdin())),
         "pty.ReadAhead": Method(T.INT, T.INT, avatar.read_ahead),
+        "pty.AttachScreen": Method(T.STRING, T.AttachResult, attach_screen),
     }
 
 

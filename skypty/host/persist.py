@@ -47,8 +47,35 @@ class OutputLost(Exception):
         self.count = count
 
 
+# Where a terminal's picture starts over: clear screen, clear scrollback, full
+# reset, and entering the alternate screen (a full-screen program).
+SCREEN_MARKS = (b"\x1b[2J", b"\x1b[3J", b"\x1bc", b"\x1b[?1049h", b"\x1b[?1047h", b"\x1b[?47h")
+ALT_SCREEN_ENTER = SCREEN_MARKS[3:]
+ALT_SCREEN_LEAVE = (b"\x1b[?1049l", b"\x1b[?1047l", b"\x1b[?47l")
+SCREEN_TAIL = 16 * 1024  # a few screenfuls: enough to draw what a plain shell shows
+
+
 class OutputRing:
     """The latest *capacity* bytes of a stream, addressed by absolute offset."""
+
+    def screen_start(self, tail=SCREEN_TAIL):
+        """The offset a new viewer should replay from to see the screen as it
+        stands, not the whole ring: inside a full-screen program, from where
+        it entered the alternate screen; else from the last screen clear, but
+        no more than *tail* bytes (from a line start) back."""
+        buf = self._buf
+
+        def last(marks):
+            return max(buf.rfind(m) for m in marks)
+
+        enter, leave = last(ALT_SCREEN_ENTER), last(ALT_SCREEN_LEAVE)
+        if enter > leave:
+            return self.start + enter  # the program draws its whole screen from there
+        floor = len(buf) - tail
+        if floor > 0:
+            newline = buf.find(b"\n", floor)
+            floor = newline + 1 if 0 <= newline < len(buf) - 1 else floor
+        return self.start + max(0, floor, last(SCREEN_MARKS))
 
     def __init__(self, capacity=RING_CAPACITY):
         self.capacity = capacity
