@@ -4,6 +4,11 @@ Binary frames carry terminal bytes both ways.  Text frames carry JSON:
 browser -> host ``{"type":"resize","cols":N,"rows":M}``; host -> browser
 ``{"type":"session","id":..., "offset":N}``, ``{"type":"error",...}`` and
 ``{"type":"exit"}``.  Output is batched (~16 ms) into few large frames.
+
+Contact: the page sends ``{"type":"ping"}`` when it heard nothing for a
+while and gets ``{"type":"pong"}``; a persistent session's page replaces a
+silent socket and reattaches at its byte count (``?sid=&offset=``), told
+``{"type":"lost","bytes":N}`` if the ring overflowed meanwhile.
 """
 
 import json
@@ -15,6 +20,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 
+from skypty.host.persist import LOST_PREFIX
 from skypty.web.httpguard import peer_name
 
 BATCH_DELAY = 0.016
@@ -25,6 +31,7 @@ DEFAULT_ROWS, DEFAULT_COLS = 30, 100
 # client that only sends a resize message, wait this long for the first one.
 FIRST_SIZE_WAIT = 0.5
 WEB_ENV = ["TERM=xterm-256color", "COLORTERM=truecolor"]
+PAGE_SILENCE_LIMIT = 220  # seconds without a pong from the page before its socket (and plain shell) ends
 
 
 def _shell_env():
@@ -43,6 +50,11 @@ class AvatarTerminal:
     def open(self, rows, cols, sid=None, offset=None, commands=()):
         """-> (session id or None, offset the output continues from)."""
         a = self.avatar
+        if sid and offset is None and hasattr(a, "attach_screen"):
+            # a fresh page: the session's current screen, not its whole ring
+            offset, _lost = yield defer.maybeDeferred(a.attach_screen, sid)
+            yield defer.maybeDeferred(a.set_size, rows, cols)
+            return sid, offset
         if sid:
             offset, _lost = yield defer.maybeDeferred(a.attach, sid, offset)
             yield defer.maybeDeferred(a.set_size, rows, cols)
@@ -208,6 +220,13 @@ class TerminalProtocol(WebSocketServerProtocol):
         if self._closed:
             return
         message = failure.getErrorMessage()
+        if message.startswith(LOST_PREFIX):
+            # the page fell more than the ring behind while away: say how much, go on
+            lost = message[len(LOST_PREFIX):].split()[0]
+            if lost.isdigit():
+                self._send_json({"type": "lost", "bytes": int(lost)})
+                self._read_loop()
+                return
         if message == "EOF":
             self._send_json({"type": "exit"})
         else:
@@ -225,6 +244,9 @@ class TerminalProtocol(WebSocketServerProtocol):
         msg = parse_control(payload)
         if msg is None:
             self.log.warn("bad control message from the browser")
+            return
+        if msg.get("type") == "ping":
+            self._send_json({"type": "pong"})
             return
         if msg.get("type") == "resize":
             size = _size(msg.get("rows"), msg.get("cols"))
@@ -263,7 +285,9 @@ class TerminalFactory(WebSocketServerFactory):
         self.target_of = target_of
         self.entry_point = entry_point
         # Origin is checked by the gate (it knows the Host); pings keep proxies honest.
-        self.setProtocolOptions(autoPingInterval=10, autoPingTimeout=30,
+        # A page that stops answering keeps its shell for as long as a shell's
+        # TCP connection would (netopts.SHELL_KEEPALIVE): a 3-minute outage is survivable.
+        self.setProtocolOptions(autoPingInterval=10, autoPingTimeout=PAGE_SILENCE_LIMIT,
                                 maxMessagePayloadSize=1024 * 1024, maxFramePayloadSize=1024 * 1024)
 
 

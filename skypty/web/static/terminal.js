@@ -11,11 +11,29 @@
   var params = new URLSearchParams(location.search);
   var sessionId = params.get("sid") || "";
   var received = 0;          // bytes of this session shown so far
-  var ws = null, retry = 500, closedByShell = false;
+  var ws = null, retry = 500, closedByShell = false, ended = false;
   var status = document.getElementById("status");
   var enc = new TextEncoder();
+  // Contact (as the command-line client): a ping when nothing was heard for
+  // QUIET_PING ms, "no contact" in the status line after NO_CONTACT ms, and a
+  // persistent session's socket replaced after DEAD_PATH ms (a dead path, e.g.
+  // a laptop that changed networks: the browser itself notices only minutes later).
+  var QUIET_PING = 2000, NO_CONTACT = 8000, DEAD_PATH = 5000;
+  var lastHeard = Date.now(), lastPing = 0, stalled = false;
 
-  function say(text) { status.textContent = text; window.skyptyStatus = text; }
+  var said = window.skyptyStatusLog = [];  // every status shown, for tests and the curious
+  function say(text) {
+    status.textContent = text; window.skyptyStatus = text;
+    if (said[said.length - 1] !== text) { said.push(text); if (said.length > 50) { said.shift(); } }
+  }
+
+  // The end of a session is always a visible line, never a silently dead page.
+  function sessionClosed(why) {
+    if (ended) { return; }
+    ended = closedByShell = true;
+    term.write("\r\n\x1b[33m[session closed — reload to reconnect]\x1b[0m\r\n");
+    say(why ? why + "; session closed" : "session closed");
+  }
 
   function url() {
     var q = new URLSearchParams(location.search);
@@ -29,27 +47,42 @@
     return scheme + "//" + location.host + location.pathname + (qs ? "?" + qs : "");
   }
 
-  function sendResize() {
-    if (ws && ws.readyState === 1) {
-      ws.send(JSON.stringify({type: "resize", cols: term.cols, rows: term.rows}));
-    }
+  function send(data) {
+    if (ws && ws.readyState === 1 && !stalled) { ws.send(data); }
+  }
+
+  function sendResize() { send(JSON.stringify({type: "resize", cols: term.cols, rows: term.rows})); }
+
+  function heard() {
+    if (Date.now() - lastHeard >= NO_CONTACT) { say("connected"); }
+    lastHeard = Date.now();
   }
 
   function connect() {
     say("connecting…");
-    ws = new WebSocket(url());
-    ws.binaryType = "arraybuffer";
-    ws.onopen = function () { retry = 500; say("connected"); fit.fit(); sendResize(); };
-    ws.onmessage = function (ev) {
+    stalled = false;
+    var sock = ws = new WebSocket(url());
+    sock.binaryType = "arraybuffer";
+    sock.onopen = function () { lastHeard = Date.now(); say("connected"); fit.fit(); sendResize(); };
+    sock.onmessage = function (ev) {
+      if (sock !== ws || stalled) { return; }
+      heard();
       if (typeof ev.data === "string") {
         var msg = JSON.parse(ev.data);
-        if (msg.type === "session") { sessionId = window.skyptySession = msg.id; if (msg.offset !== undefined) received = msg.offset; }
-        else if (msg.type === "error") {
-          // A refusal or an unreachable host: say it once; reloading the page tries again.
-          closedByShell = true;
-          term.write("\r\n\x1b[31m" + msg.message + "\x1b[0m\r\n"); say(msg.message);
+        if (msg.type === "session") {
+          sessionId = window.skyptySession = msg.id; retry = 500;
+          if (msg.offset !== undefined) { received = msg.offset; }
         }
-        else if (msg.type === "exit") { closedByShell = true; say("session ended"); }
+        else if (msg.type === "lost") {
+          received += msg.bytes;
+          term.write("\r\n[skypty: " + msg.bytes + " bytes of output were lost while disconnected]\r\n");
+        }
+        else if (msg.type === "error") {
+          // A refusal, an unreachable host, a session that is gone: say it once.
+          term.write("\r\n\x1b[31m" + msg.message + "\x1b[0m\r\n");
+          sessionClosed(msg.message);
+        }
+        else if (msg.type === "exit") { sessionClosed("the shell exited"); }
         return;
       }
       var bytes = new Uint8Array(ev.data);
@@ -57,25 +90,53 @@
       window.skyptyBytes = (window.skyptyBytes || 0) + bytes.length;
       term.write(bytes);
     };
-    ws.onclose = function () {
-      if (closedByShell) { return; }
-      say("disconnected; reconnecting…");
+    sock.onclose = function () {
+      if (sock !== ws || closedByShell) { return; }
+      if (!sessionId) {  // a plain shell ends with its socket: nothing to reattach
+        sessionClosed("disconnected");
+        return;
+      }
+      say("disconnected; reattaching…");
       setTimeout(connect, retry);
-      retry = Math.min(retry * 2, 10000);
+      retry = Math.min(retry * 2, 2000);  // output must resume soon after the link does
     };
   }
 
-  term.onData(function (d) { if (ws && ws.readyState === 1) { ws.send(enc.encode(d)); } });
-  term.onBinary(function (d) {
-    if (ws && ws.readyState === 1) {
-      var b = new Uint8Array(d.length);
-      for (var i = 0; i < d.length; i++) { b[i] = d.charCodeAt(i) & 255; }
-      ws.send(b);
+  // A persistent session's silent socket is dropped and the session reattached
+  // on a new one; a plain shell can only wait for its socket to come back.
+  function replaceSocket() {
+    var old = ws;
+    ws = null;
+    if (old) { try { old.close(); } catch (e) { /* already closing */ } }
+    connect();
+  }
+
+  setInterval(function () {
+    if (closedByShell || !ws || ws.readyState !== 1) { return; }
+    var now = Date.now(), quiet = now - lastHeard;
+    if (quiet >= QUIET_PING && now - lastPing >= QUIET_PING) {
+      lastPing = now;
+      send(JSON.stringify({type: "ping"}));
     }
+    if (sessionId && quiet >= DEAD_PATH) {
+      say("no contact with the host for " + Math.round(quiet / 1000) + " s; reattaching…");
+      replaceSocket();
+    } else if (quiet >= NO_CONTACT) {
+      say("no contact with the host for " + Math.round(quiet / 1000) + " s");
+    }
+  }, 500);
+
+  term.onData(function (d) { send(enc.encode(d)); });
+  term.onBinary(function (d) {
+    var b = new Uint8Array(d.length);
+    for (var i = 0; i < d.length; i++) { b[i] = d.charCodeAt(i) & 255; }
+    send(b);
   });
   term.onResize(sendResize);
   window.addEventListener("resize", function () { fit.fit(); });
   window.skyptyDropSocket = function () { if (ws) { ws.close(); } };  // for tests
+  // for tests: this socket's path goes silent (nothing crosses either way)
+  window.skyptyStallSocket = function () { stalled = true; };
   fit.fit();
   connect();
   term.focus();
