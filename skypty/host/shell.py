@@ -18,6 +18,7 @@ import collections
 import fcntl
 import os
 import pwd
+import re
 import shutil
 import signal
 import struct
@@ -311,11 +312,17 @@ class PipeProcess(PtyProcess):
             self.err_sink.output_ended(self.status)
 
 
+_CONTROL_BYTE = re.compile(rb"[\x00-\x1f\x7f]")
+
+
 def interrupt_written(fd, data):
     """Did writing *data* to the pty master *fd* interrupt the foreground job?
     True when the terminal turns its interrupt character (VINTR, ^C unless
     changed) into SIGINT (ISIG on) and *data* holds it.  A program with ISIG
-    off (an editor in raw mode) gets ^C as a key: nothing to flush then."""
+    off (an editor in raw mode) gets ^C as a key: nothing to flush then.
+    Plain typing (no control byte: VINTR is one in practice) costs no ioctl."""
+    if _CONTROL_BYTE.search(data) is None:
+        return False
     try:
         attrs = termios.tcgetattr(fd)
     except (OSError, termios.error, ValueError):
