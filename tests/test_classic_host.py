@@ -109,3 +109,34 @@ def test_list_says_the_host_does_not_offer_it(net):
     assert (r.returncode, r.stderr.decode()) == (
         1, "skypty-client: the local host does not offer `list` (host.Peers): it is an older or a "
            "reference host; `list` needs a skypty host\n")
+
+
+def test_list_sessions_says_the_host_has_no_such_feature(net):
+    """Not "pty.persistent_sessions is off": a reference host has no such setting (#22)."""
+    network, full, classic = net
+    r = run("list", "--sessions", "--cliaddr", classic.cli)
+    assert (r.returncode, r.stderr.decode()) == (
+        1, "skypty-client: this host does not offer persistent sessions (a reference host, or an "
+           "older skypty), so there are none to list\n")
+
+
+def test_whitelist_verbs_are_no_ops_for_keys_already_in_place(net):
+    """A reference host fails a WhitelistAdd naming a key it has (#22): adding
+    it again, or removing an absent key, must still succeed and change nothing."""
+    from skypty.keys import generate_keypair
+
+    network, full, classic = net
+    known, absent = classic.pk, generate_keypair()[0].hex()  # its own key is always listed
+    before = run("whitelist", "--cliaddr", classic.cli)
+    assert known in before.stdout.decode()
+    r = run("whitelist-add", known, "--cliaddr", classic.cli)
+    assert (r.returncode, r.stdout.decode()) == (0, f"{known} was already whitelisted (nothing changed)\n")
+    r = run("whitelist-remove", absent, "--cliaddr", classic.cli)
+    assert (r.returncode, r.stdout.decode()) == (0, f"{absent} was not on the whitelist (nothing to remove)\n")
+    # a mix: only the new key is sent, so the call succeeds on a reference host
+    r = run("whitelist-add", known, absent, "--cliaddr", classic.cli)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().splitlines() == [f"{known} was already whitelisted (nothing changed)",
+                                              f"added {absent}"]
+    assert run("whitelist-remove", absent, "--cliaddr", classic.cli).returncode == 0
+    assert run("whitelist", "--cliaddr", classic.cli).stdout == before.stdout

@@ -98,8 +98,13 @@ def test_reason_behind_the_reject_byte():
 
 
 def test_rpc_errors_are_translated():
-    assert "no persistent sessions" in explain_rpc("rpc: can't find method pty.Sessions")
-    assert "cannot reattach abc" in explain_rpc("rpc: can't find method pty.Attach", "abc")
+    # a reference host has no such feature: no setting of ours to blame (issue #22)
+    reference = explain_rpc("rpc: can't find method pty.Sessions")
+    assert "does not offer persistent sessions" in reference and "persistent_sessions" not in reference
+    assert "cannot reattach abc: this host does not offer" in explain_rpc("rpc: can't find method pty.Attach", "abc")
+    # a skypty host with the feature switched off says so, and the setting is named
+    assert "pty.persistent_sessions is off" in explain_rpc("dmsgpty: persistent sessions are off on this host")
+    assert "cannot reattach abc" in explain_rpc("dmsgpty: persistent sessions are off on this host", "abc")
     assert "no session abc" in explain_rpc("dmsgpty: session not found", "abc")
     assert "does not offer `list`" in explain_rpc("rpc: can't find service host.Peers")
     assert explain_rpc("EOF") is None

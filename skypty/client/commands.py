@@ -296,12 +296,18 @@ def parse_pks(texts):
     return list(dict.fromkeys(parse_pk(k) for k in texts))
 
 
-def _change_whitelist(args, verb, method, if_listed, if_not_listed):
-    """Add or remove keys, and say for each key what it did (or that it did nothing)."""
+def _change_whitelist(args, verb, method, if_listed, if_not_listed, change_listed):
+    """Add or remove keys, and say for each key what it did (or that it did nothing).
+
+    Only the keys that change are sent: a reference host refuses a whole
+    WhitelistAdd when one key is already there ("skipping append ... Already
+    exists"), and a no-op should succeed on every host."""
     keys = parse_pks(args.pks)
     rpc = _whitelist_rpc(args, verb)
     before = _current_whitelist(rpc)
-    rpc.call(method, keys, T.PubKeys, T.EMPTY)
+    changing = [pk for pk in keys if (pk in before) == change_listed]
+    if changing:
+        rpc.call(method, changing, T.PubKeys, T.EMPTY)
     for pk in keys:
         print((if_listed if pk in before else if_not_listed).format(pk=pk.hex()))
     return 0
@@ -310,13 +316,15 @@ def _change_whitelist(args, verb, method, if_listed, if_not_listed):
 @guarded
 def cmd_whitelist_add(args, parser):
     return _change_whitelist(args, "whitelist-add", "whitelist.WhitelistAdd",
-                             "{pk} was already whitelisted (nothing changed)", "added {pk}")
+                             "{pk} was already whitelisted (nothing changed)", "added {pk}",
+                             change_listed=False)
 
 
 @guarded
 def cmd_whitelist_remove(args, parser):
     return _change_whitelist(args, "whitelist-remove", "whitelist.WhitelistRemove",
-                             "removed {pk}", "{pk} was not on the whitelist (nothing to remove)")
+                             "removed {pk}", "{pk} was not on the whitelist (nothing to remove)",
+                             change_listed=True)
 
 
 @guarded

@@ -85,18 +85,26 @@ def explain_rpc(message, session_id=None):
     m = re.fullmatch(r"rpc: can't find (?:method|service) (\S+)", message)
     if m:
         method = m.group(1)
+        # A reference host (or a skypty host from before ERR_SESSIONS_OFF): no
+        # such feature at all, so no setting to blame.
         if method == "pty.Sessions":
-            return ("this host keeps no persistent sessions (pty.persistent_sessions is off "
-                    "in its config), so there are none to list")
+            return ("this host does not offer persistent sessions (a reference host, or an "
+                    "older skypty), so there are none to list")
         if method in ("pty.Attach", "pty.AttachAt"):
-            return (f"cannot reattach {sid}: this host keeps no persistent sessions "
-                    "(pty.persistent_sessions is off); start a new shell without --attach")
+            return (f"cannot reattach {sid}: this host does not offer persistent sessions "
+                    "(a reference host, or an older skypty); start a new shell without --attach")
         if method == "host.Peers":
             return ("the local host does not offer `list` (host.Peers): it is an older or a "
                     "reference host; `list` needs a skypty host")
         if method == "host.WebURL":
             return "the local host has no web terminal to offer (an older or a reference host)"
         return f"the host does not offer {method} (an older or a reference host)"
+    if message == "dmsgpty: persistent sessions are off on this host":  # host.avatar.ERR_SESSIONS_OFF
+        if session_id is None:
+            return ("this host keeps no persistent sessions (pty.persistent_sessions is off "
+                    "in its config), so there are none to list")
+        return (f"cannot reattach {sid}: this host keeps no persistent sessions "
+                "(pty.persistent_sessions is off); start a new shell without --attach")
     if message == "dmsgpty: session not found":
         return (f"no session {sid} on the host: it has ended, or was reaped after its idle time "
                 "(skypty-client list --sessions shows the live ones)")

@@ -20,6 +20,9 @@ from skypty.host.shell import DirectReader, PipeProcess, PtyProcess, ShellEnded,
 ERR_EOF = "EOF"
 ERR_RUNNING = "a pty session is already running"
 ERR_NO_SESSION = "no active pty session"
+# Said instead of "can't find method" so a client can tell this host (the
+# feature switched off) from a reference host (no such feature at all).
+ERR_SESSIONS_OFF = "dmsgpty: persistent sessions are off on this host"
 
 
 class RPCFault(RPCError):
@@ -197,7 +200,7 @@ class PtyAvatar:
         *offset*, the byte count the caller already has; -> (offset, lost)."""
         registry = self.context.sessions
         if registry is None:
-            raise RPCFault("rpc: can't find method pty.Attach")
+            raise RPCFault(ERR_SESSIONS_OFF)
         if self._reader is not None:
             raise RPCFault(ERR_RUNNING)
         try:
