@@ -38,6 +38,7 @@ def install():
             return RPCServerProtocol(classic(gateway.pty_methods(avatar, entry_point == "cli"), CLASSIC_PTY))
 
         routes[requestline.PTY] = pty
+        routes.pop(requestline.SFTP, None)  # the reference serves files on no entry point
         if entry_point == "cli":
             def whitelist(avatar, query, conn):
                 methods = classic(gateway.whitelist_methods(host), CLASSIC_WHITELIST)

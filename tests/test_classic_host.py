@@ -21,6 +21,8 @@ def net(tmp_path_factory):
     classic = ClassicHost(tmp, "classic", embedded=False, discovery_port=network.discovery_port)
     full.data["pty"]["whitelist"] = [classic.pk]  # the classic host's proxy dials the full one
     full.write_config()
+    classic.data["pty"]["whitelist"] = [full.pk]  # and the full one reaches the classic one (cp)
+    classic.write_config()
     for h in (full, classic):
         h.start()
     wait_for(lambda: network.joined(full) and network.joined(classic), what="the hosts to join dmsg")
@@ -140,3 +142,18 @@ def test_whitelist_verbs_are_no_ops_for_keys_already_in_place(net):
                                               f"added {absent}"]
     assert run("whitelist-remove", absent, "--cliaddr", classic.cli).returncode == 0
     assert run("whitelist", "--cliaddr", classic.cli).stdout == before.stdout
+
+
+def test_cp_and_fs_to_a_host_without_sftp_say_so(net, tmp_path):
+    """A reference host whitelists us (exec works) but serves no files: say
+    that, not "not authorized" (#22)."""
+    network, full, classic = net
+    assert run("exec", classic.pk, "--cliaddr", full.cli, "--", "true").returncode == 0
+    want = (f"host {classic.pk} serves no files: it has no SFTP service (a Skywire reference host, "
+            "or pty.sftp is off there); exec and start work")
+    r = run("cp", f"{classic.pk}:/etc/hostname", str(tmp_path / "x"), "--cliaddr", full.cli)
+    assert r.returncode == 1 and want in r.stderr.decode(), r.stderr
+    assert not (tmp_path / "x").exists()
+    (tmp_path / "mnt").mkdir()
+    r = run("fs", "mount", classic.pk, str(tmp_path / "mnt"), "--cliaddr", full.cli)
+    assert r.returncode == 1 and want in r.stderr.decode(), r.stderr

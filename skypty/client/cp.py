@@ -757,46 +757,9 @@ def _connector(reactor, target, args, timeout, sk):
 
     no_key_flags(args, "cp through the local host (PK:PATH, or a name without an address)")
     network, address = control_socket(args)
-    return _control_connector(reactor, network, address, pk, args.port, target.scheme, timeout)
+    from skypty.fs.link import control_socket_connector
 
-
-def _control_connector(reactor, network, address, pk, port, scheme, timeout):
-    """skypty.fs.link.control_socket_connector, with the name's --scheme pinned."""
-    from twisted.internet import protocol
-    from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
-
-    from skypty.fs.link import ServiceGate, SFTPClientProtocol
-    from skypty.wire import requestline
-
-    uri = requestline.proxy_uri(pk.hex(), port, service="sftp") + (f"&scheme={scheme}" if scheme else "")
-
-    class ReasonedGate(ServiceGate):
-        """The local host says why it could not reach the peer: keep its words."""
-
-        def dataReceived(self, data):
-            if not self._open and data[:1] not in (b"", requestline.ACCEPT) and not self.accepted.called:
-                from skypty.client.errors import parse_rejection, proxy_refusal
-                from skypty.fs.errors import LinkDown
-
-                reason, text = parse_rejection(data[1:])
-                self.transport.loseConnection()
-                self.accepted.errback(LinkDown(proxy_refusal(reason, text, pk.hex(), port)))
-                return
-            super().dataReceived(data)
-
-    def connect():
-        sftp = SFTPClientProtocol()
-        gate = ReasonedGate(uri, sftp)
-        if network == "unix":
-            endpoint = UNIXClientEndpoint(reactor, address, timeout=timeout)
-        else:
-            host, _, tcp_port = address.rpartition(":")
-            endpoint = HostnameEndpoint(reactor, host.strip("[]") or "127.0.0.1", int(tcp_port), timeout=timeout)
-        d = endpoint.connect(protocol.Factory.forProtocol(lambda: gate))
-        d.addCallback(lambda _: gate.accepted)
-        d.addCallback(lambda _: sftp.ready)
-        return d
-    return connect
+    return control_socket_connector(reactor, network, address, pk, args.port, timeout, scheme=target.scheme)
 
 
 # -- the verb -------------------------------------------------------------------------------------------

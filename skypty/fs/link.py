@@ -179,14 +179,33 @@ def noise_tcp_connector(reactor, host, port, local_sk, remote_pk, timeout):
     return connect
 
 
-def control_socket_connector(reactor, network, address, remote_pk, port, timeout):
+class ReasonedGate(ServiceGate):
+    """The local host says why it could not reach the peer (the reject byte,
+    then "reason-word: text"): keep its words instead of "not authorized"."""
+
+    def __init__(self, uri, inner, remote_pk, port):
+        super().__init__(uri, inner)
+        self.remote_pk, self.port = remote_pk, port
+
+    def dataReceived(self, data):
+        if not self._open and data[:1] not in (b"", requestline.ACCEPT) and not self.accepted.called:
+            from skypty.client.errors import parse_rejection, proxy_refusal
+
+            reason, text = parse_rejection(data[1:])
+            self.transport.loseConnection()
+            self.accepted.errback(LinkDown(proxy_refusal(reason, text, self.remote_pk.hex(), self.port)))
+            return
+        super().dataReceived(data)
+
+
+def control_socket_connector(reactor, network, address, remote_pk, port, timeout, scheme=None):
     """Through the local host, which dials the peer over dmsg
-    (``dmsgpty/proxy?...&service=sftp``)."""
-    uri = requestline.proxy_uri(remote_pk.hex(), port, service="sftp")
+    (``dmsgpty/proxy?...&service=sftp``; ``&scheme=`` pins a transport)."""
+    uri = requestline.proxy_uri(remote_pk.hex(), port, service="sftp") + (f"&scheme={scheme}" if scheme else "")
 
     def connect():
         sftp = SFTPClientProtocol()
-        gate = ServiceGate(uri, sftp)
+        gate = ReasonedGate(uri, sftp, remote_pk, port)
         if network == "unix":
             endpoint = UNIXClientEndpoint(reactor, address, timeout=timeout)
         else:
