@@ -32,6 +32,7 @@ import re
 import attr
 
 from skypty.errors import SkyptyError
+from skypty.durations import parse_duration
 from skypty.keys import InvalidKey, PublicKey, SecretKey
 
 DEFAULT_DISCOVERY = "http://127.0.0.1:9090"
@@ -50,13 +51,6 @@ NETWORKS = {
 
 class ConfigError(SkyptyError):
     """A config file that cannot be used; the message names the key."""
-
-
-def parse_duration(value, key="duration"):
-    """'30s', '5m', '1h', '250ms', or a bare number of seconds -> float seconds."""
-    from skypty.durations import parse_duration as parse
-
-    return parse(value, key, ConfigError)
 
 
 def parse_listen(value, key):
@@ -271,7 +265,7 @@ def _parse_pty(data):
         whitelist=_pk_list(section.get("whitelist"), p + "whitelist"),
         ssh_listen=_optional_listen(section, "ssh_listen", p),
         persistent_sessions=_typed(section, "persistent_sessions", bool, False, p),
-        session_ttl=parse_duration(section.get("session_ttl", DEFAULT_SESSION_TTL), p + "session_ttl"),
+        session_ttl=parse_duration(section.get("session_ttl", DEFAULT_SESSION_TTL), p + "session_ttl", ConfigError),
         web_listen=_optional_listen(section, "web_listen", p),
         manhole=manhole,
         sftp=sftp_config,

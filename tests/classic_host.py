@@ -49,7 +49,9 @@ def install():
                 pk_hex, port, _uri = requestline.parse_proxy_query(query)
                 from skypty.keys import PublicKey
 
-                d = host.dmsg.remote_pty(PublicKey.from_hex(pk_hex), port)
+                from skypty.host.proxy import RemotePty
+
+                d = RemotePty.dial(host, PublicKey.from_hex(pk_hex), port)
                 return d.addCallback(lambda remote: RPCServerProtocol(forwarding_methods(remote),
                                                                       on_close=remote.logout))
 

@@ -272,7 +272,7 @@ def _ready_to(session, d):
 
 
 def _req(src_pk, dst_pk, src_port=49153, dst_port=22, **over):
-    from skypty.noise import NoiseHandshake
+    from skypty.wire.noise import NoiseHandshake
 
     fields = dict(timestamp=time.time_ns(), src_addr=T.Addr.cls(pk=src_pk, port=src_port),
                   dst_addr=T.Addr.cls(pk=dst_pk, port=dst_port), noise_msg=b"")

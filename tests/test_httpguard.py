@@ -16,7 +16,7 @@ from twisted.web import resource
 
 from skypty.dmsg.discserver import MAX_BODY, make_discovery_site
 from skypty.keys import generate_keypair
-from skypty.tap import make_log_file_private
+from skypty.logs import make_log_file_private
 from skypty.web import httpguard
 from skypty.web.site import TokenGate, WhitelistGate, make_web_site
 

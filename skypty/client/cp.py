@@ -752,21 +752,24 @@ def _connector(reactor, target, args, timeout, sk):
         from skypty.fs.link import noise_tcp_connector
 
         return noise_tcp_connector(reactor, target.host, target.port, sk, pk, timeout)
-    from skypty.client.commands import no_key_flags
+    from skypty.client.reach import no_key_flags
     from skypty.client.identity import control_socket
 
     no_key_flags(args, "cp through the local host (PK:PATH, or a name without an address)")
     network, address = control_socket(args)
+    from skypty.client.errors import proxy_refusal
     from skypty.fs.link import control_socket_connector
 
-    return control_socket_connector(reactor, network, address, pk, args.port, timeout, scheme=target.scheme)
+    explain = lambda reason, text: proxy_refusal(reason, text, pk.hex(), args.port)  # noqa: E731
+    return control_socket_connector(reactor, network, address, pk, args.port, timeout, explain,
+                                    scheme=target.scheme)
 
 
 # -- the verb -------------------------------------------------------------------------------------------
 
 def split_paths(words, resolve=None):
     """-> (sources, destination) as Locations, checked for one remote side."""
-    from skypty.client.commands import usage_error
+    from skypty.client.errors import usage_error
 
     if len(words) < 2:
         raise usage_error("cp needs a source and a destination: skypty-client cp [-r] [-p] SRC... DST")
@@ -784,7 +787,7 @@ def split_paths(words, resolve=None):
 
 
 def cmd_cp(args, parser):
-    from skypty.client.commands import guarded
+    from skypty.client.reach import guarded
 
     return guarded(_cmd_cp)(args, parser)
 

@@ -1,4 +1,5 @@
-"""What went wrong, in words a user can act on (pure: no I/O).
+"""What went wrong, in words a user can act on (pure, but for fail(), which
+prints the one line).
 
 Hosts answer in the protocol's own terms: a reject byte, a closed stream,
 ``rpc: can't find method pty.Sessions``.  This module turns each of those
@@ -7,10 +8,12 @@ print it.  docs/guide.md has the same table for people.
 """
 
 import re
+import sys
 
 from skypty.errors import SkyptyError
 
 PK_PATTERN = r"\b[0-9a-fA-F]{66}\b"  # compiled where used (re caches it), not at every start
+EXIT_USAGE = 2
 
 
 class ClientError(SkyptyError):
@@ -19,6 +22,15 @@ class ClientError(SkyptyError):
     def __init__(self, message, code=1):
         super().__init__(message)
         self.code = code
+
+
+def fail(message, code=1):
+    sys.stderr.write(f"skypty-client: {message}\n")
+    return code
+
+
+def usage_error(message):
+    return ClientError(message, EXIT_USAGE)
 
 
 def not_whitelisted(host_pk, own_pk):
@@ -30,20 +42,8 @@ def wrong_host_key(address, pk):
     return f"the host at {address} is not {pk} (wrong public key?)"
 
 
-# -- the local host's reasons (reject byte + "reason-word: text", docs/protocol.md) ----------
-
-def parse_rejection(data):
-    """Bytes after the reject byte -> (reason word, text); ("", "") when the
-    host said nothing more (a reference host, or an older skypty)."""
-    if not data:
-        return "", ""
-    length = data[0]
-    raw = data[1:1 + length].decode("utf-8", "replace")
-    reason, _, text = raw.partition(": ")
-    if not re.fullmatch(r"[a-z][a-z-]*", reason):
-        return "", raw
-    return reason, text
-
+# -- the local host's reasons (reject byte + "reason-word: text", docs/protocol.md;
+#    read by skypty.wire.requestline.parse_rejection) ----------------------------------------
 
 def proxy_refusal(reason, text, target_pk, port, local="the local host"):
     """Why the local host could not give us *target_pk*'s pty service."""

@@ -163,7 +163,7 @@ def connect_noise(host, port, remote_pk, local_sk, timeout=CONNECT_TIMEOUT):
     import socket
     import struct
 
-    from skypty.noise import NoiseError, NoiseHandshake, frame_handshake
+    from skypty.wire.noise import NoiseError, NoiseHandshake, frame_handshake
 
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     sock = connect_tcp(host, port, timeout)

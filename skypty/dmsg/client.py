@@ -320,32 +320,6 @@ class DmsgClientService(service.Service):
                 out.append(pk)
         return out
 
-    # -- the pty service of a remote host --
-    @defer.inlineCallbacks
-    def proxy_service(self, pk_hex, port, uri=requestline.PTY):
-        """For ``dmsgpty/proxy``: a protocol relaying the caller to one of
-        pk's services (its pty service, or skypty's sftp)."""
-        from skypty.keys import PublicKey
-
-        pk = PublicKey.from_hex(pk_hex)
-        remote = yield self._request(pk, port, uri)
-        return Relay(remote)
-
-    @defer.inlineCallbacks
-    def remote_pty(self, pk, port):
-        from skypty.host.proxy import RemotePtyAvatar
-
-        remote = yield self._request(pk, port)
-        return RemotePtyAvatar(remote)
-
-    @defer.inlineCallbacks
-    def _request(self, pk, port, uri=requestline.PTY):
-        """Dial pk:port (through the dmsg client endpoint) and ask for a service."""
-        remote = RequestedService(uri, own_pk=self.pk, peer_pk=pk)
-        yield DmsgClientEndpoint(self, pk, port).connect(protocol.Factory.forProtocol(lambda: remote))
-        yield remote.accepted
-        return remote
-
 
 class RequestedService(protocol.Protocol):
     """Sends a request line on a fresh stream; ``accepted`` fires on 0x00."""

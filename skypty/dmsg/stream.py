@@ -21,7 +21,7 @@ from skypty.dmsg.session import (
 )
 from skypty.errors import ProtocolError
 from skypty.keys import InvalidKey
-from skypty.noise import NoiseError, NoiseHandshake
+from skypty.wire.noise import NoiseError, NoiseHandshake
 from skypty.wire import types as T
 
 KEEPALIVE_INTERVAL = 30.0

@@ -91,8 +91,7 @@ def makeService(options):
     DmsgServerService(reactor, options.sk, options.server, address, url, peers=options.peers,
                       discover_peers=not options["no-mesh"],
                       idle_timeout=options.idle_timeout or None).setServiceParent(top)
-    from skypty.logs import FilteredLogging
-    from skypty.tap import make_log_file_private
+    from skypty.logs import FilteredLogging, make_log_file_private
 
     twistd = getattr(options, "parent", None)  # twistd's own options, when run by twistd
     make_log_file_private(twistd)

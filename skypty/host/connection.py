@@ -167,9 +167,8 @@ class HostConnection(protocol.Protocol):
         # On our own control socket the client deserves the real reason: the
         # reject byte, one length byte, then UTF-8 "reason-word: text" (reference
         # clients read the first byte and ignore the rest).
-        reason = getattr(failure.value, "reason", "failed")
-        text = f"{reason}: {failure.getErrorMessage()}".encode("utf-8")[:255]
-        self.close_refused(requestline.REJECT + bytes((len(text),)) + text)
+        self.close_refused(requestline.encode_rejection(getattr(failure.value, "reason", "failed"),
+                                                        failure.getErrorMessage()))
 
     def _timed_out(self):
         self._timeout = None
