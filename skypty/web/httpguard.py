@@ -52,8 +52,8 @@ def peer_name(transport):
 
 
 def source_key(transport):
-    """Whom a pending slot is charged to: a dmsg stream's proven key, an
-    IPv4 address, or an IPv6 /64 (one host usually holds a whole /64)."""
+    """Whom a pending slot is charged to: a dmsg stream's proven key, else
+    the peer's address (see :func:`address_key`)."""
     if transport is None:
         return "-"
     get_pk = getattr(transport, "getPeerPK", None)
@@ -61,9 +61,14 @@ def source_key(transport):
         pk = get_pk()
         if pk is not None:
             return "pk:" + pk.hex()
-    host = getattr(transport.getPeer(), "host", None)
+    return address_key(transport.getPeer())
+
+
+def address_key(peer):
+    """An IPv4 address, or an IPv6 /64 (one host usually holds a whole /64)."""
+    host = getattr(peer, "host", None)
     if host is None:
-        return str(transport.getPeer())
+        return str(peer)
     if ":" in host:
         import ipaddress
 
