@@ -266,6 +266,98 @@ class MeshTests(unittest.TestCase):
         yield until(lambda: inner.data == b"accepted", what="a sound request after the hostile ones")
 
 
+    # -- a hostile network (#25 items 6 and 8) and a mixed mesh (#22) -------------------------
+
+    @defer.inlineCallbacks
+    def test_fake_server_entries_cannot_crowd_out_a_live_server(self):
+        """32 signed server entries pointing at 127.0.0.1:1 used to fill every
+        peer slot for good, so a real server registered later was never peered."""
+        from skypty.dmsg import server as server_module
+        from skypty.dmsg.disc import DiscoveryClient
+        from skypty.dmsg.server import MAX_PEERS, DmsgServerService
+
+        self.patch(server_module, "PEER_RETRY_MIN", 0.05)
+        self.patch(server_module, "PEER_RETRY_MAX", 0.2)
+        self.site.store.delete(self.s2.pk)  # the real server registers after the fakes
+        now = int(reactor.seconds() * 1e9)
+        for _ in range(MAX_PEERS):
+            pk, sk = generate_keypair()
+            self.site.store.put(server_entry(pk, 0, now, "127.0.0.1:1", 100).signed(sk))
+        svc = SimpleNamespace(discovery=DiscoveryClient(self.url, reactor), factory=self.s1.factory)
+        self.s1.factory.start_peering()
+        yield DmsgServerService._find_peers(svc)  # the discovery round: only fakes (and s1 itself)
+        self.assertEqual(len(self.s1.factory.links), MAX_PEERS)
+        yield self.register_server(self.s2)
+
+        deadline = time.monotonic() + 15
+        while True:
+            yield DmsgServerService._find_peers(svc)  # a later discovery round
+            link = self.s1.factory.links.get(self.s2.pk)
+            if link is not None and link.session is not None:
+                break
+            self.assertLess(time.monotonic(), deadline, "the live server never got a peer slot")
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertLessEqual(len(self.s1.factory.links), MAX_PEERS)
+
+    @defer.inlineCallbacks
+    def test_one_client_cannot_hold_every_relayed_stream(self):
+        from skypty.dmsg import server as server_module
+
+        self.patch(server_module, "MAX_RELAYED_PER_CLIENT", 2)
+        yield self.peer()
+        a = yield self.client(self.s1)
+        b = yield self.client(self.s2)
+        held = []
+        for _ in range(2):
+            held.append((yield self.echo_through(a, b)))
+        start = time.monotonic()
+        held.append((yield self.echo_through(a, b)))
+        # s1 refused at once (no timeout): a went to b's server itself, unrelayed.
+        self.assertLess(time.monotonic() - start, 3)
+        self.assertEqual(set(a.sessions), {self.s1.pk, self.s2.pk})
+        self.assertEqual(self.s1.factory.relayed_by, {("client", a.pk): 2})
+        c = yield self.client(self.s1)  # another client still gets through the same servers
+        yield self.echo_through(c, b)
+        self.assertEqual(list(c.sessions), [self.s1.pk])
+        for inner in held:
+            inner.transport.loseConnection()
+        yield until(lambda: self.s1.factory.relayed_by == {} or list(self.s1.factory.relayed_by) == [
+            ("client", c.pk)], what="a's shares to come back")
+
+    @defer.inlineCallbacks
+    def test_a_peer_that_lets_forwards_hang_costs_one_short_wait(self):
+        """A Go server that will not relay for us logs `dmsg error 302` and
+        leaves the forwarded stream open: the skypty server used to wait its
+        full 5 s, then the dialer fell back to a session of its own."""
+        from skypty.dmsg import server as server_module
+
+        self.patch(server_module.random, "shuffle", lambda seq: None)  # the silent peer is tried first
+        silent = self.silent_server()
+        self.s1.factory.add_peer(silent.pk, silent.address)
+        yield self.peer()
+        yield until(lambda: self.s1.factory.links[silent.pk].session is not None, what="the silent peer")
+        a = yield self.client(self.s1)
+        b = yield self.client(self.s2)
+        start = time.monotonic()
+        yield self.echo_through(a, b)
+        first = time.monotonic() - start
+        self.assertLess(first, server_module.PEER_HOP_TIMEOUT + 1.5)
+        self.assertIn(silent.pk, self.s1.factory.silent)
+        self.assertEqual(list(a.sessions), [self.s1.pk])  # s1 forwarded through s2 in the end
+        start = time.monotonic()
+        yield self.echo_through(a, b)
+        self.assertLess(time.monotonic() - start, 1.0)  # the silent peer is skipped now
+
+    def silent_server(self):
+        """A dmsg server that accepts sessions and streams and never answers them."""
+        pk, sk = generate_keypair()
+        factory = protocol.Factory()
+        factory.buildProtocol = lambda addr: DmsgSession(False, sk, None, lambda s, st: Recorder(), reactor)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return SimpleNamespace(pk=pk, sk=sk, address=f"127.0.0.1:{port.getHost().port}")
+
+
 def _ready_to(session, d):
     session.ready.addCallback(lambda s: d.called or d.callback(s))
     return session
