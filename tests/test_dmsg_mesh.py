@@ -85,9 +85,9 @@ class MeshTests(unittest.TestCase):
             signed.to_json().replace(b'"serverType":"community"', b'"serverType":"official"')))
 
     @defer.inlineCallbacks
-    def server(self, peers=()):
+    def server(self, peers=(), factory_class=DmsgServerFactory):
         pk, sk = generate_keypair()
-        factory = DmsgServerFactory(reactor, sk)
+        factory = factory_class(reactor, sk)
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.addCleanup(factory.stop_peering)
@@ -364,6 +364,49 @@ class MeshTests(unittest.TestCase):
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return SimpleNamespace(pk=pk, sk=sk, address=f"127.0.0.1:{port.getHost().port}")
+
+
+    @defer.inlineCallbacks
+    def test_a_new_session_lets_the_handshakes_last_message_leave_alone(self):
+        """Reference servers before 2026 drop a session whose first bytes ride
+        behind the handshake's last message (dmsg error 203, "extra bytes"):
+        in the mixed mesh that was the Go server dropping skypty's fallback
+        session about 8 ms after it opened."""
+        strict = yield self.server(factory_class=StrictServerFactory)
+        a = yield self.client(self.s1)
+        b = yield self.client(strict)
+        yield self.echo_through(a, b)  # a opens a session of its own to b's (strict) server
+        self.assertEqual(set(a.sessions), {self.s1.pk, strict.pk})
+        self.assertEqual(strict.factory.dropped, 0)
+
+
+class StrictFramer:
+    """A handshake framer that, like the reference before 2026, fails the
+    session when bytes arrive behind the handshake's last message."""
+
+    def __init__(self, framer, session, factory):
+        self.framer, self.session, self.factory = framer, session, factory
+
+    def __getattr__(self, name):
+        return getattr(self.framer, name)
+
+    def take_rest(self):
+        rest = self.framer.take_rest()
+        if rest:
+            self.factory.dropped += 1
+            self.session.transport.abortConnection()
+            return b""
+        return rest
+
+
+class StrictServerFactory(DmsgServerFactory):
+    dropped = 0
+
+    def buildProtocol(self, addr):
+        session = super().buildProtocol(addr)
+        if session is not None:
+            session._framer = StrictFramer(session._framer, session, self)
+        return session
 
 
 def _ready_to(session, d):
