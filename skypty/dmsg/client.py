@@ -308,8 +308,8 @@ class DmsgClientService(service.Service):
             raise NoSharedServer(f"{pk.hex()} shares no dmsg server with this host, and none of its "
                                  "servers could be reached" + (f" ({'; '.join(failures)})" if failures else ""))
         if failures.timeouts:
-            raise DialTimeout(f"a dmsg server took the request but nobody answered it within "
-                              f"{STREAM_HANDSHAKE_TIMEOUT:g}s: " + "; ".join(failures[-3:]))
+            raise DialTimeout("a dmsg server took the request and nobody answered it: "
+                              + "; ".join(failures[-3:]))
         raise NoAnswer(f"{pk.hex()} is not reachable over dmsg (no server we reach has a session to it): "
                        + "; ".join(failures[-3:]))
 
@@ -330,7 +330,12 @@ class DmsgClientService(service.Service):
         except Exception as e:
             if stream.timed_out:
                 failures.timeouts += 1
-            failures.append(f"via {session.remote_pk.hex()[:16]}…: {e}")
+                why = "no answer in time"
+            elif "unanswered" in str(e):
+                why = "closed unanswered (not connected there)"
+            else:
+                why = str(e).replace(pk.hex(), "the peer")
+            failures.append(f"via {session.remote_pk.hex()[:16]}…: {why}")
             return None
         return result
 
