@@ -132,7 +132,9 @@ class EntryStore:
 
     @staticmethod
     def size_of(entry):
-        return len(entry.raw if entry.raw is not None else entry.to_json()) + ENTRY_OVERHEAD
+        # Twice the JSON: the posted bytes are kept to serve them back as they
+        # were, and the parsed entry keeps its unknown fields once more.
+        return 2 * len(entry.raw if entry.raw is not None else entry.to_json()) + ENTRY_OVERHEAD
 
     def _full(self, adding):
         return len(self._entries) >= self.max_entries or self.bytes + adding > self.max_bytes
