@@ -370,6 +370,9 @@ class PeerLink:
         # The reference before 2026 drops a session whose first bytes ride
         # behind the handshake's last message (dmsg error 203): let it go alone.
         await _settle(server.reactor)
+        if not self._running:
+            session.transport.loseConnection()
+            return
         if session.transport is None or session.transport.disconnected:
             self._failing, self.failures = True, self.failures + 1
             self._schedule(self.backoff)
@@ -455,16 +458,20 @@ class DmsgServerFactory(protocol.Factory):
         return True
 
     def _give_away_a_dead_slot(self):
-        dead = [link for link in self.links.values() if not link.pinned and link.dead]
+        # (A peer we cannot dial but that keeps a session to us is alive.)
+        dead = [link for link in self.links.values()
+                if not link.pinned and link.dead and link.pk not in self.sessions]
         if not dead:
             return False
         victim = max(dead, key=lambda link: (not link.ever_up, link.failures))
-        self.drop_peer(victim.pk)
+        self.drop_peer(victim.pk, cooldown=True)
         self.log.info("gave dmsg peer slot of {pk} ({addr}, {n} failed dials) to another server",
                       pk=victim.pk.hex(), addr=victim.address, n=victim.failures)
         return True
 
-    def drop_peer(self, pk):
+    def drop_peer(self, pk, cooldown=False):
+        """Forget a peer; with *cooldown* (it was dead), discovery's listing of
+        it is ignored for EVICTED_COOLDOWN seconds."""
         link = self.links.pop(pk, None)
         if link is None:
             return
@@ -474,6 +481,8 @@ class DmsgServerFactory(protocol.Factory):
         session = self.sessions.get(pk)
         if session is not None:
             session.is_peer = False
+        if not cooldown:
+            return
         self.evicted[pk] = self.reactor.seconds()
         if len(self.evicted) > MAX_REMEMBERED:
             del self.evicted[next(iter(self.evicted))]
