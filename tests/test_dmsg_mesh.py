@@ -498,3 +498,37 @@ class IdleTests(unittest.TestCase):
         server, inner = self.build(keepalive=None)
         self.idle_for(180)
         self.assertTrue(inner.lost)
+
+
+def test_the_mesh_keeps_configured_and_live_peers_and_gives_dead_slots_away():
+    """update_discovered on a Clock, no sockets: links are not started."""
+    from skypty.dmsg import server as server_module
+
+    clock = task.Clock()
+    _, sk = generate_keypair()
+    pinned = generate_keypair()[0]
+    factory = DmsgServerFactory(clock, sk, peers=[(pinned, "127.0.0.1:9")])
+    fakes = {generate_keypair()[0]: "127.0.0.1:1" for _ in range(server_module.MAX_PEERS)}
+    factory.update_discovered(fakes)
+    assert len(factory.links) == server_module.MAX_PEERS and pinned in factory.links
+    live_pk = next(pk for pk in fakes if pk in factory.links)
+    factory.links[live_pk].session = SimpleNamespace(transport=None)  # connected
+    real = generate_keypair()[0]
+    factory.update_discovered({**fakes, real: "127.0.0.1:2"})
+    assert real not in factory.links  # full of peers not yet known to be dead
+    for pk, link in factory.links.items():
+        if pk != live_pk:
+            link.failures = server_module.PEER_DEAD_AFTER
+    factory.update_discovered({**fakes, real: "127.0.0.1:2"})
+    assert real in factory.links and live_pk in factory.links and pinned in factory.links
+    # Unlisted: the dead go, the connected and the configured stay.
+    factory.update_discovered({real: "127.0.0.1:3"})
+    assert set(factory.links) == {pinned, live_pk, real}
+    assert factory.links[real].address == "127.0.0.1:3"  # it moved
+    # A dead peer whose slot was given away is not taken back at once.
+    given_away = [pk for pk in fakes if pk in factory.evicted]
+    assert given_away
+    factory.update_discovered({real: "127.0.0.1:3"})  # room enough
+    assert not factory.add_peer(given_away[0], "127.0.0.1:1")
+    clock.advance(server_module.EVICTED_COOLDOWN + 1)
+    assert factory.add_peer(given_away[0], "127.0.0.1:1")

@@ -489,11 +489,17 @@ class DmsgServerFactory(protocol.Factory):
 
     def update_discovered(self, servers):
         """*servers*: {pk: address} as discovery lists them now.  Discovered
-        peers no longer listed are dropped; new ones get free or dead slots,
-        servers never tried before first."""
+        peers no longer listed and not connected are dropped; new ones get
+        free or dead slots, servers never given away before first."""
         self.discovered = dict(servers)
-        for pk in [pk for pk, link in self.links.items() if not link.pinned and pk not in servers]:
+        # A live peer stays until its session ends (a discovery that restarts
+        # empty must not cut the streams it carries); a dead unlisted one goes.
+        for pk in [pk for pk, link in self.links.items()
+                   if not link.pinned and pk not in servers and link.session is None]:
             self.drop_peer(pk)
+        for pk, link in self.links.items():
+            if not link.pinned and pk in servers:
+                link.address = servers[pk]  # the server moved: dial it there from now on
         fresh = [pk for pk in servers if pk not in self.links]
         random.shuffle(fresh)
         fresh.sort(key=lambda pk: pk in self.evicted)
