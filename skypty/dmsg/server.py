@@ -24,7 +24,8 @@ A hostile network (issue #25) and a mixed mesh (issue #22):
   passed over at once;
 * peer slots go to servers that answer: a discovered peer that failed
   ``PEER_DEAD_AFTER`` dials in a row gives its slot to the next candidate
-  discovery lists, and a discovered peer gone from discovery is dropped;
+  discovery lists, and a discovered peer gone from discovery (and not
+  connected) is dropped;
   so signed entries pointing nowhere cannot crowd out live servers
   (configured ``--peer`` links are kept whatever happens);
 * relayed streams are charged when they are routed, to the source key
