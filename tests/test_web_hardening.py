@@ -128,7 +128,8 @@ def test_requests_are_served_while_100_clients_trickle(host, token):
     try:
         for i in range(100):
             port = host.web_port if i % 2 else host.discovery_port
-            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            # From 25 other addresses: one address may hold only its own share of pending slots.
+            s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(f"127.0.2.{i % 25 + 1}", 0))
             s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the end of the head
             tricklers.append(s)
         started = time.monotonic()

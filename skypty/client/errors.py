@@ -66,6 +66,9 @@ def proxy_refusal(reason, text, target_pk, port, local="the local host"):
     if reason == "no-sftp":
         return (f"host {target_pk} serves no files: it has no SFTP service (a Skywire reference "
                 "host, or pty.sftp is off there); exec and start work")
+    if reason == "peer-error":  # refused, for another reason than the port (the reference's code in words)
+        why = text.rsplit(": ", 1)[-1] if " refused the stream" in text else text
+        return f"host {target_pk} refused the stream on dmsg port {port}: {why}"
     if reason == "no-overlay":
         return f"{local} has no dmsg overlay running, so it cannot reach {target_pk}"
     if reason == "unreachable":  # every transport failed (under a visor: skynet, then dmsg)
