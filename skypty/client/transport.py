@@ -13,7 +13,9 @@ interactive shell, where the loop has already selected.
 """
 
 import _socket  # socket.py's C core: see connect_unix
+import os
 import select
+import sys
 
 from skypty.errors import SkyptyError
 
@@ -125,6 +127,48 @@ def _recv_exact(sock, n):
     return out
 
 
+class ForeignSocketError(TransportError):
+    """The control socket is held by another user: not our host."""
+
+
+def user_name(uid):
+    """'uid 65534 (nobody)', or 'uid 65534' when it has no name."""
+    import pwd
+
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def socket_peer(sock, path):
+    """(pid, uid) of the process that listens behind a connected unix socket
+    (the kernel's SO_PEERCRED, fixed when it called listen()); pid is None
+    where only the file's owner can be read."""
+    peercred = getattr(_socket, "SO_PEERCRED", None)
+    if peercred is None:  # not Linux: the socket file's owner is the next best witness
+        return None, os.stat(path).st_uid
+    cred = sock.getsockopt(_socket.SOL_SOCKET, peercred, 12)  # struct ucred {pid, uid, gid}
+    return int.from_bytes(cred[0:4], sys.byteorder), int.from_bytes(cred[4:8], sys.byteorder)
+
+
+def check_socket_owner(sock, path):
+    """The control socket gives whoever answers it our commands (sudo
+    passwords typed into a shell included): it must be our own host or
+    root's.  In a shared directory such as /tmp another user can bind the
+    path first; refuse that before a byte is sent."""
+    pid, uid = socket_peer(sock, path)
+    me = os.geteuid()
+    if uid in (me, 0):
+        return
+    held = f"{user_name(uid)}, pid {pid}" if pid else user_name(uid)
+    trusted = "root" if me == 0 else f"you ({user_name(me)}) or root"
+    raise ForeignSocketError(
+        f"refusing the control socket {path}: it is held by {held}, not by {trusted}; another "
+        f"user may be impersonating the host (stop that process, and give the host a socket in "
+        f"a directory only you can write: pty.cli_address, or --cliaddr here)")
+
+
 def connect_unix(path, timeout=CONNECT_TIMEOUT):
     # A bare _socket.socket: everything a channel uses is in the C object,
     # and `import socket` (its enums, selectors) was ~4 ms of a one-shot
@@ -133,9 +177,13 @@ def connect_unix(path, timeout=CONNECT_TIMEOUT):
     sock.settimeout(timeout)
     try:
         sock.connect(path)
+        check_socket_owner(sock, path)
     except FileNotFoundError:
         sock.close()
         raise TransportError(f"no host is listening on {path} (is `twistd skypty` running?)") from None
+    except ForeignSocketError:
+        sock.close()
+        raise
     except OSError as e:
         sock.close()
         raise TransportError(f"cannot connect to {path}: {e.strerror or e}") from None
