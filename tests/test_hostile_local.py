@@ -83,15 +83,16 @@ def run_as(uid, work):
 
 
 def squat(path):
-    """Another user's process: bind *path*, then report how many bytes each
-    caller sent before it hung up (the fixed client sends none)."""
+    """Another user's process: bind *path* (None: a loopback TCP port, reported
+    as "ready PORT"), then report how many bytes each caller sent before it
+    hung up (the fixed client sends none)."""
     def work(report):
         import socket
 
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(path)
+        s = socket.socket(socket.AF_UNIX if path else socket.AF_INET)
+        s.bind(path or ("127.0.0.1", 0))
         s.listen(8)
-        report("ready")
+        report("ready" if path else f"ready {s.getsockname()[1]}")
         while True:
             conn, _ = s.accept()
             conn.settimeout(5)
@@ -145,16 +146,41 @@ def test_the_client_refuses_a_control_socket_held_by_another_user(squatter, tmp_
     assert lines.readline() == "0\n"  # not one byte reached it
 
 
+def test_the_client_refuses_a_tcp_control_port_held_by_another_user(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a process as another user")
+    pid, lines = squat(None)
+    try:
+        port = int(lines.readline().split()[1])
+        r = subprocess.run(CLIENT + ["exec", "02" + "ab" * 32, "--clinet", "tcp", "--cliaddr", f"127.0.0.1:{port}",
+                                     "--", "true"], capture_output=True, text=True, timeout=30, env=env(),
+                           cwd=str(tmp_path))
+        assert r.returncode == 1, r.stderr
+        assert (f"refusing the control socket tcp 127.0.0.1:{port}: it is held by uid {NOBODY} (nobody)"
+                in r.stderr), r.stderr
+        assert lines.readline() == "0\n"  # not one byte reached it
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        lines.close()
+
+
 def test_the_client_accepts_its_own_users_socket(tmp_path):
     import socket
 
     from skypty.client.transport import connect_unix
+
+    from skypty.client.transport import connect_control
 
     path = str(tmp_path / "own.sock")
     with socket.socket(socket.AF_UNIX) as own:
         own.bind(path)
         own.listen()
         connect_unix(path).close()
+    with socket.socket() as own:
+        own.bind(("127.0.0.1", 0))
+        own.listen()
+        connect_control("tcp", f"127.0.0.1:{own.getsockname()[1]}").close()
 
 
 def test_the_host_names_the_user_holding_its_control_socket(squatter, tmp_path):

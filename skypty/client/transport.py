@@ -241,8 +241,50 @@ def connect_noise(host, port, remote_pk, local_sk, timeout=CONNECT_TIMEOUT):
     return NoiseChannel(sock, encoder, decoder, remote_pk)
 
 
+def _proc_net_address(family, address):
+    """An (ip, port) as /proc/net/tcp[6] spells it: the address's 32-bit
+    words in host byte order, in hex, then the port."""
+    import socket
+    import struct
+
+    packed = socket.inet_pton(family, address[0])
+    words = struct.unpack(f"={len(packed) // 4}I", packed)
+    return "".join(f"{w:08X}" for w in words) + f":{address[1]:04X}"
+
+
+def tcp_peer_uid(sock):
+    """The uid owning the other end of a TCP connection when that end is on
+    this machine (its accepted socket is in /proc/net/tcp[6] with the
+    listener's uid); None when it is not found there (another machine)."""
+    family = sock.family
+    theirs = _proc_net_address(family, sock.getpeername()), _proc_net_address(family, sock.getsockname())
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 7 and (fields[1], fields[2]) == theirs:
+                        return int(fields[7])
+        except OSError:
+            continue
+    return None
+
+
 def connect_control(network, address, timeout=CONNECT_TIMEOUT):
     if network == "unix":
         return connect_unix(address, timeout)
     host, _, port = address.rpartition(":")
-    return PlainChannel(connect_tcp(host.strip("[]") or "127.0.0.1", int(port), timeout))
+    sock = connect_tcp(host.strip("[]") or "127.0.0.1", int(port), timeout)
+    # A tcp control socket on loopback can be squatted like a unix one (another
+    # user listens on the port first): the same rule, from /proc/net/tcp.
+    uid = tcp_peer_uid(sock)
+    if uid is not None and uid not in (os.geteuid(), 0):
+        sock.close()
+        me = os.geteuid()
+        trusted = "root" if me == 0 else f"you ({user_name(me)}) or root"
+        raise ForeignSocketError(
+            f"refusing the control socket tcp {address}: it is held by {user_name(uid)}, not by {trusted}; "
+            f"another user may be impersonating the host (stop that process, or give the host another "
+            f"pty.cli_address)")
+    return PlainChannel(sock)
