@@ -146,6 +146,16 @@ def test_the_client_refuses_a_control_socket_held_by_another_user(squatter, tmp_
     assert lines.readline() == "0\n"  # not one byte reached it
 
 
+def test_cp_refuses_a_control_socket_held_by_another_user(squatter, tmp_path):
+    # cp and fs mount reach the control socket through Twisted, not connect_unix.
+    path, pid, lines = squatter
+    r = subprocess.run(CLIENT + ["cp", "--cliaddr", path, "02" + "ab" * 32 + ":/etc/hostname", str(tmp_path / "x")],
+                       capture_output=True, text=True, timeout=30, env=env(), cwd=str(tmp_path))
+    assert r.returncode == 1, r.stderr
+    assert f"refusing the control socket {path}: it is held by uid {NOBODY} (nobody), pid {pid}" in r.stderr
+    assert lines.readline() == "0\n"
+
+
 def test_the_client_refuses_a_tcp_control_port_held_by_another_user(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root to run a process as another user")

@@ -169,6 +169,21 @@ def check_socket_owner(sock, path):
         f"a directory only you can write: pty.cli_address, or --cliaddr here)")
 
 
+def foreign_control_socket(transport):
+    """For a Twisted transport (cp, fs mount): the refusal, if it is a unix
+    socket another user listens on; else None (Noise connections are TCP and
+    prove the host by its key)."""
+    get_handle = getattr(transport, "getHandle", None)
+    sock = get_handle() if get_handle is not None else None
+    if getattr(sock, "family", None) != _socket.AF_UNIX:
+        return None
+    try:
+        check_socket_owner(sock, sock.getpeername())
+    except ForeignSocketError as e:
+        return str(e)
+    return None
+
+
 def connect_unix(path, timeout=CONNECT_TIMEOUT):
     # A bare _socket.socket: everything a channel uses is in the C object,
     # and `import socket` (its enums, selectors) was ~4 ms of a one-shot
