@@ -156,6 +156,15 @@ def test_cp_refuses_a_control_socket_held_by_another_user(squatter, tmp_path):
     assert lines.readline() == "0\n"
 
 
+def test_the_manhole_client_refuses_a_socket_held_by_another_user(squatter, tmp_path):
+    path, pid, lines = squatter
+    r = subprocess.run(CLIENT + ["manhole", path], input="1+1\n", capture_output=True, text=True, timeout=30,
+                       env=env(), cwd=str(tmp_path))
+    assert r.returncode == 1, r.stderr
+    assert f"refusing the manhole {path}: it is held by uid {NOBODY} (nobody), pid {pid}" in r.stderr
+    assert lines.readline() == "0\n"
+
+
 def test_the_client_refuses_a_tcp_control_port_held_by_another_user(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root to run a process as another user")

@@ -152,7 +152,7 @@ def socket_peer(sock, path):
     return int.from_bytes(cred[0:4], sys.byteorder), int.from_bytes(cred[4:8], sys.byteorder)
 
 
-def check_socket_owner(sock, path):
+def check_socket_owner(sock, path, what="the control socket", setting="pty.cli_address, or --cliaddr here"):
     """The control socket gives whoever answers it our commands (sudo
     passwords typed into a shell included): it must be our own host or
     root's.  In a shared directory such as /tmp another user can bind the
@@ -164,9 +164,9 @@ def check_socket_owner(sock, path):
     held = f"{user_name(uid)}, pid {pid}" if pid else user_name(uid)
     trusted = "root" if me == 0 else f"you ({user_name(me)}) or root"
     raise ForeignSocketError(
-        f"refusing the control socket {path}: it is held by {held}, not by {trusted}; another "
+        f"refusing {what} {path}: it is held by {held}, not by {trusted}; another "
         f"user may be impersonating the host (stop that process, and give the host a socket in "
-        f"a directory only you can write: pty.cli_address, or --cliaddr here)")
+        f"a directory only you can write: {setting})")
 
 
 def foreign_control_socket(transport):
