@@ -244,3 +244,46 @@ def test_the_host_names_the_owner_of_a_dead_socket_it_cannot_remove(shared_dir, 
     assert os.path.exists(path)
     clear_stale_unix_socket(path, "pty.cli_address")  # root may: a dead socket is a leftover
     assert not os.path.exists(path)
+
+
+def test_a_revoked_connection_closes_after_its_answers_and_is_cut_if_it_does_not_read():
+    # The answers to its pending calls (REVOKED) are queued on the transport
+    # when the connection is dropped: an abort would discard them.
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from skypty.host.auth import make_portal
+    from skypty.host.connection import REFUSAL_LINGER, HostConnectionFactory
+    from skypty.host.whitelist import Whitelist
+
+    class Avatar:
+        def __init__(self, pk, entry_point):
+            self.revoked = False
+
+        def revoke(self):
+            self.revoked = True
+
+        def logout(self):
+            pass
+
+    class Transport(StringTransport):
+        aborted = False
+
+        def abortConnection(self):
+            self.aborted = True
+
+    own, _ = generate_keypair()
+    guest, _ = generate_keypair()
+    whitelist = Whitelist(own, extra=[guest])
+    clock = Clock()
+    factory = HostConnectionFactory(make_portal(whitelist, Avatar), "tcp", {}, lambda t: guest, clock, True)
+    connection, transport = factory.buildProtocol(None), Transport()
+    connection.makeConnection(transport)
+    assert connection.avatar is not None
+    whitelist.remove([guest])
+    assert connection.avatar.revoked
+    assert transport.disconnecting and not transport.aborted  # a clean close, after what is queued
+    clock.advance(REFUSAL_LINGER - 0.1)
+    assert not transport.aborted
+    clock.advance(0.2)  # a peer that does not read is cut
+    assert transport.aborted

@@ -99,8 +99,9 @@ class HostConnection(protocol.Protocol):
                       entry=self.factory.entry_point)
         self._state = "closed"
         self._cancel_timeout()
-        self.transport.loseConnection()
+        # Armed first: a transport that closes at once cancels it in connectionLost.
         self._linger = self.factory.reactor.callLater(REFUSAL_LINGER, self.transport.abortConnection)
+        self.transport.loseConnection()
 
     def _internal_error(self, failure):
         self.log.failure("login failed on {entry}", failure, entry=self.factory.entry_point)
