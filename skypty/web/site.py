@@ -30,7 +30,7 @@ from twisted.web import resource, static
 
 from skypty.keys import InvalidKey, PublicKey
 from skypty.web import httpguard
-from skypty.web.terminal import SUBPROTOCOL, TerminalFactory  # noqa: F401 (SUBPROTOCOL: what the host answers)
+from skypty.web.terminal import TerminalFactory
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 OLD_COOKIE = "skypty_token"  # where older hosts kept the token: deleted, never read
