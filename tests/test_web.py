@@ -208,16 +208,24 @@ def test_browser_keeps_the_token_to_this_origin_and_out_of_the_address_bar(host,
         wait_for(lambda: other.seen, what="the other port's request")
         assert all(token not in value for _path, headers in other.seen for value in headers.values()), other.seen
 
-        # back on this origin, without the token in the URL: the tab still holds it
-        browser.get(f"http://127.0.0.1:{host.web_port}/pty")
+        # back on this origin, without the token in the URL: the tab still holds
+        # it.  Any page could send the tab here, so ?commands= is not typed.
+        browser.get(f"http://127.0.0.1:{host.web_port}/pty?commands=echo%20typed-by-a-link-$((6*7))")
         wait_text(browser, r"[$#]\s*$")
         type_line(browser, "echo again-$((3+4))")
         wait_text(browser, r"\nagain-7")
+        assert "typed-by-a-link-42" not in screen_text(browser)
         assert browser.execute_script("return window.skyptyStatus") == "connected"
         # nothing refused by the page's Content-Security-Policy, no 404 for a favicon
         assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
     finally:
         other.close()
+
+
+def test_commands_in_the_url_that_carries_the_token_are_typed(host, browser):
+    browser.get(web_url(host) + "&commands=echo%20from-the-link-$((6*7))")
+    wait_text(browser, r"\nfrom-the-link-42")
+    assert "commands=" in browser.current_url and "token" not in browser.current_url
 
 
 def test_a_page_without_a_token_says_where_to_get_one(host, browser):

@@ -16,6 +16,9 @@ and sends it only in its own WebSocket handshake, as the subprotocol
 ``skypty.token.<token>`` next to ``skypty`` (the one the host answers with).
 The page itself holds no secret and is served without the token; a wrong
 token is still refused.  A cookie an older host set is deleted on sight.
+Since the tab keeps the token, any page it visits later could send it back
+to /pty?commands=...: the page types ?commands= only from a URL that
+carries the token too.
 """
 
 import hmac

@@ -12,6 +12,7 @@
   // which browsers keep per origin, port included; a cookie would reach every
   // port on 127.0.0.1.  It leaves the page only in our own WebSocket handshake
   // (a subprotocol), and is taken out of the address bar at once.
+  var fromLink = new URLSearchParams(location.search).has("token");  // the URL `skypty-client url` made
   var token = (function () {
     var q = new URLSearchParams(location.search), t = q.get("token");
     try {
@@ -26,6 +27,10 @@
   })();
   var needsToken = document.body.getAttribute("data-needs-token") === "yes";
   function protocols() { return token ? ["skypty", "skypty.token." + token] : ["skypty"]; }
+  // Any page this tab visits later may send it back here (the tab keeps the
+  // token): it must not type ?commands= into a shell.  Only a URL that
+  // carries the token, which no other page knows, may.
+  var commandsAllowed = fromLink || !needsToken;
 
   var params = new URLSearchParams(location.search);
   var sessionId = params.get("sid") || "";
@@ -39,6 +44,7 @@
   function url() {
     var q = new URLSearchParams(location.search);
     q.delete("token");
+    if (!commandsAllowed) { q.delete("commands"); }
     if (sessionId) { q.set("sid", sessionId); q.set("offset", String(received)); q.delete("commands"); }
     // The shell starts at this size (a resize sent after the open could lose the race).
     fit.fit();
