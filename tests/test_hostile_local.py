@@ -213,6 +213,26 @@ def test_the_host_names_the_user_holding_its_control_socket(squatter, tmp_path):
             in said), said
 
 
+def test_the_host_names_the_user_holding_its_tcp_port(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a process as another user")
+    pid, lines = squat(None)
+    try:
+        port = int(lines.readline().split()[1])
+        host = Host(tmp_path, "a")
+        host.data["pty"]["cli_network"] = "tcp"
+        host.data["pty"]["cli_address"] = f"127.0.0.1:{port}"
+        host.write_config()
+        code, said = host.run_expecting_failure()
+        assert code == 1
+        assert (f"pty.cli_address 127.0.0.1:{port}: Address already in use (another program, uid {NOBODY} "
+                f"(nobody), listens there" in said), said
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        lines.close()
+
+
 def test_the_host_names_the_owner_of_a_dead_socket_it_cannot_remove(shared_dir, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root to run a process as another user")

@@ -39,7 +39,11 @@ def describe_failure(setting, value, error):
     if isinstance(error, CannotListenError):
         error = error.socketError
     tcp = not str(value).startswith(("/", "unix:"))  # the hints are about TCP ports
-    if isinstance(error, OSError) and error.errno in _FIXES and tcp:
+    if isinstance(error, OSError) and error.errno == errno.EADDRINUSE and tcp:
+        holder = tcp_listener_uid(str(value).rpartition(":")[2])
+        who = f", {user_name(holder)}," if holder is not None and holder != os.geteuid() else ""
+        reason = f"{error.strerror} (another program{who} listens there: stop it, or choose another port)"
+    elif isinstance(error, OSError) and error.errno in _FIXES and tcp:
         reason = f"{error.strerror} ({_FIXES[error.errno]})"
     elif isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
         # Taken between the start-up check and the listen: say by whom.
@@ -50,6 +54,26 @@ def describe_failure(setting, value, error):
     else:
         reason = f"cannot listen: {error}"
     return f"{setting} {value}: {reason}"
+
+
+def tcp_listener_uid(port):
+    """The uid of a process listening on TCP *port* (any address), from
+    /proc/net/tcp[6]; None if none is found."""
+    try:
+        wanted = f":{int(port):04X}"
+    except ValueError:
+        return None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 7 and fields[1].endswith(wanted) and fields[3] == "0A":  # LISTEN
+                        return int(fields[7])
+        except OSError:
+            continue
+    return None
 
 
 def check_tcp_free(setting, host, port):
