@@ -36,6 +36,13 @@ from skypty.durations import parse_duration
 from skypty.keys import InvalidKey, PublicKey, SecretKey
 
 DEFAULT_DISCOVERY = "http://127.0.0.1:9090"
+# The reference's path, kept (#25.10): a per-user default under
+# $XDG_RUNTIME_DIR would differ between a host started by systemd or cron
+# (unset) and a client in a login session (set), and logind deletes that
+# directory, socket included, when the user's last session ends, under a
+# host that outlives it.  Squatting in /tmp is closed where it matters: the
+# client refuses a socket held by another user (SO_PEERCRED), and the host
+# names the holder; docs/guide.md recommends a private directory.
 DEFAULT_CLI_ADDRESS = "/tmp/pty.sock"
 DEFAULT_DMSG_PORT = 22
 DEFAULT_SESSION_TTL = 300.0

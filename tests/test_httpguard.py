@@ -295,7 +295,6 @@ def refusals(logged):
 
 
 @pytest.mark.parametrize("head, why", [
-    (b"GET /pty HTTP/1.1\r\nHost: h\r\n\r\n", "page without a valid token"),
     (b"GET /pty?token=guess-" + b"g" * 40 + b" HTTP/1.1\r\nHost: h\r\n\r\n", "page without a valid token"),
     (websocket_head("/pty", "http://127.0.0.1:8080"), "WebSocket without a valid token"),
     (websocket_head(f"/pty?token={TOKEN}", "http://evil.example"), "cross-origin WebSocket"),

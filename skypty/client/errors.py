@@ -85,6 +85,17 @@ def proxy_refusal(reason, text, target_pk, port, local="the local host"):
 
 # -- RPC errors ---------------------------------------------------------------------------------
 
+# A host answers a revoked key's pending calls with this text (skypty.host.auth.REVOKED).
+REVOKED = "the host revoked this key's access (whitelist-remove)"
+
+
+def raise_if_revoked(error):
+    """A pending read that ended with the host's revocation is no EOF: the
+    session did not end on its own, so say why and exit 1."""
+    if str(error) == REVOKED:
+        raise ClientError(REVOKED)
+
+
 def explain_rpc(message, session_id=None):
     """A raw RPC error string -> what it means for the user (or None: say it as it is)."""
     sid = session_id or "?"

@@ -123,6 +123,13 @@ class ServiceGate(protocol.Protocol):
         self._open = False
 
     def connectionMade(self):
+        from skypty.client.transport import foreign_control_socket
+
+        refusal = foreign_control_socket(self.transport)  # another user's socket: not one byte
+        if refusal is not None:
+            self.accepted.errback(LinkDown(refusal))
+            self.transport.abortConnection()
+            return
         self.transport.write(requestline.encode_request(self.uri))
 
     def dataReceived(self, data):

@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from skypty.host.auth import IPtyAvatar
+from skypty.host.auth import REVOKED, IPtyAvatar
 from skypty.host.command import ExecError, run_exec
 from skypty.host.persist import OutputLost
 from skypty.wire.rpc import RPCError
@@ -53,6 +53,7 @@ class PtyAvatar:
         self._session = None
         self._execs = set()  # one-shot commands in flight (Deferreds)
         self.logged_out = False
+        self.revoked = False  # taken off the whitelist: pending calls end with REVOKED
 
     @property
     def persistent(self):
@@ -96,6 +97,8 @@ class PtyAvatar:
             return defer.fail(RPCFault(ERR_NO_SESSION))
 
         def eof(failure):
+            if self.revoked:
+                raise RPCFault(REVOKED)
             failure.trap(ShellEnded)
             raise RPCFault(ERR_EOF)
 
@@ -122,6 +125,8 @@ class PtyAvatar:
             return defer.fail(RPCFault(ERR_NO_SESSION))
 
         def eof(failure):
+            if self.revoked:
+                raise RPCFault(REVOKED)
             if failure.check(OutputLost):
                 raise RPCFault(str(failure.value))
             failure.trap(ShellEnded)
@@ -174,6 +179,8 @@ class PtyAvatar:
         d.addBoth(done)
 
         def failed(failure):
+            if self.revoked:
+                raise RPCFault(REVOKED)
             failure.trap(ExecError)
             raise RPCFault(str(failure.value))
 
@@ -226,7 +233,8 @@ class PtyAvatar:
     def revoke(self):
         """This key was taken off the whitelist: kill what it runs here (a
         persistent shell too, so there is nothing to reattach to) and any
-        one-shot command still in flight."""
+        one-shot command still in flight.  Pending calls end with REVOKED."""
+        self.revoked = True
         if self._session is not None and self.context.sessions is not None:
             self.context.sessions.forget(self._session.id, "owner taken off the whitelist")
         self.logout()  # cancels execs; detaches from the (now dead) session
