@@ -239,7 +239,7 @@ def _keepalive_seconds(port):
 def test_the_host_keeps_a_plain_shells_connection_through_minutes_of_silence(host):
     """The kernel would end the connection (and the shell with it) after
     ~50 s of silence with the short timers; a shell's connection gets 220 s."""
-    from skypty.netopts import SHELL_KEEPALIVE
+    from skypty.wire.netopts import SHELL_KEEPALIVE
 
     child = pexpect.spawn(CLIENT[0], CLIENT[1:] + ["shell", "-t", host.target, "-i", host.config_path, "--", "sh"],
                           env=client_env(), dimensions=(24, 80), timeout=30)
@@ -259,7 +259,7 @@ def test_the_host_keeps_a_plain_shells_connection_through_minutes_of_silence(hos
 def test_shell_keepalive_bounds_unacknowledged_data_past_three_minutes():
     import socket
 
-    from skypty.netopts import SHELL_KEEPALIVE, enable_keepalive
+    from skypty.wire.netopts import SHELL_KEEPALIVE, enable_keepalive
 
     with socket.create_server(("127.0.0.1", 0)) as server, \
             socket.create_connection(server.getsockname()) as sock:

@@ -25,7 +25,7 @@ import termios
 import time
 import tty
 
-from skypty.client.errors import ClientError, explain_rpc
+from skypty.client.errors import ClientError, explain_rpc, raise_if_revoked
 from skypty.client.escape import DISCONNECT, SHOW_HELP, EscapeFilter
 from skypty.client.linkwatch import READ_SIZE, START_WINDOW, ContactWatch, ReadWindow, contact_timers
 from skypty.client.rpc import BlockingRPC, RejectedError
@@ -366,26 +366,32 @@ def _deliver(values, stdout, offset):
     """Write the Read replies (in the order the reads were sent) to the
     terminal; -> (the shell ended, bytes of output counted so far)."""
     out = []
-    ended = False
+
+    def flush():
+        if out:
+            stdout.write(out[0] if len(out) == 1 else b"".join(out))
+            stdout.flush()
+            out.clear()
+
     for value in values:
         if not isinstance(value, RPCError):
             out.append(value)
             offset += len(value)
             continue
         text = str(value)
+        if text.startswith(SKIP_PREFIX):
+            offset += int(text[len(SKIP_PREFIX):].split()[0])  # dropped for our Ctrl-C: counted, not shown
+            continue
+        flush()  # what came before the notice or the end is shown first
         if text.startswith(LOST_PREFIX):
             lost = int(text[len(LOST_PREFIX):].split()[0])
             _say(f"{lost} bytes of output were lost (this client fell behind)")
             offset += lost
-        elif text.startswith(SKIP_PREFIX):
-            offset += int(text[len(SKIP_PREFIX):].split()[0])  # dropped for our Ctrl-C: counted, not shown
         else:
-            ended = True
-            break
-    if out:
-        stdout.write(out[0] if len(out) == 1 else b"".join(out))
-        stdout.flush()
-    return ended, offset
+            raise_if_revoked(value)
+            return True, offset
+    flush()
+    return False, offset
 
 
 # -- no terminal: pipes, as ssh without -t -------------------------------------------------
@@ -423,6 +429,7 @@ def _pump_pipes(link):
                 value = rpc.results.pop(seq)
                 method, sink = reads.pop(seq)
                 if isinstance(value, RPCError):
+                    raise_if_revoked(value)
                     continue  # EOF on that stream
                 sink.write(value)
                 sink.flush()

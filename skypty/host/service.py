@@ -116,8 +116,8 @@ class HostService(service.MultiService):
         self._settings[self.control] = (setting, self.config.pty.cli_address)
 
     def _add_tcp(self, listen):
-        from skypty.netopts import SHELL_KEEPALIVE
-        from skypty.noiseproto import NoiseFactory
+        from skypty.wire.netopts import SHELL_KEEPALIVE
+        from skypty.wire.noiseproto import NoiseFactory
 
         inner = self.connection_factory("tcp", lambda transport: transport.getPeerPK(),
                                         reject_with_byte=False)
