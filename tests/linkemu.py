@@ -97,9 +97,13 @@ def _netns_pids(name):
     return [int(p) for p in r.stdout.split() if p.isdigit()]
 
 
-def _kill_all_in(name, grace=3.0):
-    """SIGTERM every process in netns *name*, then SIGKILL what is left."""
-    pids = _netns_pids(name)
+def _kill_all_in(*names, grace=2.0):
+    """SIGTERM every process in the netns *names*, then SIGKILL what is left."""
+
+    def pids_now():
+        return [pid for name in names for pid in _netns_pids(name)]
+
+    pids = pids_now()
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             try:
@@ -108,7 +112,7 @@ def _kill_all_in(name, grace=3.0):
                 pass
         deadline = time.monotonic() + grace
         while pids and time.monotonic() < deadline:
-            pids = _netns_pids(name)
+            pids = pids_now()
             if pids:
                 time.sleep(0.02)  # polling with a deadline for processes to exit
         if not pids:
@@ -213,8 +217,7 @@ class Link:
     def close(self):
         """Kill everything in both namespaces, stop the relay, delete the
         namespaces.  Safe to call twice and after a failed start."""
-        for ns in self._created:
-            _kill_all_in(ns)
+        _kill_all_in(*self._created)
         for proc in self._procs:
             if proc.poll() is None:
                 proc.kill()
