@@ -47,18 +47,19 @@ class LinkHost(Host):
     """A `twistd skypty` host inside the link's host namespace, listening on
     its link address (Noise TCP, web, embedded dmsg discovery and server)."""
 
-    def __init__(self, link, tmpdir, name="host", persistent=False, extra=None, env_extra=None):
+    def __init__(self, link, tmpdir, name="host", persistent=False, extra=None, env_extra=None, port_offset=0):
+        """*port_offset* lets a second host share the namespace."""
         super().__init__(tmpdir, name, persistent=persistent, extra=extra)
         self.link = link
         self.env_extra = env_extra or {}
         ip = link.host_ip
-        self.tcp_port, self.web_port = SKYPTY_PORT, WEB_PORT
-        self.discovery_port, self.server_port = DISCOVERY_PORT, SERVER_PORT
-        self.data["pty"]["ssh_listen"] = f"{ip}:{SKYPTY_PORT}"
-        self.data["pty"]["web_listen"] = f"{ip}:{WEB_PORT}"
-        self.data["dmsg"]["discovery"] = f"http://{ip}:{DISCOVERY_PORT}"
-        self.data["dmsg"]["embedded"] = {"discovery_listen": f"{ip}:{DISCOVERY_PORT}",
-                                         "server_listen": f"{ip}:{SERVER_PORT}"}
+        self.tcp_port, self.web_port = SKYPTY_PORT + port_offset, WEB_PORT + port_offset
+        self.discovery_port, self.server_port = DISCOVERY_PORT + port_offset, SERVER_PORT + port_offset
+        self.data["pty"]["ssh_listen"] = f"{ip}:{self.tcp_port}"
+        self.data["pty"]["web_listen"] = f"{ip}:{self.web_port}"
+        self.data["dmsg"]["discovery"] = f"http://{ip}:{self.discovery_port}"
+        self.data["dmsg"]["embedded"] = {"discovery_listen": f"{ip}:{self.discovery_port}",
+                                         "server_listen": f"{ip}:{self.server_port}"}
         self.write_config()
 
     def start(self, attempts=1):
@@ -90,7 +91,7 @@ class LinkHost(Host):
 
     @property
     def target(self):
-        return f"{self.pk}@{self.link.host_ip}:{SKYPTY_PORT}"
+        return f"{self.pk}@{self.link.host_ip}:{self.tcp_port}"
 
     def shell_argv(self, *extra):
         return CLIENT + ["shell", self.target, "-i", self.config_path, *extra]
@@ -144,8 +145,14 @@ class Term:
     thread keeps everything it printed with arrival times, so waits can say
     when a pattern arrived and never miss output in a flood."""
 
-    def __init__(self, link, argv, name, env_extra=None, dimensions=(24, 80)):
+    def __init__(self, link, argv, name, env_extra=None, dimensions=(24, 80), screen=False):
         self.name = name
+        self.screen = None
+        if screen:  # a VT100 screen (pyte) for clients that draw diffs, as mosh does
+            import pyte
+
+            self.screen = pyte.Screen(dimensions[1], dimensions[0])
+            self._stream = pyte.Stream(self.screen)
         self.child = link.spawn_client(argv, env=shell_env(env_extra), dimensions=dimensions, timeout=5,
                                        maxread=65536)
         self._text = []        # chunks
@@ -178,6 +185,8 @@ class Term:
                 self._text.append(data)
                 self._ends.append(end)
                 self._times.append(now)
+                if self.screen is not None:
+                    self._stream.feed(data)
                 self._cond.notify_all()
 
     @property
@@ -216,6 +225,54 @@ class Term:
                 if left <= 0 or self.closed:
                     return None
                 self._cond.wait(min(left, 0.2))
+
+    def wait_screen(self, predicate, timeout):
+        """Wait until predicate(screen) holds; -> when the output that made it
+        hold arrived, or None."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if predicate(self.screen):
+                    return self._times[-1] if self._times else time.monotonic()
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closed:
+                    return None
+                self._cond.wait(min(left, 0.2))
+
+    def wait_output(self, pattern, timeout):
+        """*pattern* in the output after the mark (on screen, for a screen term)."""
+        if self.screen is None:
+            return self.wait_for(pattern, timeout)
+        return self.wait_screen(lambda screen: any(pattern in line for line in screen.display), timeout)
+
+    def at_prompt(self, timeout, after=None):
+        """Wait for a fresh prompt with the cursor after it (after the text
+        *after* is on screen, for a screen term). -> arrival time or None."""
+        if self.screen is None:
+            deadline = time.monotonic() + timeout
+            if after is not None and self.wait_for(after, timeout) is None:
+                return None
+            return self.wait_for(PROMPT, max(0.0, deadline - time.monotonic()))
+
+        def ready(screen):
+            line = screen.display[screen.cursor.y]
+            if line[:screen.cursor.x] != PROMPT or line[screen.cursor.x:].strip():
+                return False
+            return after is None or any(after in row for row in screen.display)
+
+        return self.wait_screen(ready, timeout)
+
+    def arrival_of(self, pattern, start=0, not_before=None):
+        """When the first *pattern* at or after offset *start* (and, with
+        *not_before*, in output that arrived at or after that time) arrived; None if absent."""
+        with self._cond:
+            if not_before is not None:
+                i = bisect.bisect_left(self._times, not_before)
+                if i >= len(self._times):
+                    return None
+                start = max(start, self._ends[i] - len(self._text[i]))
+        i = self._all().find(pattern, start)
+        return None if i < 0 else self._arrival(i + len(pattern) - 1)
 
     def skip_to_end(self):
         self.mark = self.size
