@@ -1,7 +1,8 @@
 """ssh -tt, mosh and skypty-client shell side by side on an emulated link
 (tests/linkemu.py: two network namespaces and a user-space relay; no netem).
 
-    sudo python3 benchmarks/bench_links.py [--quick] [--conditions 200ms,loss] [--tools ssh,mosh,skypty]
+    sudo python3 benchmarks/bench_links.py [--quick] [--conditions 200ms,loss]
+                                           [--tools ssh,mosh,skypty,skypty-dmsg]
 
 Per link condition (200 ms RTT; 50 ms each way with 2 % loss) it prints the
 rows of issue #23's table:
@@ -17,8 +18,10 @@ rows of issue #23's table:
 
 All clients are open at once during the outage rows, so they meet the same
 outage.  The hosts (a throwaway sshd, two `twistd skypty` hosts, one with
-persistent sessions) run in the host namespace; the clients in the client
-namespace, driven with pexpect.  mosh is used when installed (Debian:
+persistent sessions, whose embedded dmsg server relays) run in the host
+namespace; the clients in the client namespace, driven with pexpect.
+skypty-dmsg is `skypty-client start PK` through a local host in the client
+namespace, which reaches the remote host over dmsg through that server.  mosh is used when installed (Debian:
 `apt-get install mosh`).  --quick shortens the outages (10 s / 40 s / 15 s)
 and the waits, so the 3-minute row then shows a 40 s outage.
 """
@@ -27,18 +30,21 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests import linkemu  # noqa: E402
-from tests.linkhosts import HAVE_MOSH, PROMPT, LinkHost, LinkSshd, Term, text_file  # noqa: E402
+from tests.linkhosts import DISCOVERY_PORT, HAVE_MOSH, PROMPT, LinkHost, LinkSshd, Term, text_file  # noqa: E402
 
 CONDITIONS = {"200ms": dict(delay_ms=100, loss=0.0), "loss": dict(delay_ms=50, loss=0.02, seed=23)}
 CONDITION_NAMES = {"200ms": "200 ms RTT", "loss": "50 ms each way + 2% loss"}
 TICKER = "i=0; while :; do i=$((i+1)); echo tick-$i; sleep 0.2; done\r"
 TICK = re.compile(r"tick-(\d+)")
+SKYPTY = ("skypty", "skypty-dmsg")
+COLUMNS = {"skypty": "skypty (Noise TCP)", "skypty-dmsg": "skypty (dmsg, relayed)"}
 
 
 class Bench:
@@ -49,14 +55,28 @@ class Bench:
         with open(self.path) as f:
             self.last_line = f.read().rstrip("\n").rsplit("\n", 1)[1][:30]
         self.sshd = LinkSshd(link, tmp).start() if {"ssh", "mosh"} & set(tools) else None
-        self.host = LinkHost(link, tmp, "default").start()
-        self.phost = LinkHost(link, tmp, "persistent", persistent=True, port_offset=100).start()
+        # skypty-dmsg: a local host in the client namespace dials over dmsg, through
+        # the dmsg server embedded in the default host (a relayed path across the link)
+        self.local = None
+        if "skypty-dmsg" in tools:
+            self.local = LinkHost(link, tmp, "local", side="client",
+                                  discovery=f"http://{link.host_ip}:{DISCOVERY_PORT}")
+        allowed = [self.local.pk] if self.local else []
+        self.host = LinkHost(link, tmp, "default", whitelist=allowed).start()
+        self.phost = LinkHost(link, tmp, "persistent", persistent=True, port_offset=100,
+                              discovery=self.host.discovery_url, whitelist=allowed).start()
+        if self.local:
+            self.local.start()
+            for pk in (self.local.pk, self.host.pk, self.phost.pk):
+                self.local.wait_joined(pk)
         self.probe = 1000
 
     def open(self, tool, screen=False):
         argv = {"ssh": lambda: self.sshd.ssh_argv(), "mosh": lambda: self.sshd.mosh_argv(),
                 "skypty": lambda: self.host.shell_argv(),
-                "skypty-persistent": lambda: self.phost.shell_argv()}[tool]()
+                "skypty-persistent": lambda: self.phost.shell_argv(),
+                "skypty-dmsg": lambda: self.local.start_argv(self.host.pk),
+                "skypty-dmsg-persistent": lambda: self.local.start_argv(self.phost.pk)}[tool]()
         term = Term(self.link, argv, tool, screen=screen or tool == "mosh")
         if term.at_prompt(60) is None:
             term.close()
@@ -145,8 +165,8 @@ class Bench:
             return f"said \"{notes[0]}\" after {at - down_at:.0f} s" if at < up_at else f"then \"{notes[0]}\""
         return ""
 
-    def persistent_outage(self, seconds, resume_limit):
-        term = self.open("skypty-persistent", screen=True)
+    def persistent_outage(self, tool, seconds, resume_limit):
+        term = self.open(tool + "-persistent", screen=True)
         try:
             term.skip_to_end()
             start = term.size
@@ -241,15 +261,16 @@ def run_condition(name, tools, args):
             rows.append((label, cells))
             print(f"  {label}: {cells}", flush=True)
             cells = {tool: "–" for tool in tools}
-            if "skypty" in tools:
-                cells["skypty"] = bench.persistent_outage(persist, resume)
+            for tool in SKYPTY:
+                if tool in tools:
+                    cells[tool] = bench.persistent_outage(tool, persist, resume)
             rows.append((f"a {persist:.0f} s outage, `persistent_sessions` on", cells))
             print(f"  persistent: {cells}", flush=True)
-            roam_tools = [t for t in tools if t != "skypty"] + (["skypty", "skypty-persistent"]
-                                                                  if "skypty" in tools else [])
+            roam_tools = tools + [t + "-persistent" for t in tools if t in SKYPTY]
             cells = bench.roaming(roam_tools, roam)
-            if "skypty" in tools:
-                cells["skypty"] = f"default host: {cells['skypty']}; persistent: {cells.pop('skypty-persistent')}"
+            for tool in SKYPTY:
+                if tool in tools:
+                    cells[tool] = f"default host: {cells[tool]}; persistent: {cells.pop(tool + '-persistent')}"
             rows.append(("the client's IP address changes", cells))
             print(f"  roaming: {cells}", flush=True)
         finally:
@@ -265,7 +286,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="shorter outages and waits")
     ap.add_argument("--conditions", default="200ms,loss", help="comma-separated: " + ",".join(CONDITIONS))
-    ap.add_argument("--tools", default="ssh,mosh,skypty")
+    ap.add_argument("--tools", default="ssh,mosh,skypty,skypty-dmsg")
     args = ap.parse_args()
     why = linkemu.available()
     if why:
@@ -276,11 +297,15 @@ def main():
         tools.remove("mosh")
     args.outages = (10.0, 40.0, 15.0, 20.0) if args.quick else (30.0, 180.0, 60.0, 60.0)
     args.resume_limit = 40.0 if args.quick else 60.0
+    def stop(signum, frame):  # clean up the namespaces and every process in them
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     started = time.monotonic()
     for name in args.conditions.split(","):
         rows = run_condition(name, tools, args)
         print(f"\n### {CONDITIONS_TITLE(name)}\n")
-        print("| what | " + " | ".join(tools) + " |")
+        print("| what | " + " | ".join(COLUMNS.get(t, t) for t in tools) + " |")
         print("|---|" + "---|" * len(tools))
         for what, cells in rows:
             print(f"| {what} | " + " | ".join(cells.get(t, "–") for t in tools) + " |")

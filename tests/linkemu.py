@@ -125,13 +125,12 @@ def _delete_netns(name):
 
 
 def _pid_alive(pid):
+    """True if *pid* exists and is not a zombie."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def reap_stale():

@@ -47,33 +47,47 @@ class LinkHost(Host):
     """A `twistd skypty` host inside the link's host namespace, listening on
     its link address (Noise TCP, web, embedded dmsg discovery and server)."""
 
-    def __init__(self, link, tmpdir, name="host", persistent=False, extra=None, env_extra=None, port_offset=0):
-        """*port_offset* lets a second host share the namespace."""
+    def __init__(self, link, tmpdir, name="host", persistent=False, extra=None, env_extra=None, port_offset=0,
+                 side="host", discovery=None, whitelist=()):
+        """*port_offset* lets a second host share a namespace.  side="client"
+        puts the host in the client namespace (a local host that dials over
+        dmsg), listening on that namespace's loopback.  *discovery* (a URL):
+        join that dmsg discovery instead of running an embedded one."""
         super().__init__(tmpdir, name, persistent=persistent, extra=extra)
-        self.link = link
+        self.link, self.side = link, side
         self.env_extra = env_extra or {}
-        ip = link.host_ip
+        ip = link.host_ip if side == "host" else "127.0.0.1"
         self.tcp_port, self.web_port = SKYPTY_PORT + port_offset, WEB_PORT + port_offset
         self.discovery_port, self.server_port = DISCOVERY_PORT + port_offset, SERVER_PORT + port_offset
         self.data["pty"]["ssh_listen"] = f"{ip}:{self.tcp_port}"
         self.data["pty"]["web_listen"] = f"{ip}:{self.web_port}"
-        self.data["dmsg"]["discovery"] = f"http://{ip}:{self.discovery_port}"
-        self.data["dmsg"]["embedded"] = {"discovery_listen": f"{ip}:{self.discovery_port}",
-                                         "server_listen": f"{ip}:{self.server_port}"}
+        self.data["pty"]["whitelist"] = list(whitelist)
+        if discovery:
+            self.data["dmsg"]["discovery"] = discovery
+            del self.data["dmsg"]["embedded"]
+        else:
+            self.data["dmsg"]["discovery"] = f"http://{ip}:{self.discovery_port}"
+            self.data["dmsg"]["embedded"] = {"discovery_listen": f"{ip}:{self.discovery_port}",
+                                             "server_listen": f"{ip}:{self.server_port}"}
         self.write_config()
+
+    @property
+    def discovery_url(self):
+        return self.data["dmsg"]["discovery"]
 
     def start(self, attempts=1):
         return self._start()
 
     def _start(self):
-        self.proc = self.link.popen_host(
+        popen = self.link.popen_host if self.side == "host" else self.link.popen_client
+        self.proc = popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
              "--logfile", self.log_path, "skypty", "--config", self.config_path],
             cwd=self.dir, env=shell_env(self.env_extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         while not self._ready():
             if time.monotonic() > deadline:
-                raise AssertionError(f"the host in {self.link.host_ns} did not come up: {self.log()}")
+                raise AssertionError(f"the {self.side}-side host did not come up: {self.log()}")
             time.sleep(0.05)  # polling with a deadline
         return self
 
@@ -95,6 +109,29 @@ class LinkHost(Host):
 
     def shell_argv(self, *extra):
         return CLIENT + ["shell", self.target, "-i", self.config_path, *extra]
+
+    def start_argv(self, remote_pk, *extra):
+        """An interactive shell on *remote_pk* over dmsg, dialled by this (local) host."""
+        return CLIENT + ["start", remote_pk, "--cliaddr", self.cli, "-i", self.config_path, *extra]
+
+    def joined(self, pk=None):
+        """Is *pk* (default: this host) in the dmsg discovery with a server?  Asked
+        from the client namespace, where the discovery is reachable."""
+        code = ("import json, sys, urllib.request\n"
+                "try:\n"
+                "    with urllib.request.urlopen(sys.argv[1], timeout=5) as r:\n"
+                "        sys.exit(0 if json.load(r).get('client', {}).get('delegated_servers') else 1)\n"
+                "except (OSError, ValueError):\n"
+                "    sys.exit(1)\n")
+        url = f"{self.discovery_url}/dmsg-discovery/entry/{pk or self.pk}"
+        return self.link.run_client([sys.executable, "-c", code, url], capture_output=True).returncode == 0
+
+    def wait_joined(self, pk=None, timeout=30):
+        deadline = time.monotonic() + timeout
+        while not self.joined(pk):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pk or self.pk} did not join dmsg: {self.log()[-2000:]}")
+            time.sleep(0.2)  # polling with a deadline
 
 
 class LinkSshd:
