@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests import linkemu
-from tests.linkhosts import PROMPT, LinkHost, LinkSshd, Term, text_file
+from tests.linkhosts import LinkHost, LinkSshd, Term, text_file
 
 WHY_NOT = linkemu.available()
 pytestmark = pytest.mark.skipif(bool(WHY_NOT), reason=f"link emulator: {WHY_NOT}")
