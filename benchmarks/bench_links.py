@@ -143,8 +143,10 @@ class Bench:
             said.append(f"survives (resumes in {arrived - up_at:.1f} s)")
         else:
             lost = term.arrival_of("connection lost", mark)
-            if lost is not None:
-                said.append(f"**shell lost**: \"connection lost\" {lost - up_at:+.0f} s after the link came back")
+            if lost is not None and lost < up_at:
+                said.append(f"**shell lost**: \"connection lost\" {lost - down_at:.0f} s into the outage")
+            elif lost is not None:
+                said.append(f"**shell lost**: \"connection lost\" {lost - up_at:.0f} s after the link came back")
             elif term.closed:
                 said.append("**shell lost** (client exited)")
             else:
@@ -159,7 +161,8 @@ class Bench:
             at = term.arrival_of("Last contact", mark)
             return f"shows \"Last contact…\" after {at - down_at:.0f} s" if at and at < up_at else ""
         text = term.text(mark)
-        notes = re.findall(r"\[skypty: [^\]]*\]", text)
+        # "[skypty: connection lost]" is the shell's end, told in the cell already
+        notes = [n for n in re.findall(r"\[skypty: [^\]]*\]", text) if n != "[skypty: connection lost]"]
         if notes:
             at = term.arrival_of(notes[0], mark)
             return f"said \"{notes[0]}\" after {at - down_at:.0f} s" if at < up_at else f"then \"{notes[0]}\""
