@@ -3,8 +3,8 @@ shortened to fit the suite: an interactive skypty-client shell (pexpect)
 in the client namespace, hosts and an sshd in the host namespace.
 
 The full-length figures (3-minute outage, 2 % loss, mosh) are in
-benchmarks/bench_links.py.  Targets today's code misses are marked
-xfail(strict=True): flip them as the fixes land."""
+benchmarks/bench_links.py.  (Each target was xfail(strict=True) until the
+#23 fixes on branch `links` landed.)"""
 
 import re
 import time
@@ -86,7 +86,6 @@ def first_arrival(term, pattern, start, not_before, timeout):
     return None
 
 
-@pytest.mark.xfail(strict=True, reason="issue #23: one 64 KiB pty.Read in flight: ~10 s for 2 MB at 200 ms RTT")
 def test_bulk_cat_of_2MB_is_no_slower_than_ssh(net, term_of):
     ssh = timed_cat(term_of(net.sshd.ssh_argv(), "ssh"), net, 30)
     assert ssh is not None
@@ -95,7 +94,6 @@ def test_bulk_cat_of_2MB_is_no_slower_than_ssh(net, term_of):
     assert skypty is not None, f"skypty took over {bound:.2f} s (ssh -tt {ssh:.2f} s)"
 
 
-@pytest.mark.xfail(strict=True, reason="issue #23: ^C in a flood takes 2-4 s to reach the prompt at 200 ms RTT")
 def test_ctrl_c_in_a_flood_is_back_at_the_prompt_within_half_a_second(net, term_of):
     term = term_of(net.host.shell_argv(), "skypty")
     term.send(f"while :; do cat {net.file}; done\r")
@@ -108,7 +106,6 @@ def test_ctrl_c_in_a_flood_is_back_at_the_prompt_within_half_a_second(net, term_
     assert got is not None and got - start <= 0.5
 
 
-@pytest.mark.xfail(strict=True, reason="issue #23: a dead link shows nothing on the client")
 def test_dead_link_is_reported_within_10s_and_its_return_too(net, term_of):
     term = term_of(net.host.shell_argv(), "skypty")
     net.link.down()
@@ -135,7 +132,6 @@ def test_a_default_shell_survives_a_short_outage(net, term_of):
     assert "connection lost" not in term.text()
 
 
-@pytest.mark.xfail(strict=True, reason="issue #23: a persistent session's output resumes 10+ s after the link returns")
 def test_persistent_session_output_resumes_within_3s_of_the_link_returning(net, term_of):
     term = term_of(net.phost.shell_argv(), "skypty-persistent")
     start = term.size
@@ -153,7 +149,6 @@ def test_persistent_session_output_resumes_within_3s_of_the_link_returning(net, 
     assert "bytes of output were lost" not in term.text(start)
 
 
-@pytest.mark.xfail(strict=True, reason="issue #23: after an address change the client hangs forever")
 def test_roaming_client_reattaches_and_output_resumes_within_10s(net, term_of):
     term = term_of(net.phost.shell_argv(), "skypty-persistent")
     start = term.size

@@ -298,3 +298,16 @@ def test_a_manual_attach_shows_the_screen_not_the_whole_buffer(phost, tmp_path):
         first.kill()
         first.wait()
     assert replayed < 100 and skipped > 50_000
+
+
+def test_interactive_connections_cap_tcps_retransmission_backoff():
+    import socket
+
+    from skypty.wire.netopts import TCP_RTO_MAX_MS, quick_retransmits
+
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname()) as sock:
+        took = quick_retransmits(sock)
+        assert took in ("TCP_RTO_MAX_MS", "TCP_THIN_LINEAR_TIMEOUTS")
+        if took == "TCP_RTO_MAX_MS":
+            assert sock.getsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS) <= 1000

@@ -77,6 +77,11 @@ class Link:
 
     def __init__(self, opener, timeout=None):
         channel, early = opener(timeout=timeout) if timeout else opener()
+        sock = getattr(channel, "sock", None)
+        if sock is not None:
+            from skypty.wire.netopts import quick_retransmits
+
+            quick_retransmits(sock)  # keys and pings get through soon after an outage
         self.channel = channel
         self.rpc = BlockingRPC(channel, early)
 

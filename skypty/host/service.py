@@ -123,7 +123,7 @@ class HostService(service.MultiService):
                                         reject_with_byte=False)
         # Shells ride on these connections: an outage of minutes must not end them.
         factory = NoiseFactory(inner, "XK", initiator=False, local_static=self.config.sk,
-                               reactor=self.reactor, keepalive=SHELL_KEEPALIVE)
+                               reactor=self.reactor, keepalive=SHELL_KEEPALIVE, interactive=True)
         factory.noisy = False
         endpoint = endpoints.serverFromString(self.reactor, listen.endpoint)
         svc = internet.StreamServerEndpointService(endpoint, factory)

@@ -76,3 +76,31 @@ def enable_keepalive(transport_or_socket, idle=None, interval=None, count=None, 
         except OSError:
             pass  # an option the kernel refuses only makes detection slower
     return True
+
+
+# Linux's option numbers; Python's socket module names neither (yet).
+TCP_THIN_LINEAR_TIMEOUTS = getattr(socket, "TCP_THIN_LINEAR_TIMEOUTS", 16)
+TCP_RTO_MAX_MS = getattr(socket, "TCP_RTO_MAX_MS", 44)  # Linux >= 6.15
+INTERACTIVE_RTO_MAX_MS = 1000
+
+
+def quick_retransmits(transport_or_socket, rto_max_ms=INTERACTIVE_RTO_MAX_MS):
+    """An interactive connection resumes soon after an outage: TCP doubles its
+    retransmission timeout at every loss (up to 120 s), so after a minute
+    down the next retry may come half a minute after the link is back (ssh
+    resumed 36 s late after 3 minutes).  Cap the backoff at *rto_max_ms*
+    (TCP_RTO_MAX_MS, Linux 6.15), else keep the first retries linear
+    (TCP_THIN_LINEAR_TIMEOUTS, for thin streams such as a shell's).
+    A retry a second costs a few tiny packets while a link is down.
+    -> the option that took, or None."""
+    sock = _socket_of(transport_or_socket)
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    for name, option, value in (("TCP_RTO_MAX_MS", TCP_RTO_MAX_MS, rto_max_ms),
+                                ("TCP_THIN_LINEAR_TIMEOUTS", TCP_THIN_LINEAR_TIMEOUTS, 1)):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            return name
+        except OSError:
+            continue
+    return None

@@ -12,7 +12,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import implementer
 
 from skypty.errors import ProtocolError
-from skypty.wire.netopts import enable_keepalive
+from skypty.wire.netopts import enable_keepalive, quick_retransmits
 from skypty.wire.noise import HandshakeFramer, NoiseError, NoiseHandshake, frame_handshake, pump_handshake
 from skypty.wire.writenow import write_now
 
@@ -49,6 +49,8 @@ class NoiseProtocol(ProtocolWrapper):
             self.transport.setTcpNoDelay(True)  # small RPC replies must not wait for Nagle
         # a black-holed peer is noticed (within about a minute, or the factory's timers)
         enable_keepalive(self.transport, timers=self.factory.keepalive)
+        if self.factory.interactive:
+            quick_retransmits(self.transport)  # shell output resumes soon after an outage
         self._timeout = self.factory.reactor.callLater(self.factory.handshake_timeout, self._timed_out)
         if self.factory.initiator:
             self.transport.write(frame_handshake(self.handshake.write_message()))
@@ -177,9 +179,11 @@ class NoiseFactory(WrappingFactory):
     protocol = NoiseProtocol
 
     def __init__(self, wrappedFactory, pattern, initiator, local_static, remote_static=None,
-                 handshake_timeout=HANDSHAKE_TIMEOUT, reactor=None, authorize=None, keepalive=None):
+                 handshake_timeout=HANDSHAKE_TIMEOUT, reactor=None, authorize=None, keepalive=None,
+                 interactive=False):
         super().__init__(wrappedFactory)
         self.keepalive = keepalive  # (idle, interval, count), or None: netopts' short defaults
+        self.interactive = interactive  # shells: cap TCP's retransmission backoff (netopts.quick_retransmits)
         if reactor is None:
             from twisted.internet import reactor
         self.pattern = pattern
