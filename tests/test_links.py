@@ -132,6 +132,20 @@ def test_a_default_shell_survives_a_short_outage(net, term_of):
     assert "connection lost" not in term.text()
 
 
+def test_a_default_shell_survives_25s_down_and_resumes_at_once(net, term_of):
+    """Capping TCP's backoff (netopts.quick_retransmits) must not shorten how
+    long TCP tries (Linux counts retries, not time: ~15 s with a 1 s cap),
+    and typed keys must get through within a couple of seconds of the link."""
+    term = term_of(net.host.shell_argv(), "skypty")
+    net.link.down()
+    term.send("echo ALIVE-$((40+2))\r")  # typed into the dead link
+    down_at, up_at = outage(net.link, 25)
+    arrived = first_arrival(term, "ALIVE-42", 0, None, 15)
+    assert arrived is not None, term.text()[-500:]
+    assert "connection lost" not in term.text()
+    assert arrived - up_at <= 3.0, f"the command's output came {arrived - up_at:.1f} s after the link returned"
+
+
 def test_persistent_session_output_resumes_within_3s_of_the_link_returning(net, term_of):
     term = term_of(net.phost.shell_argv(), "skypty-persistent")
     start = term.size

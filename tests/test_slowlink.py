@@ -311,3 +311,38 @@ def test_interactive_connections_cap_tcps_retransmission_backoff():
         assert took in ("TCP_RTO_MAX_MS", "TCP_THIN_LINEAR_TIMEOUTS")
         if took == "TCP_RTO_MAX_MS":
             assert sock.getsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS) <= 1000
+        # Linux turns its retry count into time with the backoff cap: without an
+        # explicit give-up time a capped socket would die ~15 s into an outage.
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) >= 10 * 60 * 1000
+
+
+@pytest.mark.parametrize("which", ["host", "phost"])
+def test_a_terminal_that_stops_reading_is_not_a_dead_link(which, request, tmp_path):
+    """The client blocked writing to a paused terminal hears nothing for a
+    while: the host is still there (its data waits in the socket).  (A
+    persistent session's ring overflows meanwhile, as it should.)"""
+    h = request.getfixturevalue(which)
+    script = "head -c 3000000 /dev/zero | tr '\\0' y; echo; echo the-end"
+    proc = subprocess.Popen(CLIENT + ["start", "-t", "--cliaddr", h.cli, "--", "sh", "-c", script],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=client_env(SHORT_TIMERS))
+    try:
+        first = os.read(proc.stdout.fileno(), 1024)  # then nobody reads the pipe: the client blocks writing
+        wait_for(lambda: _client_blocked_writing(proc.pid), what="the client to block on its terminal")
+        time.sleep(2.5)  # paused longer than the 1 s dead-path timer: the thing under test
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert rest.endswith(b"the-end\r\n")
+    if which == "host":
+        assert (first + rest).count(b"y") == 3_000_000
+    assert b"reattaching" not in err and b"no contact" not in err
+
+
+def _client_blocked_writing(pid):
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return "pipe_write" in f.read() or "wait_woken" in f.read()
+    except OSError:
+        return False

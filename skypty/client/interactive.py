@@ -29,7 +29,7 @@ from skypty.client.errors import ClientError, explain_rpc, raise_if_revoked
 from skypty.client.escape import DISCONNECT, SHOW_HELP, EscapeFilter
 from skypty.client.linkwatch import READ_SIZE, START_WINDOW, ContactWatch, ReadWindow, contact_timers
 from skypty.client.rpc import BlockingRPC, RejectedError
-from skypty.client.transport import CONNECT_TIMEOUT, TransportError
+from skypty.client.transport import CONNECT_TIMEOUT, TransportError, wait_for_fd
 from skypty.wire import types as T
 from skypty.wire.rpc import RPCError
 
@@ -326,6 +326,11 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, p
                 rpc.start("pty.SetPtySize", T.WinSize.cls(rows=rows, cols=cols), T.WinSize, T.EMPTY)
             now = time.monotonic()
             if now >= contact.deadline():
+                if contact.silence(now) >= quiet_ping and _readable(channel):
+                    # we were busy (a slow terminal), not the link: it has data for us
+                    silence = contact.heard(now)
+                    if silence is not None:
+                        _say(f"back in contact with {label} after {silence:.0f} s")
                 for action in contact.due(now):
                     if action == "ping":
                         pings = {seq: t for seq, t in pings.items() if now - t < 60}  # unanswered: forget
@@ -365,6 +370,11 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, p
     except (OSError, TransportError):
         channel.close()
         return ("dropped", offset)
+
+
+def _readable(channel):
+    pending = getattr(channel, "pending", None)
+    return bool(pending is not None and pending()) or wait_for_fd(channel, 0)
 
 
 def _deliver(values, stdout, offset):

@@ -82,6 +82,12 @@ def enable_keepalive(transport_or_socket, idle=None, interval=None, count=None, 
 TCP_THIN_LINEAR_TIMEOUTS = getattr(socket, "TCP_THIN_LINEAR_TIMEOUTS", 16)
 TCP_RTO_MAX_MS = getattr(socket, "TCP_RTO_MAX_MS", 44)  # Linux >= 6.15
 INTERACTIVE_RTO_MAX_MS = 1000
+# Linux gives up on unacknowledged data after tcp_retries2 (15) retries, a
+# limit it turns into time assuming the backoff goes up to 120 s (~15
+# minutes); with the backoff capped at 1 s that would be ~15 s.  So a capped
+# socket gets its give-up time explicitly, ssh's ~15 minutes, unless the
+# caller already set one (enable_keepalive's).
+INTERACTIVE_USER_TIMEOUT_MS = 15 * 60 * 1000
 
 
 def quick_retransmits(transport_or_socket, rto_max_ms=INTERACTIVE_RTO_MAX_MS):
@@ -95,6 +101,14 @@ def quick_retransmits(transport_or_socket, rto_max_ms=INTERACTIVE_RTO_MAX_MS):
     -> the option that took, or None."""
     sock = _socket_of(transport_or_socket)
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if user_timeout is None:
+        return None  # without it a capped backoff would end the connection in seconds
+    try:
+        if not sock.getsockopt(socket.IPPROTO_TCP, user_timeout):
+            sock.setsockopt(socket.IPPROTO_TCP, user_timeout, INTERACTIVE_USER_TIMEOUT_MS)
+    except OSError:
         return None
     for name, option, value in (("TCP_RTO_MAX_MS", TCP_RTO_MAX_MS, rto_max_ms),
                                 ("TCP_THIN_LINEAR_TIMEOUTS", TCP_THIN_LINEAR_TIMEOUTS, 1)):
