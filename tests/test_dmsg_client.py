@@ -136,7 +136,7 @@ class FakeSession:
         self.outcome = outcome
         self.remote_pk = generate_keypair()[0]
 
-    def open_stream(self, stream):
+    def open_stream(self, stream, window=None):
         from skypty.dmsg.session import DmsgError
         from skypty.dmsg.stream import StreamRefusedError
 

@@ -293,3 +293,50 @@ class LoopbackTests(unittest.TestCase):
             self.assertEqual(b"".join(r.data), p)
         client.transport.loseConnection()
         yield client.closed
+
+
+def test_a_stream_we_open_may_grant_a_larger_window():
+    """A dialled stream lets its peer send up to *window* ahead (a SYN window
+    update with the extra, as hashicorp/yamux does); re-granted at half."""
+    from skypty.wire.yamux import INITIAL_WINDOW, MAX_WINDOW, YamuxSession
+
+    class Events:
+        def __init__(self):
+            self.data = []
+
+        def stream_opened(self, sid):
+            pass
+
+        def stream_data(self, sid, data):
+            self.data.append(data)
+
+        def stream_closed(self, sid):
+            pass
+
+        def stream_reset(self, sid):
+            pass
+
+        def stream_writable(self, sid):
+            pass
+
+    a_out, b_out = [], []
+    a_events, b_events = Events(), Events()
+    a = YamuxSession(True, a_out.append, a_events)
+    b = YamuxSession(False, b_out.append, b_events)
+    sid = a.open_stream(window=2 * 1024 * 1024)
+    for chunk in a_out:
+        b.receive(chunk)
+    a_out.clear()
+    for chunk in b_out:
+        a.receive(chunk)
+    b_out.clear()
+    assert b.streams[sid].send_window == 2 * 1024 * 1024
+    assert b.write(sid, b"x" * (3 * 1024 * 1024)) == 1024 * 1024  # the rest waits for a re-grant
+    for chunk in b_out:
+        a.receive(chunk)
+    assert sum(len(d) for d in a_events.data) == 2 * 1024 * 1024
+    a.consumed(sid, INITIAL_WINDOW)
+    assert not a_out  # not yet half of the window
+    a.consumed(sid, 1024 * 1024 - INITIAL_WINDOW)
+    assert a_out  # a window update for the first half
+    assert a.open_stream(window=1 << 40) and a.streams[sid + 2].window == MAX_WINDOW

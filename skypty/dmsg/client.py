@@ -38,6 +38,7 @@ RETRY_MIN, RETRY_MAX = 1.0, 60.0
 CHECK_INTERVAL = 30.0   # how often a satisfied client looks again (a lost session kicks at once)
 # Per attempt: the server's 5 s handshake window plus the round trips.
 ATTEMPT_TIMEOUT = STREAM_HANDSHAKE_TIMEOUT + 3.0
+DIAL_WINDOW = 2 * 1024 * 1024  # what our dialled streams let the peer send ahead: ~1 BDP at 200 ms, 80 Mbit/s
 MAX_EXISTING_TRIES = 8   # existing sessions tried for one dial
 PEER_ENTRY_TTL = 30.0    # how long a dialled peer's discovery entry is reused
 MAX_PEER_ENTRIES = 4096
@@ -318,7 +319,7 @@ class DmsgClientService(service.Service):
         """One stream request through one session; -> inner, or None (failure noted)."""
         stream = _Dial(session, self.sk, next(self._ports), pk, port, inner, timeout=ATTEMPT_TIMEOUT)
         try:
-            yield session.open_stream(stream)
+            yield session.open_stream(stream, window=DIAL_WINDOW)
             result = yield stream.done
         except StreamRefusedError as e:
             # The peer itself answered no (signed): another server will not change that.

@@ -227,8 +227,10 @@ class DmsgSession(protocol.Protocol):
         if rest:
             self.yamux.dataReceived(rest)
 
-    def open_stream(self, proto):
-        return self.yamux.open_stream(proto)
+    def open_stream(self, proto, window=None):
+        if window is None:
+            return self.yamux.open_stream(proto)
+        return self.yamux.open_stream(proto, window)
 
     def connectionLost(self, reason=protocol.connectionDone):
         if self._timeout is not None and self._timeout.active():
