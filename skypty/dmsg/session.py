@@ -13,7 +13,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from skypty.errors import ProtocolError
-from skypty.wire.netopts import enable_keepalive
+from skypty.wire.netopts import enable_keepalive, quick_retransmits
 from skypty.wire.noise import (
     MAX_PLAINTEXT, TAG, HandshakeFramer, NoiseError, NoiseHandshake, frame_handshake, pump_handshake,
 )
@@ -193,6 +193,7 @@ class DmsgSession(protocol.Protocol):
     def connectionMade(self):
         nodelay(self.transport)
         enable_keepalive(self.transport)  # a black-holed link is noticed within about a minute
+        quick_retransmits(self.transport)  # its shells' output resumes soon after an outage
         self._timeout = self.reactor.callLater(HANDSHAKE_TIMEOUT, self._timed_out)
         if self.initiator:
             self.transport.write(frame_handshake(self.handshake.write_message()))
