@@ -258,14 +258,28 @@ def _reattach(opener, sid, offset, size_fd, why="connection lost"):
     return None
 
 
+# Why a local host could not reach the session's host that may pass (its dmsg
+# session to the server died with the link and is being replaced, discovery
+# was out of reach); the others (not whitelisted, nothing on that port) stay.
+PASSING_PROXY_REASONS = {"no-answer", "timeout", "unreachable", "no-shared-server", "not-in-discovery",
+                         "discovery-unavailable", "no-overlay", "failed", ""}
+
+
 def _reconnect(opener, sid):
     delay, deadline = 0.0, time.monotonic() + RECONNECT_GIVE_UP
+    said = None
     while time.monotonic() < deadline:
         try:
             return Link(opener, ATTEMPT_TIMEOUT)
-        except (RejectedError, ClientError) as e:  # refused now: retrying will not help
-            _say(str(e))
-            return None
+        except (RejectedError, ClientError) as e:
+            if getattr(e, "reason", None) not in PASSING_PROXY_REASONS:
+                _say(str(e))  # refused now: retrying will not help
+                return None
+            if str(e) != said:
+                said = str(e)
+                _say(f"{said}; still trying")
+            time.sleep(delay)
+            delay = min(max(delay * 2, 0.1), MAX_RECONNECT_WAIT)
         except (TransportError, OSError):
             time.sleep(delay)  # back off between dials; nothing else is waiting
             delay = min(max(delay * 2, 0.1), MAX_RECONNECT_WAIT)
