@@ -278,3 +278,34 @@ def test_screen_of_a_full_screen_program_starts_where_it_entered():
     data += b"\x1b[?1049l$ "  # back in the shell: a clear or tail again
     ring = _ring(data)
     assert data[ring.screen_start(tail=1024):] != vim and ring.end - ring.screen_start(tail=1024) <= 1024
+
+
+# -- reattaching through a local host ------------------------------------------------------
+
+def test_a_reattach_retries_a_local_hosts_passing_refusals(monkeypatch, capsys):
+    """Through a local host whose dmsg session died with the link, the dial
+    times out a few times before it works: keep trying.  A refusal that
+    will not pass (not whitelisted) ends the reattach at once."""
+    from skypty.client import interactive
+    from skypty.client.errors import ClientError
+
+    monkeypatch.setattr(interactive.time, "sleep", lambda s: None)
+
+    def failing(reason, times):
+        calls = []
+
+        def opener(timeout=None):
+            calls.append(timeout)
+            if len(calls) <= times:
+                e = ClientError(f"host did not answer in time ({reason})")
+                e.reason = reason
+                raise e
+            return object(), b""
+        return opener, calls
+
+    opener, calls = failing("timeout", 3)
+    assert interactive._reconnect(opener, "s1") is not None and len(calls) == 4
+    assert capsys.readouterr().err.count("still trying") == 1  # said once, not per attempt
+
+    opener, calls = failing("not-whitelisted", 3)
+    assert interactive._reconnect(opener, "s1") is None and len(calls) == 1
