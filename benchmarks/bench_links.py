@@ -216,8 +216,12 @@ class Bench:
             before = {tool: self.top_tick(term) for tool, term in terms.items()}
             cells = {}
             for tool, term in terms.items():
-                arrived = term.wait_screen(lambda screen, b=before[tool]: self.top_tick(term, screen) > b,
-                                           max(0.0, changed_at + limit - time.monotonic()))
+                # when the next tick arrived (not when we looked: an earlier tool's wait may be long)
+                term.wait_screen(lambda screen, b=before[tool]: self.top_tick(term, screen) > b,
+                                 max(0.0, changed_at + limit - time.monotonic()))
+                arrived = term.arrival_of(f"tick-{before[tool] + 1}\r", not_before=changed_at)
+                if arrived is not None and arrived - changed_at > limit:
+                    arrived = None
                 if arrived is not None:
                     cells[tool] = f"continues in {arrived - changed_at:.1f} s"
                 elif term.closed:
