@@ -340,3 +340,25 @@ def test_a_stream_we_open_may_grant_a_larger_window():
     a.consumed(sid, 1024 * 1024 - INITIAL_WINDOW)
     assert a_out  # a window update for the first half
     assert a.open_stream(window=1 << 40) and a.streams[sid + 2].window == MAX_WINDOW
+
+
+def test_a_probe_closes_a_session_whose_path_died_and_spares_a_live_one():
+    from twisted.internet import task
+
+    from skypty.wire.yamux import ACK, PING, YamuxProtocol, header
+
+    clock = task.Clock()
+    proto = YamuxProtocol(True, reactor=clock, keepalive=0)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.probe(3.0)
+    assert transport.value()  # the ping went out
+    clock.advance(1.0)
+    proto.dataReceived(header(PING, ACK, 0, 1))  # an answer: alive
+    clock.advance(5.0)
+    assert not transport.disconnecting
+    proto.probe(3.0)
+    clock.advance(2.9)
+    assert not transport.disconnecting
+    clock.advance(0.2)  # silence: the path is gone
+    assert transport.disconnecting

@@ -38,6 +38,7 @@ RETRY_MIN, RETRY_MAX = 1.0, 60.0
 CHECK_INTERVAL = 30.0   # how often a satisfied client looks again (a lost session kicks at once)
 # Per attempt: the server's 5 s handshake window plus the round trips.
 ATTEMPT_TIMEOUT = STREAM_HANDSHAKE_TIMEOUT + 3.0
+SESSION_PROBE_TIMEOUT = 3.0  # a dial's session must answer a ping within this (any byte counts)
 DIAL_WINDOW = 2 * 1024 * 1024  # what our dialled streams let the peer send ahead: ~1 BDP at 200 ms, 80 Mbit/s
 MAX_EXISTING_TRIES = 8   # existing sessions tried for one dial
 PEER_ENTRY_TTL = 30.0    # how long a dialled peer's discovery entry is reused
@@ -318,6 +319,9 @@ class DmsgClientService(service.Service):
     def _attempt(self, session, pk, port, inner, failures):
         """One stream request through one session; -> inner, or None (failure noted)."""
         stream = _Dial(session, self.sk, next(self._ports), pk, port, inner, timeout=ATTEMPT_TIMEOUT)
+        probe = getattr(getattr(session, "yamux", None), "probe", None)
+        if probe is not None:
+            probe(SESSION_PROBE_TIMEOUT)  # a session whose path died fails this dial at once, not in 8 s
         try:
             yield session.open_stream(stream, window=DIAL_WINDOW)
             result = yield stream.done

@@ -400,7 +400,9 @@ class YamuxProtocol(protocol.Protocol):
         self.streams = {}
         self.core = None
         self._ping_call = self._pong_timeout = None
+        self._probe_call = None
         self._ping_id = 0
+        self.last_heard = self.reactor.seconds()
         self.closed = defer.Deferred()
 
     def connectionMade(self):
@@ -413,6 +415,26 @@ class YamuxProtocol(protocol.Protocol):
         self.core.ping(self._ping_id)
         self._pong_timeout = self.reactor.callLater(KEEPALIVE_TIMEOUT, self._keepalive_failed)
         self._ping_call = self.reactor.callLater(self.keepalive, self._send_ping)
+
+    def probe(self, timeout):
+        """Ping now; if not a byte comes back within *timeout* seconds the
+        session is dead (its path died: a laptop changed networks) and is
+        closed, so its streams fail now and a new session can be made,
+        instead of after the keepalive's 30 + 30 s.  For a caller about to
+        rely on this session (a dial)."""
+        if self._probe_call is not None and self._probe_call.active() or self.core is None:
+            return
+        sent = self.reactor.seconds()
+        self._ping_id = (self._ping_id + 1) & 0xFFFFFFFF
+        self.core.ping(self._ping_id)
+
+        def check():
+            self._probe_call = None
+            if self.last_heard < sent and self.transport is not None:
+                self.log.warn("yamux peer silent for {t:.0f}s after a ping; closing the session", t=timeout)
+                self.transport.abortConnection()
+
+        self._probe_call = self.reactor.callLater(timeout, check)
 
     def _keepalive_failed(self):
         self._pong_timeout = None
@@ -503,6 +525,7 @@ class YamuxProtocol(protocol.Protocol):
                 self.log.failure("yamux stream {sid}: connectionLost failed", sid=sid)
 
     def dataReceived(self, data):
+        self.last_heard = self.reactor.seconds()
         try:
             self.core.receive(data)
         except YamuxError as e:
@@ -511,7 +534,7 @@ class YamuxProtocol(protocol.Protocol):
             self.transport.abortConnection()
 
     def connectionLost(self, reason=protocol.connectionDone):
-        for call in (self._ping_call, self._pong_timeout):
+        for call in (self._ping_call, self._pong_timeout, self._probe_call):
             if call is not None and call.active():
                 call.cancel()
         if self.core is not None:
