@@ -38,7 +38,7 @@ RETRY_MIN, RETRY_MAX = 1.0, 60.0
 CHECK_INTERVAL = 30.0   # how often a satisfied client looks again (a lost session kicks at once)
 # Per attempt: the server's 5 s handshake window plus the round trips.
 ATTEMPT_TIMEOUT = STREAM_HANDSHAKE_TIMEOUT + 3.0
-SESSION_PROBE_TIMEOUT = 3.0  # a dial's session must answer a ping within this (any byte counts)
+SESSION_PROBE_TIMEOUT = 2.0  # a dial's session must answer a ping within this (any byte counts)
 DIAL_WINDOW = 2 * 1024 * 1024  # what our dialled streams let the peer send ahead: ~1 BDP at 200 ms, 80 Mbit/s
 MAX_EXISTING_TRIES = 8   # existing sessions tried for one dial
 PEER_ENTRY_TTL = 30.0    # how long a dialled peer's discovery entry is reused
