@@ -309,3 +309,16 @@ def test_a_reattach_retries_a_local_hosts_passing_refusals(monkeypatch, capsys):
 
     opener, calls = failing("not-whitelisted", 3)
     assert interactive._reconnect(opener, "s1") is None and len(calls) == 1
+
+
+def test_a_reply_held_up_by_a_lost_packet_does_not_shrink_the_window():
+    w = ReadWindow(limit=MAX_WINDOW, size=8)
+    w.rtt_sample(0.1)
+    seq = 0
+    # 64 KiB is ~45 packets: at 2 % loss most replies wait for a retransmission
+    for _ in range(10):  # rounds at 100 ms; 3 replies in 5 come 300 ms late
+        for i in range(w.size):
+            seq += 1
+            w.sent(seq, 0.0)
+            w.ready({seq: FULL}, 0.4 if i % 5 < 3 else 0.1)
+    assert w.size == MAX_WINDOW

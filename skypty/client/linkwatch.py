@@ -4,10 +4,10 @@ decisions out; no sockets, no clock of its own).
 ``ReadWindow``: several ``pty.Read`` calls in flight toward a host that
 allows it (skypty's ``pty.ReadAhead``), their replies handed out in the order
 the reads were sent.  One read per round trip caps a 200 ms path near
-320 KB/s; the window grows while full replies come back about one round trip
-after they were asked for, and shrinks when they take much longer (they then
-queue on the link: more in flight would only delay a Ctrl-C), as TCP Vegas
-does.  So what is in flight stays near one bandwidth-delay product.
+320 KB/s; once per round the window grows (by half) while full replies come
+back about one round trip after they were asked for, and shrinks (by one)
+when even the round's fastest took much longer (they then queue on the link:
+more in flight would only delay a Ctrl-C), as TCP Vegas does.  So what is in flight stays near one bandwidth-delay product.
 
 ``ContactWatch``: a ``pty.Ping`` when nothing was heard for a while, a status
 line when nothing was heard for longer (as mosh says "last contact"), and,
@@ -55,6 +55,7 @@ class ReadWindow:
         self.size = min(limit, START_WINDOW if size is None else size)
         self.rtt_min = None
         self._order = collections.deque()  # (seq, sent at)
+        self._round_min, self._round_count = None, 0
 
     def __contains__(self, seq):
         return any(s == seq for s, _ in self._order)
@@ -81,19 +82,29 @@ class ReadWindow:
             seq, sent_at = self._order.popleft()
             value = results.pop(seq)
             if isinstance(value, (bytes, bytearray)) and len(value) >= READ_SIZE:
-                self._adapt(now - sent_at)  # a full reply: the host had more than we asked
+                self._sample(now - sent_at)  # a full reply: the host had more than we asked
             out.append(value)
         return out
 
-    def _adapt(self, latency):
+    def _sample(self, latency):
+        """Judge once per round (a window's worth of full replies), on the
+        round's fastest reply: one reply held up by a lost packet's
+        retransmission says nothing about queues."""
         if self.limit <= MIN_WINDOW:
             return
         self.rtt_sample(latency)
+        self._round_min = latency if self._round_min is None else min(self._round_min, latency)
+        self._round_count += 1
+        if self._round_count >= self.size:
+            self._adapt(self._round_min)
+            self._round_min, self._round_count = None, 0
+
+    def _adapt(self, latency):
         # Reads' worth waiting in queues on the path (Vegas' diff): 0 when
         # replies come back one bare round trip after they were asked for.
         queued = self.size * (1.0 - self.rtt_min / latency) if latency > 0 else 0.0
         if queued < GROW_BELOW:
-            self.size = min(self.limit, MAX_WINDOW, self.size + 1)
+            self.size = min(self.limit, MAX_WINDOW, self.size + max(1, self.size // 2))
         elif queued > SHRINK_ABOVE:
             self.size = max(MIN_WINDOW, self.size - 1)
 
