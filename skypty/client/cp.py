@@ -758,11 +758,12 @@ def _connector(reactor, target, args, timeout, sk):
     no_key_flags(args, "cp through the local host (PK:PATH, or a name without an address)")
     network, address = control_socket(args)
     from skypty.client.errors import proxy_refusal
+    from skypty.client.transport import foreign_control_socket
     from skypty.fs.link import control_socket_connector
 
     explain = lambda reason, text: proxy_refusal(reason, text, pk.hex(), args.port)  # noqa: E731
     return control_socket_connector(reactor, network, address, pk, args.port, timeout, explain,
-                                    scheme=target.scheme)
+                                    vet=foreign_control_socket, scheme=target.scheme)
 
 
 # -- the verb -------------------------------------------------------------------------------------------

@@ -93,11 +93,13 @@ def mount(args):
 
 def _via_local_host(args, pk, timeout):
     from skypty.client.errors import proxy_refusal
+    from skypty.client.transport import foreign_control_socket
     from skypty.fs.link import control_socket_connector
 
     network, address = control_socket(args)
     explain = lambda reason, text: proxy_refusal(reason, text, pk.hex(), args.port)  # noqa: E731
-    return lambda reactor: control_socket_connector(reactor, network, address, pk, args.port, timeout, explain)
+    return lambda reactor: control_socket_connector(reactor, network, address, pk, args.port, timeout, explain,
+                                                    vet=foreign_control_socket)
 
 
 def umount(args):

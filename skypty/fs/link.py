@@ -117,15 +117,14 @@ class ServiceGate(protocol.Protocol):
     """Sends a request line; once the host accepts, the stream belongs to
     *inner* (``accepted`` fires), else ``accepted`` fails with the reason."""
 
-    def __init__(self, uri, inner):
+    def __init__(self, uri, inner, vet=None):
         self.uri, self.inner = uri, inner
+        self.vet = vet  # transport -> a refusal (another user's control socket: not one byte) or None
         self.accepted = defer.Deferred()
         self._open = False
 
     def connectionMade(self):
-        from skypty.client.transport import foreign_control_socket
-
-        refusal = foreign_control_socket(self.transport)  # another user's socket: not one byte
+        refusal = self.vet(self.transport) if self.vet is not None else None
         if refusal is not None:
             self.accepted.errback(LinkDown(refusal))
             self.transport.abortConnection()
@@ -191,8 +190,8 @@ class ReasonedGate(ServiceGate):
     then "reason-word: text"); *explain*(reason, text) words it for the user
     (the client's, so this layer needs none of the client's vocabulary)."""
 
-    def __init__(self, uri, inner, explain):
-        super().__init__(uri, inner)
+    def __init__(self, uri, inner, explain, vet=None):
+        super().__init__(uri, inner, vet)
         self.explain = explain
 
     def dataReceived(self, data):
@@ -204,15 +203,17 @@ class ReasonedGate(ServiceGate):
         super().dataReceived(data)
 
 
-def control_socket_connector(reactor, network, address, remote_pk, port, timeout, explain, scheme=None):
+def control_socket_connector(reactor, network, address, remote_pk, port, timeout, explain, vet=None,
+                             scheme=None):
     """Through the local host, which dials the peer over dmsg
     (``dmsgpty/proxy?...&service=sftp``; ``&scheme=`` pins a transport);
-    *explain*(reason, text) words the local host's refusal."""
+    *explain*(reason, text) words the local host's refusal, *vet*(transport)
+    refuses a control socket before a byte is sent (see ServiceGate)."""
     uri = requestline.proxy_uri(remote_pk.hex(), port, service="sftp") + (f"&scheme={scheme}" if scheme else "")
 
     def connect():
         sftp = SFTPClientProtocol()
-        gate = ReasonedGate(uri, sftp, explain)
+        gate = ReasonedGate(uri, sftp, explain, vet)
         if network == "unix":
             endpoint = UNIXClientEndpoint(reactor, address, timeout=timeout)
         else:
