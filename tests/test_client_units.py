@@ -96,7 +96,13 @@ def test_reason_behind_the_reject_byte():
     sent = encode_rejection("no-sftp", "é" * 200)  # what a host sends: cut to 255 bytes, still parsed
     assert sent[:1] == b"\x01" and len(sent) == 2 + 255
     assert parse_rejection(sent[1:])[0] == "no-sftp"
-    assert "did not say why" in proxy_refusal("", "", A, 22)
+    # the reject byte alone: a reference or older host; a hang-up: a failure (or a reference host)
+    assert "without saying why (a reference or an older host)" in proxy_refusal("", "", A, 22)
+    hung_up = proxy_refusal("", "", A, 22, closed=True)
+    assert "hung up without a reason" in hung_up and "older" not in hung_up and "its log" in hung_up
+    failed = proxy_refusal("failed", "No module named 'skypty.host.proxy'", A, 22)
+    assert failed == (f"the local host failed while reaching {A}: No module named 'skypty.host.proxy' "
+                      "(its log has the details)")
     assert "not in dmsg discovery" in proxy_refusal("not-in-discovery", "", A, 22)
     assert "dmsg port 22" in proxy_refusal("refused", "", A, 22)
 
