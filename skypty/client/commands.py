@@ -6,10 +6,12 @@ import sys
 from skypty.client.cmdline import remote_argv
 from skypty.client.errors import fail, usage_error
 from skypty.client.reach import (
-    DEFAULT_TCP_PORT, exec_env, guarded, no_key_flags, open_control, open_direct, open_remote_via_host,
-    parse_pk, parse_pks, parse_target, read_stdin, timeout_ms,
+    DEFAULT_TCP_PORT, STDIN_LIMIT, exec_env, guarded, no_key_flags, open_control, open_direct,
+    open_remote_via_host, parse_pk, parse_pks, parse_target, read_stdin, timeout_ms,
 )
 from skypty.client.rpc import BlockingRPC
+from skypty.client.transport import TransportError
+from skypty.errors import SkyptyError
 from skypty.wire import requestline
 from skypty.wire import types as T
 from skypty.wire.rpc import RPCError
@@ -17,10 +19,10 @@ from skypty.wire.rpc import RPCError
 EXIT_TIMEOUT = 124
 
 
-def run_exec(channel, early, command, timeout, stdin=b""):
+def run_exec(channel, early, command, timeout, stdin=b"", rpc=None):
     """pty.Exec on an accepted channel; mirrors the exit code.  A host without
     pty.Exec runs the command on a pty instead (skypty.client.classic)."""
-    rpc = BlockingRPC(channel, early)
+    rpc = rpc or BlockingRPC(channel, early)
     channel.settimeout(timeout / 1000.0 + 30)
     out, err = sys.stdout.buffer, sys.stderr.buffer
     req = T.CommandExecReq.cls(name=command[0], arg=list(command[1:]), env=exec_env(), stdin=stdin,
@@ -46,6 +48,61 @@ def run_exec(channel, early, command, timeout, stdin=b""):
         return EXIT_TIMEOUT
     err.flush()
     return result.exit_code & 0xFF if result.exit_code >= 0 else 1
+
+
+def stdin_is_input():
+    """Is our stdin something to stream to the command, as ssh would: a pipe,
+    a file or a socket?  Not a terminal (nobody piped anything) and not
+    another character device such as /dev/null (nothing to send)."""
+    import stat
+
+    try:
+        return not stat.S_ISCHR(os.fstat(0).st_mode)
+    except OSError:  # stdin closed
+        return False
+
+
+def run_exec_streaming(channel, early, command, timeout):
+    """The command with our stdin streamed to it (ssh's `host cmd < input`):
+    pty.StartPiped, our stdin chunk by chunk, our EOF its EOF; its stdout and
+    stderr stay apart; --timeout stops it.  A host without pty.StartPiped
+    gets stdin whole (up to 1 MiB) in pty.Exec instead."""
+    import time
+
+    from skypty.client.interactive import Link, _pump_pipes
+
+    link = Link(lambda: (channel, early))
+    req = T.CommandReq.cls(name=command[0], arg=list(command[1:]), env=exec_env())
+    try:
+        link.rpc.call("pty.StartPiped", req, T.CommandReq, T.EMPTY)
+    except RPCError as e:
+        if "can't find method" not in str(e) and "can't find service" not in str(e):
+            raise
+        stdin = sys.stdin.buffer.read(STDIN_LIMIT + 1)
+        if len(stdin) > STDIN_LIMIT:
+            raise SkyptyError("stdin is larger than 1 MiB (this host takes stdin whole: "
+                              "it has no pty.StartPiped)") from None
+        return run_exec(channel, None, command, timeout, stdin, rpc=link.rpc)
+
+    def timed_out():
+        try:
+            link.rpc.call("pty.Stop", T.EMPTY.cls(), T.EMPTY, T.EMPTY)
+        except (RPCError, TransportError, OSError):
+            pass  # ending the connection ends the command too
+        channel.close()
+        sys.stderr.write(f"[timed out after {timeout}ms]\n")
+        sys.stderr.flush()
+        return EXIT_TIMEOUT
+
+    return _pump_pipes(link, deadline=time.monotonic() + timeout / 1000.0, on_deadline=timed_out)
+
+
+def run_one_shot(channel, early, command, timeout, args):
+    """exec / `shell PK@HOST -- CMD`: stdin streamed when there is one to stream
+    (see stdin_is_input), else the one-round-trip pty.Exec; --stdin: read whole."""
+    if not getattr(args, "stdin", False) and stdin_is_input():
+        return run_exec_streaming(channel, early, command, timeout)
+    return run_exec(channel, early, command, timeout, read_stdin(args))
 
 
 def _want_pty(args):
@@ -84,7 +141,7 @@ def cmd_exec(args, parser):
     else:
         no_key_flags(args, "exec without --via")
         channel, early = open_remote_via_host(args, pk)
-    return run_exec(channel, early, remote_argv(args.command), timeout_ms(args), read_stdin(args))
+    return run_one_shot(channel, early, remote_argv(args.command), timeout_ms(args), args)
 
 
 @guarded
@@ -94,7 +151,7 @@ def cmd_shell(args, parser):
     command = remote_argv(args.command) if args.command else None
     if command and want_pty is None and not args.attach:  # ssh's "host cmd", captured
         channel, early = open_direct(pk, host, port, args)
-        return run_exec(channel, early, command, timeout_ms(args), b"")
+        return run_one_shot(channel, early, command, timeout_ms(args), args)
     from skypty.client.interactive import interactive
 
     return interactive(lambda: open_direct(pk, host, port, args), attach=args.attach, command=command,

@@ -313,8 +313,9 @@ def build_parser(only=None):
                                   "another host's, --network a public Skywire deployment.")
     g.add_argument("-o", "--output", default="skywire-config.json", help="file to write (default ./skywire-config.json)")
     g.add_argument("--force", action="store_true", help="overwrite an existing file")
-    g.add_argument("--ssh-listen", default=":2022", metavar="ADDR",
-                   help='Noise TCP port, e.g. ":2022" (default) or 127.0.0.1:2022; "" = off')
+    g.add_argument("--ssh-listen", default="127.0.0.1:2022", metavar="ADDR",
+                   help='Noise TCP port (default 127.0.0.1:2022, this machine only); ":2022" = every '
+                        'interface; "" = off')
     g.add_argument("--web-listen", default="127.0.0.1:8080", metavar="ADDR",
                    help='the web terminal (default 127.0.0.1:8080); "" = off')
     g.add_argument("--cli-address", default="/tmp/pty.sock", metavar="PATH",
@@ -324,6 +325,9 @@ def build_parser(only=None):
                    help="let this public key in (repeatable)")
     g.add_argument("--persistent-sessions", action="store_true",
                    help="a dropped link detaches the shell instead of ending it")
+    g.add_argument("--manhole", default="", metavar="unix:PATH",
+                   help="serve the debugging manhole on this unix socket (mode 0600); "
+                        "`skypty-client manhole -i CONFIG` then finds it (default: none)")
     net = g.add_argument_group("dmsg network (one of)").add_mutually_exclusive_group()
     net.add_argument("--embedded", action="store_true",
                      help="run a local discovery and dmsg server inside the host (the default)")
