@@ -22,7 +22,7 @@ start-up with one ConfigError line that names the key.
         session_ttl        "5m": how long a detached session lives
         web_listen         "" = off; "127.0.0.1:8080" = the web terminal
         manhole            "" = off; a Twisted endpoint such as unix:/run/skypty-manhole.sock
-        log_level          "info" (or debug, warn, error); twistd skypty --log-level wins
+        log_level          "info" (or debug, warn, error, critical); twistd skypty --log-level wins
         sftp               {"root": "/", "read_only": false}
 """
 

@@ -160,6 +160,11 @@ def test_channels_wait_on_fds_past_selects_limit():
     (["exec", "--bogus", A, "--", "true"], "skypty-client exec: unrecognized option --bogus (see skypty-client exec --help)\n"),
     (["shell", "--nope", f"{A}@h", "--", "ls"], "skypty-client shell: unrecognized option --nope (see skypty-client shell --help)\n"),
     (["exec", A, "uname", "-a"], f"skypty-client: put the remote command after --: skypty-client exec {A} -- uname -a\n"),
+    # a malformed --sk is a usage error, on the fast exec path and through argparse alike
+    (["exec", A, "--sk", "00", "--via", f"{A}@127.0.0.1:1", "--", "true"],
+     "skypty-client: --sk: secret key must be 64 hex characters, got 2\n"),
+    (["shell", f"{A}@127.0.0.1:1", "--sk", "zz", "--", "true"],
+     "skypty-client: --sk: secret key must be 64 hex characters, got 2\n"),
 ])
 def test_usage_errors_say_what_is_wrong(argv, line, capsys):
     from skypty.client.main import _main
