@@ -171,3 +171,18 @@ def test_usage_errors_say_what_is_wrong(argv, line, capsys):
 
     assert _main(argv) == 2
     assert capsys.readouterr().err == line
+
+
+def test_session_table_names_a_login_shell():
+    from skypty.client.commands import session_table
+    from skypty.wire import types as T
+
+    rows = [T.SessionInfo.cls(id="5f0c2e8d9a1b7c33", owner=A, command="", attached=True, idle_seconds=0),
+            T.SessionInfo.cls(id="0123456789abcdef", owner=B, command="sleep 60", attached=False,
+                              idle_seconds=7)]
+    assert session_table(rows) == [
+        "ID                OWNER              STATE        COMMAND",
+        f"5f0c2e8d9a1b7c33  {A[:16]}…  attached     (login shell)",
+        f"0123456789abcdef  {B[:16]}…  idle 7s      sleep 60",
+    ]
+    assert session_table([]) == ["no sessions"]

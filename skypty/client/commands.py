@@ -242,19 +242,25 @@ def cmd_whitelist_remove(args, parser):
                              change_listed=True)
 
 
+def session_table(rows):
+    """pty.Sessions rows -> the lines `list --sessions` prints."""
+    if not rows:
+        return ["no sessions"]
+    lines = [f"{'ID':<16}  {'OWNER':<17}  {'STATE':<12} COMMAND"]
+    for s in rows:
+        state = "attached" if s.attached else f"idle {s.idle_seconds}s"
+        command = s.command or "(login shell)"  # started without a command: the host's shell
+        lines.append(f"{s.id:<16}  {s.owner[:16]}…  {state:<12} {command}")
+    return lines
+
+
 @guarded
 def cmd_list(args, parser):
     if args.sessions:
         no_key_flags(args, "list")
         channel, early = open_control(args, requestline.PTY)
         rows = BlockingRPC(channel, early).call("pty.Sessions", T.EMPTY.cls(), T.EMPTY, T.SessionList)
-        if not rows:
-            print("no sessions")
-            return 0
-        print(f"{'ID':<16}  {'OWNER':<17}  {'STATE':<12} COMMAND")
-        for s in rows:
-            state = "attached" if s.attached else f"idle {s.idle_seconds}s"
-            print(f"{s.id:<16}  {s.owner[:16]}…  {state:<12} {s.command}")
+        print("\n".join(session_table(rows)))
         return 0
     peers = _whitelist_rpc(args, "list").call("host.Peers", T.EMPTY.cls(), T.EMPTY, T.PubKeys)
     for pk in peers:
