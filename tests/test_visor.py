@@ -38,7 +38,7 @@ from tests.hosts import env
 
 # What the `skypty-visor-app` console script runs, from this checkout (the
 # tests need no installed skypty; scripts/install-test-deps installs none).
-VISOR_APP = [sys.executable, "-m", "skypty.visor.app"]
+VISOR_APP = [sys.executable, "-m", "skypty.visorapp"]
 CLIENT = [sys.executable, "-m", "skypty.client.main"]
 PK_HEX = "02" + "11" * 32  # not checked as a point here: only parsing
 
