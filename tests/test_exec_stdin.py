@@ -73,3 +73,27 @@ def test_dev_null_keeps_the_plain_exec(host):
                        timeout=60)
     assert (r.returncode, r.stdout) == (0, b"")
     assert "piped command started" not in host.log()[before:]
+
+
+def test_piped_stdin_reaches_a_host_over_dmsg(tmp_path):
+    """Through the local host's proxy (the default exec), byte for byte."""
+    import hashlib
+
+    from tests.hosts import wait_for
+    from tests.test_dmsg_e2e import DmsgNetwork, dmsg_host
+
+    network = DmsgNetwork(tmp_path).start()
+    a = dmsg_host(tmp_path, "a", network)
+    b = dmsg_host(tmp_path, "b", network, whitelist=[a.pk])
+    try:
+        a.start()
+        b.start()
+        wait_for(lambda: network.joined(a) and network.joined(b), what="both hosts to join dmsg")
+        data = bytes(range(256)) * 8192  # 2 MiB: more than pty.Exec's stdin could carry
+        r = subprocess.run(CLIENT + ["exec", b.pk, "--cliaddr", a.cli, "--", "sha256sum"], input=data,
+                           capture_output=True, env=env(), timeout=120)
+        assert (r.returncode, r.stdout.split()[:1]) == (0, [hashlib.sha256(data).hexdigest().encode()]), r
+    finally:
+        for h in (a, b):
+            h.stop()
+        network.stop()
