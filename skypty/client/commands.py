@@ -62,6 +62,25 @@ def stdin_is_input():
         return False
 
 
+def stdin_has_data():
+    """Bytes wait on stdin now (a pipe's or socket's FIONREAD, a file's rest),
+    without reading them: for a warning only, never for a decision."""
+    import fcntl
+    import stat
+    import struct
+    import termios
+
+    try:
+        mode = os.fstat(0).st_mode
+        if stat.S_ISREG(mode):
+            return os.fstat(0).st_size > os.lseek(0, 0, os.SEEK_CUR)
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            return struct.unpack("i", fcntl.ioctl(0, termios.FIONREAD, b"\0" * 4))[0] > 0
+    except OSError:
+        pass
+    return False
+
+
 def run_exec_streaming(channel, early, command, timeout):
     """The command with our stdin streamed to it (ssh's `host cmd < input`):
     pty.StartPiped, our stdin chunk by chunk, our EOF its EOF; its stdout and
@@ -123,6 +142,9 @@ def cmd_exec(args, parser):
     if len(args.targets) > 1 or args.json or target.startswith("@"):
         from skypty.client.fleet import cmd_fleet_exec
 
+        if not args.stdin and stdin_has_data():
+            sys.stderr.write("skypty-client: stdin is not sent to several hosts, or with --json "
+                             "(--stdin sends it to each, up to 1 MiB)\n")
         return cmd_fleet_exec(args)
     if len(target) != 66:  # a name or PK@HOST[:PORT] (skypty.client.hosts)
         from skypty.client.hosts import resolve_target
