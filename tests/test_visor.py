@@ -305,6 +305,21 @@ class AppNetTests(unittest.TestCase):
         assert proc.hello_raw == encode_hello(proc.key) and proc.statuses == ["Running"]
 
     @defer.inlineCallbacks
+    def test_the_double_numbers_types_as_one_go_process(self):
+        # As the real visor (tests/vectors/gob_go121.json): ids from 64, drawn
+        # from one table for every app, so a later app's stream skips the ids
+        # an earlier one's types took.
+        peer_pk, _ = generate_keypair()
+        self.double.peer_listen("skynet", peer_pk, 7, protocol.Factory.forProtocol(Echo))
+        yield AppNetClientEndpoint(self.client, "skynet", peer_pk, 7).connect(protocol.Factory.forProtocol(Collector))
+        other = yield self.connect(self.visor_pk, "other")
+        yield other.set_detailed_status(V.STATUS_RUNNING)
+        first = {w.name: tid for tid, w in self.client.proto.rpc.core._dec._wire.items()}
+        second = {w.name: tid for tid, w in other.proto.rpc.core._dec._wire.items()}
+        assert first["Response"] == second["Response"] == 64 and first["DialResp"] == 65
+        assert second[""] not in first.values()  # struct{}: a fresh table would have reused 65
+
+    @defer.inlineCallbacks
     def test_an_unknown_proc_key_is_dropped(self):
         pc = parse_proc_config(self.double.add_proc(self.visor_pk, "other"))
         proto = AppServerProtocol("ab" * 16)
