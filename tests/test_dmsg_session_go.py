@@ -13,7 +13,7 @@ from twisted.internet.testing import StringTransport
 
 from skypty.dmsg.session import SETTLE_MAX, SETTLE_MIN, DmsgSession
 from skypty.keys import generate_keypair
-from skypty.noise import HandshakeFramer, NoiseHandshake, pump_handshake
+from skypty.wire.noise import HandshakeFramer, NoiseHandshake, pump_handshake
 
 
 class TimedTransport(StringTransport):
