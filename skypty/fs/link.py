@@ -19,7 +19,7 @@ from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import HostnameEndpoint, ProcessEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
 
-from skypty.fs.errors import LinkDown, is_generic_failure
+from skypty.fs.errors import HostRefused, LinkDown, is_generic_failure
 from skypty.wire.sftppackets import Cork, PacketCutter, pack
 from skypty.wire.sftp import QuietLogger
 from skypty.wire import requestline
@@ -126,7 +126,7 @@ class ServiceGate(protocol.Protocol):
     def connectionMade(self):
         refusal = self.vet(self.transport) if self.vet is not None else None
         if refusal is not None:
-            self.accepted.errback(LinkDown(refusal))
+            self.accepted.errback(HostRefused(refusal))
             self.transport.abortConnection()
             return
         self.transport.write(requestline.encode_request(self.uri))
@@ -139,7 +139,7 @@ class ServiceGate(protocol.Protocol):
             return
         if data[:1] != requestline.ACCEPT:
             self.transport.loseConnection()
-            self.accepted.errback(LinkDown("not authorized: the host rejected the request"))
+            self.accepted.errback(HostRefused("not authorized: the host rejected the request"))
             return
         self._open = True
         self.inner.makeConnection(self.transport)
@@ -151,7 +151,7 @@ class ServiceGate(protocol.Protocol):
         if self._open:
             self.inner.connectionLost(reason)
         elif not self.accepted.called:
-            self.accepted.errback(LinkDown("not authorized: the host closed the connection "
+            self.accepted.errback(HostRefused("not authorized: the host closed the connection "
                                            "(this key is not on its whitelist, or it serves no SFTP)"))
 
 
@@ -198,7 +198,7 @@ class ReasonedGate(ServiceGate):
         if not self._open and data[:1] not in (b"", requestline.ACCEPT) and not self.accepted.called:
             reason, text = requestline.parse_rejection(data[1:])
             self.transport.loseConnection()
-            self.accepted.errback(LinkDown(self.explain(reason, text)))
+            self.accepted.errback(HostRefused(self.explain(reason, text)))
             return
         super().dataReceived(data)
 
@@ -269,6 +269,7 @@ class SFTPLink:
         self.generation = 0  # bumped per session: SFTP handles die with theirs
         self.extensions = {}
         self.last_error = None
+        self._last_error_class = LinkDown
         self._client = None
         self._waiters = None
         self._down_until = 0.0
@@ -288,7 +289,7 @@ class SFTPLink:
             self._waiters.append(waiter)
             return waiter
         if self.reactor.seconds() < self._down_until:
-            return defer.fail(LinkDown(self.last_error or "the host is unreachable"))
+            return defer.fail(self._last_error_class(self.last_error or "the host is unreachable"))
         self._waiters = [waiter]
         d = defer.maybeDeferred(self._connect)
         d.addTimeout(self.timeout, self.reactor)
@@ -308,11 +309,13 @@ class SFTPLink:
 
     def _down(self, failure):
         self.last_error = describe(failure)
+        # a refusal stays one (the mount words it as the host's answer, not as "cannot reach")
+        self._last_error_class = HostRefused if failure.check(HostRefused) else LinkDown
         self._down_until = self.reactor.seconds() + self.retry_after
         log.warn("cannot reach the host: {why}", why=self.last_error)
         waiters, self._waiters = self._waiters, None
         for w in waiters:
-            w.errback(LinkDown(self.last_error))
+            w.errback(self._last_error_class(self.last_error))
 
     def _lost(self, client):
         if self._client is client:

@@ -136,10 +136,7 @@ class Mount:
         def start():
             d = link.session()
             d.addCallback(lambda _: fs.lstat(self.remote_root))
-            d.addCallbacks(connected, lambda f: fail(f"cannot reach the host: {f.getErrorMessage()}"
-                                                     if not _is_missing(f) else
-                                                     f"remote directory {self.remote_root.decode(errors='replace')}"
-                                                     " does not exist"))
+            d.addCallbacks(connected, lambda f: fail(start_failure_message(f, self.remote_root)))
 
         def connected(attrs):
             import stat
@@ -187,6 +184,18 @@ class Mount:
         reactor.callWhenRunning(start)
         reactor.run()
         return self.exit_code
+
+
+def start_failure_message(failure, remote_root):
+    """Why the mount never started, in one line: the host's own refusal as
+    it is (it was reached), anything else as not reaching it."""
+    from skypty.fs.errors import HostRefused
+
+    if _is_missing(failure):
+        return f"remote directory {remote_root.decode(errors='replace')} does not exist"
+    if failure.check(HostRefused):
+        return failure.getErrorMessage()
+    return f"cannot reach the host: {failure.getErrorMessage()}"
 
 
 def _is_missing(failure):
