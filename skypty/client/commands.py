@@ -231,7 +231,8 @@ def cmd_shell(args, parser):
     from skypty.client.interactive import interactive
 
     return interactive(lambda: open_direct(pk, host, port, args), attach=args.attach, command=command,
-                       want_pty=want_pty, escape=args.escape, label=f"{host}:{port}")
+                       want_pty=want_pty, escape=args.escape, label=f"{host}:{port}",
+                       predict=predict_mode(args, args.target))
 
 
 @guarded
@@ -250,7 +251,25 @@ def cmd_start(args, parser):
         label = "the local host"
     command = remote_argv(args.command) if args.command else None
     return interactive(opener, attach=args.attach, command=command, want_pty=want_pty,
-                       escape=args.escape, label=label)
+                       escape=args.escape, label=label, predict=predict_mode(args, args.pk))
+
+
+def predict_mode(args, target):
+    """--predict, else the host's `predict` in hosts.toml, else $SKYPTY_PREDICT, else auto."""
+    if args.predict:
+        return args.predict
+    if target and "@" not in target and len(target) != 66:  # a host name
+        from skypty.client.hosts import load_hosts
+
+        entry = load_hosts().get(target)
+        if entry is not None and entry.predict:
+            return entry.predict
+    env = os.environ.get("SKYPTY_PREDICT", "")
+    if env in ("auto", "always", "never"):
+        return env
+    if env:
+        raise SkyptyError(f"$SKYPTY_PREDICT={env!r}: expected auto, always or never")
+    return "auto"
 
 
 def _whitelist_rpc(args, verb="this verb"):

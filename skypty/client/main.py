@@ -92,6 +92,10 @@ def _terminal_options(parser, tty_help):
     parser.add_argument("-e", dest="escape", metavar="CHAR", type=_escape_char, default=b"~",
                         help="escape character at the start of a line (default ~: ~. disconnects, "
                              "~? lists the escapes); ^X for a control key; none turns it off")
+    parser.add_argument("--predict", choices=("auto", "always", "never"), default=None,
+                        help="show typed characters before the host echoes them (as mosh does): auto "
+                             "(default) does above ~30 ms round trip; also `predict` in hosts.toml "
+                             "and $SKYPTY_PREDICT")
 
 
 def _command_arg(parser, required):
@@ -292,6 +296,8 @@ def build_parser(only=None):
     ha.add_argument("--transport", choices=("tcp", "dmsg", "skynet"),
                     help="how to reach it (default: tcp with --addr, else through the local host)")
     ha.add_argument("--group", metavar="G", action="append", help="put it in group G (repeatable)")
+    ha.add_argument("--predict", choices=("auto", "always", "never"),
+                    help="local echo prediction for shells on it (default auto)")
     ha.add_argument("--force", action="store_true", help="replace an existing NAME")
     hr = hs.add_parser("remove", help="forget names")
     hr.add_argument("names", metavar="NAME", nargs="+")

@@ -1,0 +1,316 @@
+"""The predictive local echo core (skypty.client.predict), without I/O.
+
+A simulated link: keystrokes reach a fake remote line editor one RTT/2
+later, its echo comes back another RTT/2 later, and the write
+acknowledgement with it.  The local terminal is a pyte screen fed the
+predictor's bytes; the reference is a pyte screen fed only the host's
+bytes.  Whatever was predicted, the two must end identical.
+"""
+
+import heapq
+
+import pytest
+
+pyte = pytest.importorskip("pyte")
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from skypty.client import predict as P  # noqa: E402
+from skypty.host.shell import TTY_ECHO, TTY_ICANON, TTY_KNOWN  # noqa: E402
+
+ROWS, COLS = 10, 40
+RTT = 0.2
+RAW = TTY_KNOWN  # readline's modes: no ICANON, no ECHO (it echoes itself)
+SECRET = TTY_KNOWN | TTY_ICANON  # read -s, getpass: canonical, echo off
+
+
+def plain(data):
+    """*data* without the underline unconfirmed predictions get on a slow link."""
+    return data.replace(b"\x1b[4m", b"").replace(b"\x1b[24m", b"")
+
+
+class LineEditor:
+    """The remote: a readline-like editor on one line after a prompt."""
+
+    def __init__(self, prompt="$ ", echo=True):
+        self.prompt, self.line, self.pos, self.echo = prompt, "", 0, echo
+
+    def start(self):
+        return self.prompt.encode()
+
+    def key(self, data):
+        out = []
+        for kind, char in P.parse_keys(data):
+            if not self.echo:
+                continue
+            if kind == P.CHAR:
+                tail = self.line[self.pos:]
+                self.line = self.line[:self.pos] + char + tail
+                self.pos += 1
+                out.append((char + tail + "\b" * len(tail)).encode())
+            elif kind == P.BACKSPACE and self.pos > 0:
+                tail = self.line[self.pos:]
+                self.line = self.line[:self.pos - 1] + tail
+                self.pos -= 1
+                out.append(("\b" + tail + " " + "\b" * (len(tail) + 1)).encode())
+            elif kind == P.LEFT and self.pos > 0:
+                self.pos -= 1
+                out.append(b"\b")
+            elif kind == P.RIGHT and self.pos < len(self.line):
+                out.append(self.line[self.pos].encode())
+                self.pos += 1
+            elif kind == P.OPAQUE and data == b"\r":
+                out.append(b"\r\n" + self.prompt.encode())
+                self.line, self.pos = "", 0
+        return b"".join(out)
+
+
+class Session:
+    def __init__(self, remote, mode="always", rtt=RTT, flags=None):
+        self.remote, self.rtt, self.flags = remote, rtt, flags
+        self.predictor = P.Predictor(ROWS, COLS, mode)
+        self.local = pyte.Screen(COLS, ROWS)
+        self.local_stream = pyte.ByteStream(self.local)
+        self.reference = pyte.Screen(COLS, ROWS)
+        self.reference_stream = pyte.ByteStream(self.reference)
+        self.now = 0.0
+        self.events = []
+        self.seq = 0
+        self.written = []  # (time, bytes) given to the local terminal
+        self._output(remote.start())
+
+    def _at(self, when, what, *args):
+        self.seq += 1
+        heapq.heappush(self.events, (when, self.seq, what, args))
+
+    def _show(self, data):
+        if data:
+            self.written.append((self.now, data))
+            self.local_stream.feed(data)
+
+    def _output(self, data):
+        if self.flags is not None:
+            self.predictor.set_flags(self.flags)
+        self.reference_stream.feed(data)
+        self._show(self.predictor.host_output(data, self.now))
+
+    def type(self, data):
+        shown, batch = self.predictor.keys(data, self.now)
+        self._show(shown)
+        self._at(self.now + self.rtt / 2, "remote", data, batch, self.now)
+        return shown
+
+    def run_until(self, when):
+        while True:
+            deadline = self.predictor.next_deadline()
+            nxt = self.events[0][0] if self.events else None
+            if deadline is not None and deadline <= when and (nxt is None or deadline < nxt):
+                self.now = max(self.now, deadline)
+                self._show(self.predictor.tick(self.now))
+                continue
+            if nxt is None or nxt > when:
+                break
+            self.now, _, what, args = heapq.heappop(self.events)
+            if what == "remote":
+                data, batch, sent = args
+                echo = self.remote.key(data)
+                self._at(self.now + self.rtt / 2, "ack", batch, sent)
+                if echo:
+                    self._at(self.now + self.rtt / 2, "output", echo)
+            elif what == "ack":
+                batch, sent = args
+                self._show(self.predictor.rtt_sample(self.now - sent, self.now))
+                self.predictor.acked(batch, self.now)
+            else:
+                self._output(args[0])
+        self.now = max(self.now, when)
+
+    def settle(self):
+        self.run_until(self.now + 10)
+
+    def line(self):
+        """The local terminal's cursor row."""
+        return self.local.display[self.local.cursor.y]
+
+    def local_dump(self):
+        return self.local.display, (self.local.cursor.x, self.local.cursor.y)
+
+    def reference_dump(self):
+        return self.reference.display, (self.reference.cursor.x, self.reference.cursor.y)
+
+
+def test_parse_keys():
+    assert P.parse_keys(b"ab\x7f\x1b[D\x1bOC") == [(P.CHAR, "a"), (P.CHAR, "b"), (P.BACKSPACE, ""),
+                                                   (P.LEFT, ""), (P.RIGHT, "")]
+    assert P.parse_keys(b"a\rb") == [(P.CHAR, "a"), (P.OPAQUE, "")]
+
+
+def test_host_bits_agree():
+    assert (P.TTY_KNOWN, P.TTY_ECHO, P.TTY_ICANON) == (TTY_KNOWN, TTY_ECHO, TTY_ICANON)
+
+
+def test_nothing_predicted_passes_the_bytes_unchanged():
+    p = P.Predictor(ROWS, COLS, "always")
+    data = b"\x1b[31mhello\x1b[0m\r\n"
+    assert p.host_output(data, 0.0) is data
+
+
+def test_typing_shows_at_once_after_the_first_confirmation():
+    s = Session(LineEditor(), flags=RAW)
+    s.run_until(0.01)
+    assert s.type(b"l") == b""  # tentative: the host has not shown it can echo yet
+    s.run_until(s.now + 0.25)
+    assert s.line().startswith("$ l")  # the echo, one RTT later
+    assert plain(s.type(b"s")) == b"s"  # now predicted at once, at the cursor
+    assert s.type(b" ") == b"\x1b[1C"  # a blank over a blank: only the cursor moves
+    assert plain(s.type(b"-")) == b"-"
+    assert s.line().startswith("$ ls -")
+    s.settle()
+    assert s.local_dump() == s.reference_dump()
+    assert s.predictor.confirmed == 4 and s.predictor.failed == 0
+
+
+def test_editing_keys_predicted_and_exact():
+    s = Session(LineEditor(), flags=RAW)
+    s.type(b"e")
+    s.run_until(0.3)
+    for key in (b"c", b"h", b"o", b"\x1b[D", b"\x1b[D", b"X", b"\x7f", b"\x1b[C", b"Y", b"\x7f", b"Z"):
+        s.type(key)
+        s.run_until(s.now + 0.01)
+    assert s.line().startswith("$ echZo")
+    assert s.predictor.failed == 0
+    s.settle()
+    assert s.local_dump() == s.reference_dump()
+    assert s.reference.display[s.reference.cursor.y].startswith("$ echZo")
+
+
+def test_no_prediction_of_a_secret():
+    s = Session(LineEditor(echo=False), flags=SECRET)
+    s.run_until(0.01)
+    for key in b"hunter2":
+        assert s.type(bytes((key,))) == b""
+        s.run_until(s.now + 0.01)
+    s.settle()
+    assert all(b"h" not in data and b"2" not in data for _, data in s.written)
+
+
+def test_no_echo_after_enter_stays_hidden_on_a_reference_host():
+    """No tty modes from the host (a reference host): after Enter, the first
+    keys are tentative, and a prompt that does not echo never confirms them."""
+    editor = LineEditor()
+    s = Session(editor, flags=None)
+    s.type(b"a")
+    s.run_until(0.3)
+    s.type(b"b")  # confident now
+    s.type(b"\r")  # a new prompt...
+    s.run_until(1.0)
+    editor.echo = False  # ...that does not echo (a password prompt)
+    for key in b"secret":
+        s.type(bytes((key,)))
+        s.run_until(s.now + 0.02)
+    s.settle()
+    typed_after_enter = b"".join(data for t, data in s.written if t >= 1.0)
+    assert not any(c in typed_after_enter for c in b"secrt")
+    assert s.local_dump() == s.reference_dump()
+
+
+def test_misprediction_is_repaired_within_one_rtt():
+    editor = LineEditor()
+    s = Session(editor, flags=RAW)
+    s.type(b"a")
+    s.run_until(0.3)
+    editor.echo = False  # from now on the remote swallows keys (as vi's normal mode would)
+    typed_at = s.now
+    assert plain(s.type(b"x")) == b"x"  # predicted, and wrong
+    assert s.line().startswith("$ ax")
+    s.run_until(typed_at + RTT + s.predictor.grace + 0.001)
+    assert s.line().startswith("$ a ")
+    assert s.predictor.failed == 1
+    assert s.local_dump() == s.reference_dump()
+    assert s.predictor.grace < RTT  # repaired within about one RTT of the key's echo being due
+    assert s.type(b"y") == b""  # after a failure: tentative again
+
+
+def test_no_prediction_on_the_alternate_screen():
+    s = Session(LineEditor(prompt="\x1b[?1049h\x1b[H~"), flags=RAW)
+    s.type(b"a")
+    s.run_until(0.3)
+    assert s.type(b"b") == b""
+
+
+def test_underlined_on_a_slow_link_and_undone():
+    s = Session(LineEditor(), flags=RAW, rtt=0.3)
+    s.type(b"a")
+    s.run_until(0.4)
+    assert s.type(b"b") == b"\x1b[4mb\x1b[24m"
+    s.settle()
+    assert s.local_dump() == s.reference_dump()
+    assert not s.local.buffer[s.local.cursor.y][3].underscore
+
+
+def test_auto_turns_on_above_30ms_only():
+    fast = Session(LineEditor(), mode="auto", rtt=0.002, flags=RAW)
+    for key in b"abcdef":
+        fast.type(bytes((key,)))
+        fast.run_until(fast.now + 0.01)
+    assert fast.predictor.predicted == 0 and not fast.predictor.active
+    slow = Session(LineEditor(), mode="auto", rtt=0.1, flags=RAW)
+    for key in b"abcdef":
+        slow.type(bytes((key,)))
+        slow.run_until(slow.now + 0.15)
+    assert slow.predictor.active and slow.predictor.predicted > 0
+
+
+def test_flood_is_not_emulated_and_passes_unchanged():
+    p = P.Predictor(ROWS, COLS, "always")
+    chunk = b"x" * 1000 + b"\r\n"
+    for _ in range(200):
+        assert p.host_output(chunk, 0.0) is chunk
+    assert p.screen is None  # never emulated
+    assert p.backlog_size <= P.FLOOD_BYTES
+    p.host_output(b"$ ", 0.0)
+    assert p._ready(1.0)  # resynced from the flood's last line: predicting again
+
+
+def test_flood_keeps_the_alternate_screen_known():
+    p = P.Predictor(ROWS, COLS, "always")
+    p.host_output(b"\x1b[?1049h", 0.0)
+    for _ in range(100):
+        p.host_output(b"y" * 1000 + b"\r\n", 0.0)
+    assert not p._ready(1.0)
+    p.host_output(b"\x1b[?1049l\r$ ", 0.0)
+    assert p._ready(1.0)
+
+
+def test_compact_modes_keeps_the_last_word():
+    seqs = [b"\x1b[?1049h", b"\x1b[31m", b"\x1b[0m", b"\x1b[1m", b"\x1b[?1049l", b"\x1b(0", b"\x1b(B"]
+    assert P.compact_modes(seqs) == [b"\x1b[?1049l", b"\x1b(B", b"\x1b[1m"]
+
+
+def test_local_notice_erases_predictions_first():
+    s = Session(LineEditor(), flags=RAW)
+    s.type(b"a")
+    s.run_until(0.3)
+    s.type(b"b")
+    s._show(s.predictor.local_output(b"\r\n[skypty: note]\r\n", s.now))
+    s._show(b"\r\n[skypty: note]\r\n")
+    s.reference_stream.feed(b"\r\n[skypty: note]\r\n")
+    s.settle()
+    assert s.local_dump() == s.reference_dump()
+
+
+KEYS = st.sampled_from([b"a", b"b", b" ", b"\x7f", b"\x1b[D", b"\x1b[C", b"\r", b"\t", b"xy"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(KEYS, st.floats(0.0, 0.4), st.booleans()), max_size=40),
+       st.sampled_from([None, RAW]))
+def test_screen_always_ends_as_without_prediction(steps, flags):
+    editor = LineEditor()
+    s = Session(editor, flags=flags)
+    for key, pause, echo in steps:
+        editor.echo = echo or key == b"\r"
+        s.type(key)
+        s.run_until(s.now + pause)
+    s.settle()
+    assert s.local_dump() == s.reference_dump()
