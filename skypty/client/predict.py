@@ -237,9 +237,9 @@ class Predictor:
 
     def acked(self, batch, now):
         """The host has the keystrokes of *batch* (its pty.Write reply)."""
-        if batch in self.opaque_batches:
-            self.opaque_batches.discard(batch)
-            self.blocked_until = max(self.blocked_until, now + self.grace)
+        # Its echo may still be on its way: what is predicted from here on is
+        # tentative (a new epoch), shown only once the host confirms it.
+        self.opaque_batches.discard(batch)
         deadline = now + self.grace
         for key in self.pending:
             if key.batch == batch:

@@ -1,0 +1,222 @@
+"""Predictive local echo through real terminals (issue #24): the real client
+in a pty (pexpect), a real host, a 200 ms RTT path (tests/delayrelay.py).
+
+What the client writes to its terminal is recorded with arrival times and
+replayed into pyte: the screen a user sees after typing must equal the
+screen the same typing gives without prediction."""
+
+import os
+import statistics
+import sys
+import threading
+import time
+
+import pexpect
+import pytest
+
+pyte = pytest.importorskip("pyte")
+
+from tests.delayrelay import DelayRelay  # noqa: E402
+from tests.hosts import CLIENT, Host, env, wait_for  # noqa: E402
+
+RTT = 0.2
+ROWS, COLS = 24, 80
+PROMPT = "PP$ "
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    h = Host(tmp_path_factory.mktemp("predict")).start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="module")
+def slow(host):
+    relay = DelayRelay(host.tcp_port, RTT)
+    yield f"{host.pk}@127.0.0.1:{relay.port}"
+    relay.close()
+
+
+class Terminal:
+    """The client on a pty; every byte it writes, with the time it arrived."""
+
+    def __init__(self, target, host, predict, command):
+        e = env()
+        self.child = pexpect.spawn(CLIENT[0], CLIENT[1:] + ["shell", "-t", target, "-i", host.config_path,
+                                                            "--predict", predict, "--"] + command,
+                                   env=e, dimensions=(ROWS, COLS), timeout=20, echo=False)
+        self.child.delaybeforesend = None  # pexpect sleeps 50 ms before each send by default
+        self.chunks = []  # (monotonic time, bytes)
+        self.lock = threading.Lock()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        fd = self.child.child_fd
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            with self.lock:
+                self.chunks.append((time.monotonic(), data))
+
+    def output(self, since=0.0):
+        with self.lock:
+            return b"".join(d for t, d in self.chunks if t >= since)
+
+    def wait_for(self, text, since=0.0, timeout=10.0):
+        """-> the time *text* (bytes) was first complete in the output after *since*."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                seen = b""
+                for t, d in self.chunks:
+                    if t >= since:
+                        seen += d
+                        if text in seen:
+                            return t
+            time.sleep(0.002)  # polling the recorder with a deadline
+        raise AssertionError(f"{text!r} never came; got {self.output(since)[-300:]!r}")
+
+    def send(self, data):
+        now = time.monotonic()
+        self.child.send(data)
+        return now
+
+    def screen(self):
+        screen = pyte.Screen(COLS, ROWS)
+        pyte.ByteStream(screen).feed(self.output())
+        return screen.display, (screen.cursor.x, screen.cursor.y)
+
+    def close(self):
+        self.child.close(force=True)
+
+
+def bash():
+    return ["env", f"PS1={PROMPT}", "bash", "--norc", "--noprofile", "-i"]
+
+
+def started(target, host, predict, command=None):
+    term = Terminal(target, host, predict, command or bash())
+    term.wait_for(PROMPT.encode())
+    return term
+
+
+def settle(term, quiet=0.8):
+    """Wait until the terminal has been quiet for *quiet* seconds."""
+    def still():
+        with term.lock:
+            last = term.chunks[-1][0] if term.chunks else 0
+        return time.monotonic() - last > quiet
+    wait_for(still, timeout=15, what="a quiet terminal")
+
+
+def type_slowly(term, keys, gap=0.05):
+    for key in keys:
+        term.send(key)
+        time.sleep(gap)  # a person's typing rhythm (the test's input, not a synchronisation)
+
+
+EDIT = [b"e", b"c", b"h", b"o", b" ", b"h", b"e", b"l", b"o", b"\x1b[D", b"l", b"\x1b[C", b"!", b"\x7f",
+        b" ", b"w", b"x", b"\x7f", b"o", b"r", b"l", b"d"]
+
+
+def test_typed_characters_appear_at_once_and_the_screen_is_exact(host, slow):
+    term = started(slow, host, "always")
+    try:
+        t = term.send(b"e")  # the first key of a line is shown when the host confirms it
+        term.wait_for(b"e", since=t)
+        term.send(b"\x7f")
+        settle(term, 0.5)
+        delays = []
+        for key in b"echo predicted":
+            t = term.send(bytes((key,)))
+            if key != ord(" "):  # a blank over a blank: only the cursor moves
+                delays.append(term.wait_for(bytes((key,)), since=t) - t)
+            time.sleep(0.03)  # a typing rhythm
+        assert statistics.median(delays) < 0.05, delays  # the path's RTT is 200 ms
+        type_slowly(term, EDIT[4:])  # editing keys, as the next test types them
+        term.send(b"\r")
+        term.wait_for(b"\rpredicted hello world\r\n")
+        settle(term)
+        predicted = term.screen()
+    finally:
+        term.close()
+    plain = started(slow, host, "never")
+    try:
+        type_slowly(plain, [b"e", b"\x7f"] + [bytes((k,)) for k in b"echo predicted"] + EDIT[4:])
+        plain.send(b"\r")
+        plain.wait_for(b"\rpredicted hello world\r\n")
+        settle(plain)
+        assert plain.screen() == predicted
+    finally:
+        plain.close()
+
+
+def test_nothing_typed_at_read_s_reaches_the_terminal(host, slow):
+    term = started(slow, host, "always")
+    try:
+        type_slowly(term, [bytes((k,)) for k in b"echo ready"])
+        term.send(b"\r")
+        term.wait_for(b"\rready\r\n")
+        type_slowly(term, [bytes((k,)) for k in b"read -s -p pw: V; echo got ${#V}"])
+        t = term.send(b"\r")
+        term.wait_for(b"pw:", since=t)
+        secret = b"QZXJQZXJ"
+        t = term.send(secret[:4])  # a burst, as a typist types a password
+        type_slowly(term, [bytes((k,)) for k in secret[4:]], gap=0.02)
+        term.send(b"\r")
+        term.wait_for(b"got 8", since=t)
+        settle(term, 0.5)
+        after = term.output(since=t)
+        assert not any(c in after for c in b"QZXJ"), after
+    finally:
+        term.close()
+
+
+SWALLOW = ("import os, sys, tty\n"
+           "tty.setraw(0)\n"
+           "os.write(1, b'RAW> ')\n"
+           "while True:\n"
+           "    k = os.read(0, 1)\n"
+           "    if k == b'q': break\n"
+           "    if k != b'z': os.write(1, k)\n")
+
+
+def test_a_misprediction_is_repaired_within_one_rtt(host, slow):
+    """A raw-mode program that swallows 'z' (as vi's normal mode swallows
+    keys): the predicted z is erased about one RTT after it was typed."""
+    term = Terminal(slow, host, "always", [sys.executable, "-c", SWALLOW])
+    try:
+        term.wait_for(b"RAW> ")
+        type_slowly(term, [b"a", b"b", b"c"], gap=0.3)
+        settle(term, 0.4)
+        t = term.send(b"z")
+        shown = term.wait_for(b"z", since=t)
+        assert shown - t < 0.05  # predicted
+        repaired = term.wait_for(b"\x1b[1D", since=shown)  # the cell repainted, the cursor put back
+        assert repaired - t < 2 * RTT, repaired - t
+        settle(term, 0.5)
+        display, cursor = term.screen()
+        assert "RAW> abc" in "".join(display) and "z" not in "".join(display)
+        assert cursor[0] == len("RAW> abc")
+    finally:
+        term.close()
+
+
+def test_never_and_loopback_auto_write_exactly_the_hosts_bytes(host):
+    """Without prediction (auto on loopback) the terminal gets the host's bytes
+    unchanged: no cursor movement of ours, nothing underlined."""
+    term = started(host.target, host, "auto")
+    try:
+        type_slowly(term, [bytes((k,)) for k in b"echo fast"], gap=0.02)
+        term.send(b"\r")
+        term.wait_for(b"\rfast\r\n")
+        out = term.output()
+        assert b"\x1b[4m" not in out and b"\x1b[1C" not in out
+    finally:
+        term.close()
