@@ -86,3 +86,59 @@ class DelayRelay:
                 s.close()
             except OSError:
                 pass
+
+
+class DelayUDPRelay:
+    """The same for UDP (mosh): datagrams from the client are sent on to
+    *target_port* from a socket of our own, the replies back to the client's
+    latest address, each one *rtt*/2 late."""
+
+    def __init__(self, target_port, rtt, host="127.0.0.1"):
+        self.target = (host, target_port)
+        self.delay = rtt / 2
+        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.front.bind((host, 0))
+        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.back.bind((host, 0))
+        self.port = self.front.getsockname()[1]
+        self.client = None
+        self.closed = False
+        self.queue = collections.deque()
+        self.ready = threading.Condition()
+        threading.Thread(target=self._read, args=(self.front, True), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.back, False), daemon=True).start()
+        threading.Thread(target=self._write, daemon=True).start()
+
+    def _read(self, sock, from_client):
+        while not self.closed:
+            try:
+                data, address = sock.recvfrom(65536)
+            except OSError:
+                return
+            if from_client:
+                self.client = address
+            with self.ready:
+                self.queue.append((time.monotonic() + self.delay, data, from_client))
+                self.ready.notify()
+
+    def _write(self):
+        while not self.closed:
+            with self.ready:
+                while not self.queue:
+                    self.ready.wait()
+                due, data, from_client = self.queue.popleft()
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)  # the emulated path's latency itself
+            try:
+                if from_client:
+                    self.back.sendto(data, self.target)
+                elif self.client is not None:
+                    self.front.sendto(data, self.client)
+            except OSError:
+                pass
+
+    def close(self):
+        self.closed = True
+        self.front.close()
+        self.back.close()
