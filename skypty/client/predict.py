@@ -47,9 +47,12 @@ ON_RTT, OFF_RTT = 0.030, 0.020  # auto: predict above ON_RTT, stop below OFF_RTT
 UNDERLINE_RTT = 0.080  # unconfirmed predictions are underlined above this smoothed RTT
 UNACKED_TIMEOUT = 3.0  # a keystroke the host never acknowledged
 
-# what a dropped stretch of output may change that matters afterwards: modes,
-# SGR, character sets, margins, a full reset
-_MODES = re.compile(rb"\x1b\[[0-9;:?]*[hlmr]|\x1b[()*+][0-9A-Za-z<>=%]|\x1bc|[\x0e\x0f]|\x1b[=>]")
+# what output may change that still matters after it is forgotten: modes,
+# character sets, margins, a full reset; and the SGR attributes since the
+# last reset of them (found from the end: colourful output resets on every line)
+_MODES = re.compile(rb"\x1b(?:\[\??[0-9;]*[hlr]|[()*+][0-9A-Za-z<>=%]|c|[=>])")  # a literal first: fast
+_SGR = re.compile(rb"\x1b\[[0-9;:]*m")
+SGR_KEPT = 32
 
 CHAR, BACKSPACE, LEFT, RIGHT, OPAQUE = "char", "bs", "left", "right", "opaque"
 _ARROWS = {b"\x1b[C": RIGHT, b"\x1bOC": RIGHT, b"\x1b[D": LEFT, b"\x1bOD": LEFT}
@@ -102,15 +105,19 @@ def compact_modes(seqs):
         if seq == b"\x1bc":
             last.clear()
             sgr.clear()
-        elif seq.endswith(b"m"):
+        elif seq.endswith(b"m"):  # (the caller keeps SGR apart; kept here for completeness)
             if seq in (b"\x1b[m", b"\x1b[0m"):
                 sgr.clear()
             else:
-                sgr = sgr[-31:] + [seq]
+                sgr = sgr[-(SGR_KEPT - 1):] + [seq]
         elif seq[-1:] in (b"h", b"l"):
             for n in seq[2:-1].lstrip(b"?").split(b";"):  # one entry per mode number
                 last.pop((seq[2:3] == b"?", n), None)
                 last[(seq[2:3] == b"?", n)] = seq[:2] + (b"?" if seq[2:3] == b"?" else b"") + n + seq[-1:]
+        elif seq in (b"\x0e", b"\x0f"):
+            key = b"shift"
+            last.pop(key, None)
+            last[key] = seq
         else:  # margins, charsets, keypad
             key = seq[:2] if seq[:1] == b"\x1b" and seq[1:2] in b"()*+" else seq[-1:]
             last.pop(key, None)
@@ -168,6 +175,7 @@ class Predictor:
         self.backlog = []
         self.backlog_size = 0
         self.mode_seqs = []  # the output's mode changes (a fresh emulator replays them)
+        self.sgr = []  # its SGR sequences since the last reset
         self.need_cr = False  # the emulator's column is not known until a CR
         self.epoch = 0  # a new one after every opaque key or failure
         self.shown_epoch = -1  # the latest epoch the host has confirmed
@@ -258,15 +266,27 @@ class Predictor:
         return b"".join((undo, data, self._redraw()))
 
     def _queue(self, data):
-        modes = _MODES.findall(data)
-        if modes:
-            self.mode_seqs += modes
-            if len(self.mode_seqs) > MODE_SEQS:
-                self.mode_seqs = compact_modes(self.mode_seqs)
+        if b"\x1b" in data:
+            self._note_modes(data)
+        if b"\x0e" in data or b"\x0f" in data:  # shift out/in: the last one counts
+            self._note_modes(b"\x0e" if data.rfind(b"\x0e") > data.rfind(b"\x0f") else b"\x0f")
         self.backlog.append(data)
         self.backlog_size += len(data)
         if self.backlog_size > FLOOD_BYTES:
             self._drop_backlog()
+
+    def _note_modes(self, data):
+        modes = _MODES.findall(data) if data[:1] == b"\x1b" or len(data) > 1 else [data]
+        if modes:
+            self.mode_seqs += modes
+            if len(self.mode_seqs) > MODE_SEQS:
+                self.mode_seqs = compact_modes(self.mode_seqs)
+        cut = max(data.rfind(b"\x1b[0m"), data.rfind(b"\x1b[m"), data.rfind(b"\x1bc"))
+        if cut >= 0:
+            self.sgr = []
+        sgr = _SGR.findall(data, max(cut, 0))
+        if sgr:
+            self.sgr = (self.sgr + sgr)[-SGR_KEPT:]
 
     def tick(self, now):
         """Time passes: expire predictions the host did not confirm; -> bytes."""
@@ -322,7 +342,7 @@ class Predictor:
             self.stream = stream_class(self.screen)
             # a fresh emulator (at the start, or after a flood): the modes so
             # far, the cursor at the bottom, where a flood leaves it
-            self._feed_bytes(b"".join(self.mode_seqs) + b"\x1b[%dH" % self.rows)
+            self._feed_bytes(b"".join(self.mode_seqs + self.sgr) + b"\x1b[%dH" % self.rows)
         if self.backlog:
             data = b"".join(self.backlog)
             self.backlog, self.backlog_size = [], 0
