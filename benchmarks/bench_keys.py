@@ -251,6 +251,8 @@ def main():
     runs = {
         "skypty shell -t (Noise TCP)": ([CLIENT, "shell", "-t", host.target, "-i", host.config_path,
                                          "--", "sh", "-c", REMOTE], host.proc.pid),
+        "skypty shell -t --predict never": ([CLIENT, "shell", "-t", host.target, "-i", host.config_path,
+                                             "--predict", "never", "--", "sh", "-c", REMOTE], host.proc.pid),
         "skypty start (control socket)": ([CLIENT, "start", "--cliaddr", host.cli, "-i", host.config_path,
                                            "--", "sh", "-c", REMOTE], host.proc.pid),
         "ssh -tt": (ssh[:1] + ["-tt"] + ssh[1:] + [REMOTE], sshd.pid),
@@ -271,7 +273,7 @@ def main():
                   f"p90 {pct(values, 0.9) * 1000:6.3f} ms   CPU/key client {cpu[name][0] / n * 1e6:5.0f} us, "
                   f"server {cpu[name][1] / n * 1e6:5.0f} us")
         base = statistics.median(samples["ssh -tt"])
-        for name in list(runs)[:2]:
+        for name in list(runs)[:3]:
             print(f"  ratio {name} / ssh -tt (p50): {statistics.median(samples[name]) / base:.2f}x (target <= 1.0x)")
     finally:
         host.stop()

@@ -89,8 +89,17 @@ class LocalEcho:
         from skypty.client.predict import Predictor
 
         self.core = Predictor(rows, cols, mode)
-        self.read_method = "pty.ReadFlagged"
+        self.flagged = True  # False once the host says it has no pty.ReadFlagged
+        self.reading_flagged = False  # the read in flight is a pty.ReadFlagged
         self.writes = {}  # pty.Write seq -> (batch, sent at)
+
+    def read_method(self):
+        """The method of the next read: the flagged one only while predicting,
+        so a session that does not predict (auto on a fast path) reads as ever."""
+        self.reading_flagged = self.flagged and self.core.active
+        if not self.reading_flagged:
+            self.core.set_flags(0)  # no news of the tty's modes from here on
+        return "pty.ReadFlagged" if self.reading_flagged else "pty.Read"
 
     def new_link(self, now):
         """A new connection: the old one's writes will never be acknowledged."""
@@ -99,7 +108,7 @@ class LocalEcho:
 
     def output(self, value, now):
         """A read's reply -> (the host's bytes, the bytes for the terminal)."""
-        if self.read_method == "pty.ReadFlagged":
+        if self.reading_flagged:
             if not value:
                 return value, value
             self.core.set_flags(value[0])
@@ -108,8 +117,8 @@ class LocalEcho:
 
     def read_refused(self, error):
         """True when *error* says the host has no pty.ReadFlagged (then pty.Read it is)."""
-        if self.read_method == "pty.ReadFlagged" and _missing(error):
-            self.read_method = "pty.Read"
+        if self.reading_flagged and _missing(error):
+            self.flagged = False
             return True
         return False
 
@@ -337,8 +346,7 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, e
     poller.register(wake_r, select.POLLIN)
     poller.register(stdin_fd, select.POLLIN)
     stdin_open = True
-    read_method = echo.read_method if echo else "pty.Read"
-    read_seq = rpc.start(read_method, READ_SIZE, T.INT, T.BYTES)
+    read_seq = rpc.start(echo.read_method() if echo else "pty.Read", READ_SIZE, T.INT, T.BYTES)
     next_ping = time.monotonic() + PING_INTERVAL
     try:
         while True:
@@ -356,14 +364,14 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, e
                         stdout.flush()
                         offset += len(value)
                     elif echo is not None and echo.read_refused(value):
-                        read_method = echo.read_method
+                        pass  # a host without pty.ReadFlagged: pty.Read from now on
                     elif str(value).startswith(LOST_PREFIX):
                         lost = int(str(value)[len(LOST_PREFIX):].split()[0])
                         _say(f"{lost} bytes of output were lost (this client fell behind)")
                         offset += lost
                     else:
                         return ("ended", None)
-                    read_seq = rpc.start(read_method, READ_SIZE, T.INT, T.BYTES)
+                    read_seq = rpc.start(echo.read_method() if echo else "pty.Read", READ_SIZE, T.INT, T.BYTES)
                 if results:
                     if echo is not None and echo.writes:
                         _show(stdout, echo.replies(results, time.monotonic()))
