@@ -38,6 +38,26 @@ def slow(host):
     relay.close()
 
 
+@pytest.fixture(scope="module")
+def classic(tmp_path_factory):
+    """A host that answers only the reference's methods (no pty.ReadFlagged),
+    on the same slow path: -> (host, target)."""
+    from tests.classic_host import ClassicHost
+
+    h = ClassicHost(tmp_path_factory.mktemp("predict-classic")).start()
+    relay = DelayRelay(h.tcp_port, RTT)
+    yield h, f"{h.pk}@127.0.0.1:{relay.port}"
+    relay.close()
+    h.stop()
+
+
+@pytest.fixture(params=["skypty host", "reference host"])
+def any_host(request, host, slow, classic):
+    """-> (host, target): a skypty host (it tells the tty's modes) or a
+    reference one (prediction then relies on confirmation alone)."""
+    return (host, slow) if request.param == "skypty host" else classic
+
+
 class Terminal:
     """The client on a pty; every byte it writes, with the time it arrived."""
 
@@ -125,7 +145,8 @@ EDIT = [b"e", b"c", b"h", b"o", b" ", b"h", b"e", b"l", b"o", b"\x1b[D", b"l", b
         b" ", b"w", b"x", b"\x7f", b"o", b"r", b"l", b"d"]
 
 
-def test_typed_characters_appear_at_once_and_the_screen_is_exact(host, slow):
+def test_typed_characters_appear_at_once_and_the_screen_is_exact(any_host):
+    host, slow = any_host
     term = started(slow, host, "always")
     try:
         t = term.send(b"e")  # the first key of a line is shown when the host confirms it
@@ -157,7 +178,8 @@ def test_typed_characters_appear_at_once_and_the_screen_is_exact(host, slow):
         plain.close()
 
 
-def test_nothing_typed_at_read_s_reaches_the_terminal(host, slow):
+def test_nothing_typed_at_read_s_reaches_the_terminal(any_host):
+    host, slow = any_host
     term = started(slow, host, "always")
     try:
         type_slowly(term, [bytes((k,)) for k in b"echo ready"])
