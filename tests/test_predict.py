@@ -314,3 +314,34 @@ def test_screen_always_ends_as_without_prediction(steps, flags):
         s.run_until(s.now + pause)
     s.settle()
     assert s.local_dump() == s.reference_dump()
+
+
+def test_hosts_toml_predict_field():
+    from skypty.client import hosts as H
+    from skypty.keys import generate_keypair
+
+    key = generate_keypair()[0].hex()
+    hosts = H.parse_hosts(f'[slow]\nkey = "{key}"\naddr = "h:1"\npredict = "never"\n')
+    assert hosts["slow"].predict == "never"
+    assert H.parse_hosts(H.render_hosts(hosts)) == hosts
+    with pytest.raises(H.HostsError, match="predict 'sometimes'"):
+        H.parse_hosts(f'[a]\nkey = "{key}"\npredict = "sometimes"\n')
+
+
+def test_predict_mode_precedence(tmp_path, monkeypatch):
+    import argparse
+
+    from skypty.client.commands import predict_mode
+    from skypty.keys import generate_keypair
+
+    key = generate_keypair()[0].hex()
+    (tmp_path / "skypty").mkdir()
+    (tmp_path / "skypty" / "hosts.toml").write_text(f'[slow]\nkey = "{key}"\npredict = "always"\n')
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("SKYPTY_PREDICT", raising=False)
+    assert predict_mode(argparse.Namespace(predict=None), key) == "auto"
+    assert predict_mode(argparse.Namespace(predict=None), "slow") == "always"
+    assert predict_mode(argparse.Namespace(predict="never"), "slow") == "never"
+    monkeypatch.setenv("SKYPTY_PREDICT", "never")
+    assert predict_mode(argparse.Namespace(predict=None), key) == "never"
+    assert predict_mode(argparse.Namespace(predict=None), "slow") == "always"

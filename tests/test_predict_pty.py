@@ -242,3 +242,31 @@ def test_never_and_loopback_auto_write_exactly_the_hosts_bytes(host):
         assert b"\x1b[4m" not in out and b"\x1b[1C" not in out
     finally:
         term.close()
+
+
+def test_read_flagged_tells_the_ptys_echo_mode(host):
+    """pty.ReadFlagged: pty.Read with one byte of the pty's modes first,
+    taken when the output is handed over (so with the prompt it precedes)."""
+    from skypty.client.rpc import BlockingRPC, request_service
+    from skypty.client.transport import connect_noise
+    from skypty.host.shell import TTY_ECHO, TTY_ICANON, TTY_KNOWN
+    from skypty.keys import PublicKey, SecretKey
+    from skypty.wire import types as T
+
+    channel = connect_noise("127.0.0.1", host.tcp_port, PublicKey.from_hex(host.pk),
+                            SecretKey.from_hex(host.data["sk"]))
+    rpc = BlockingRPC(channel, request_service(channel, "dmsgpty/pty"))
+    try:
+        rpc.call("pty.Start", T.CommandReq.cls(name="sh", arg=[], env=["TERM=xterm"]), T.CommandReq, T.EMPTY)
+        rpc.call("pty.Write", b"stty -echo; printf 'A''B'; read x\n", T.BYTES, T.INT)
+        modes, seen = [], b""
+        deadline = time.monotonic() + 10
+        while b"AB" not in seen and time.monotonic() < deadline:
+            reply = rpc.call("pty.ReadFlagged", 4096, T.INT, T.BYTES)
+            modes.append(reply[0])
+            seen += reply[1:]
+        assert b"AB" in seen, seen
+        assert modes[0] == TTY_KNOWN | TTY_ECHO | TTY_ICANON  # sh reads its line with echo on
+        assert modes[-1] == TTY_KNOWN | TTY_ICANON  # with the output after stty -echo: echo off
+    finally:
+        channel.close()
