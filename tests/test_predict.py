@@ -345,3 +345,23 @@ def test_predict_mode_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("SKYPTY_PREDICT", "never")
     assert predict_mode(argparse.Namespace(predict=None), key) == "never"
     assert predict_mode(argparse.Namespace(predict=None), "slow") == "always"
+
+
+def test_typing_at_the_end_leaves_a_right_hand_prompt_alone():
+    s = Session(LineEditor(prompt="$ \x1b[34C[rp]\r\x1b[2C"), flags=RAW)
+    s.type(b"a")
+    s.run_until(0.3)
+    assert plain(s.type(b"b")) == b"b"  # predicted, though the row's end is not blank
+    assert s.line().startswith("$ ab") and s.line().rstrip().endswith("[rp]")
+
+
+def test_resize_erases_predictions_first():
+    s = Session(LineEditor(), flags=RAW)
+    s.type(b"a")
+    s.run_until(0.3)
+    s.type(b"bc")
+    assert s.line().startswith("$ abc")
+    s._show(s.predictor.resize(ROWS, COLS, s.now))
+    assert s.local_dump() == s.reference_dump()  # as the host left it
+    s.settle()
+    assert s.local_dump() == s.reference_dump()

@@ -414,9 +414,14 @@ class Predictor:
         last = self.cols - 2  # the last column a prediction may write
         canonical = self.flags is not None and self.flags & TTY_ICANON
         if kind == CHAR:
-            if col > last or cells[last] != " " or cells[last + 1] != " ":
+            if col > last:
                 return None
-            new = cells[:col] + (char,) + cells[col:-1], col + 1
+            if cells[col] == " " and cells[col + 1] == " ":  # at the end of the text: it only
+                new = cells[:col] + (char,) + cells[col + 1:], col + 1  # overwrites (a right prompt stays)
+            elif cells[last] != " " or cells[last + 1] != " ":
+                return None  # inserting would push text into the margin
+            else:  # inserting into text: the rest moves right
+                new = cells[:col] + (char,) + cells[col:-1], col + 1
         elif kind == BACKSPACE:
             if col <= floor:
                 return None
