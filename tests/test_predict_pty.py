@@ -61,11 +61,12 @@ def any_host(request, host, slow, classic):
 class Terminal:
     """The client on a pty; every byte it writes, with the time it arrived."""
 
-    def __init__(self, target, host, predict, command):
-        e = env()
-        self.child = pexpect.spawn(CLIENT[0], CLIENT[1:] + ["shell", "-t", target, "-i", host.config_path,
-                                                            "--predict", predict, "--"] + command,
-                                   env=e, dimensions=(ROWS, COLS), timeout=20, echo=False)
+    def __init__(self, target, host, predict, command=(), options=()):
+        argv = ["shell", "-t", target, "-i", host.config_path, "--predict", predict, *options]
+        if command:
+            argv += ["--", *command]
+        self.child = pexpect.spawn(CLIENT[0], CLIENT[1:] + argv, env=env(), dimensions=(ROWS, COLS),
+                                   timeout=20, echo=False)
         self.child.delaybeforesend = None  # pexpect sleeps 50 ms before each send by default
         self.chunks = []  # (monotonic time, bytes)
         self.lock = threading.Lock()
@@ -270,3 +271,42 @@ def test_read_flagged_tells_the_ptys_echo_mode(host):
         assert modes[-1] == TTY_KNOWN | TTY_ICANON  # with the output after stty -echo: echo off
     finally:
         channel.close()
+
+
+@pytest.fixture(scope="module")
+def persistent(tmp_path_factory):
+    h = Host(tmp_path_factory.mktemp("predict-persist"), persistent=True).start()
+    relay = DelayRelay(h.tcp_port, RTT)
+    yield h, f"{h.pk}@127.0.0.1:{relay.port}"
+    relay.close()
+    h.stop()
+
+
+def test_escape_and_reattach_with_prediction(persistent):
+    import re
+
+    host, target = persistent
+    term = started(target, host, "always")
+    try:
+        type_slowly(term, [bytes((k,)) for k in b"echo one"])
+        t = term.send(b"\r")
+        term.wait_for(b"\rone\r\n", since=t)
+        type_slowly(term, [bytes((k,)) for k in b"echo tw"])  # predicted, then left on the line
+        t = term.send(b"\x15\r~.")  # ^U the line, a new one, and disconnect
+        term.wait_for(b"the session lives on", since=t)
+        term.child.expect(pexpect.EOF, timeout=10)
+        term.child.close()
+        assert term.child.exitstatus == 255
+        sid = re.search(rb"--attach ([0-9a-f]+)", term.output()).group(1).decode()
+    finally:
+        term.close()
+    again = Terminal(target, host, "always", options=["--attach", sid])
+    try:
+        again.wait_for(b"reattached session")
+        again.wait_for(b"\rone\r\n")  # the replay
+        settle(again, 0.5)
+        type_slowly(again, [bytes((k,)) for k in b"echo two"])
+        t = again.send(b"\r")
+        again.wait_for(b"\rtwo\r\n", since=t)
+    finally:
+        again.close()
