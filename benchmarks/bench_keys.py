@@ -149,11 +149,12 @@ def screen_echo_times(argv, keys, server_root, rows=24, cols=80):
         servers = descendants(server_root) - ({server_root} if server_root != HOST_ROOT[0] else set())
         c0, s0 = cpu_seconds(clients), cpu_seconds(servers)
         times = []
+        x0, y0 = screen.cursor.x, screen.cursor.y
         for i in range(keys):
             key = "abcdefghijklmnopqrstuvwxyz"[i % 26]
-            x, y = screen.cursor.x, screen.cursor.y
-            if x >= cols:  # a pending wrap
-                x, y = 0, y + 1
+            # where the i-th key lands (counted: clients differ in where they
+            # leave the cursor at the right margin)
+            y, x = divmod(y0 * cols + x0 + i, cols)
             if y >= rows - 1:
                 break  # the screen is full: enough keys
             start = time.perf_counter()
