@@ -36,7 +36,9 @@ from skypty.wire.rpc import RPCClientProtocol
 from tests.appserver_double import AppServerDouble
 from tests.hosts import env
 
-VISOR_APP = os.path.join(os.path.dirname(sys.executable), "skypty-visor-app")
+# What the `skypty-visor-app` console script runs, from this checkout (the
+# tests need no installed skypty; scripts/install-test-deps installs none).
+VISOR_APP = [sys.executable, "-m", "skypty.visorapp"]
 CLIENT = [sys.executable, "-m", "skypty.client.main"]
 PK_HEX = "02" + "11" * 32  # not checked as a point here: only parsing
 
@@ -437,14 +439,12 @@ class VisorApp:
 
     @defer.inlineCallbacks
     def start(self):
-        if not os.path.exists(VISOR_APP):
-            raise AssertionError(f"{VISOR_APP} is missing: reinstall skypty (scripts/install-test-deps)")
         proc_config = self.double.add_proc(self.pk, self.name, args=["--config", self.config_path],
                                            work_dir=self.dir)
         environment = dict(env(), PROC_CONFIG=proc_config)
-        # as the launcher does: the binary itself, no shell, args from launcher.apps
-        self.transport = reactor.spawnProcess(self.process, VISOR_APP,
-                                              [VISOR_APP, "--config", self.config_path],
+        # as the launcher does: the program itself, no shell, args from launcher.apps
+        self.transport = reactor.spawnProcess(self.process, VISOR_APP[0],
+                                              VISOR_APP + ["--config", self.config_path],
                                               env=environment, path=self.dir)
         try:
             yield until(lambda: "Running" in self.proc().statuses or self.process.exit_code is not None,

@@ -11,7 +11,8 @@ import os
 import select
 import sys
 
-from skypty.client.commands import DEFAULT_TCP_PORT, fail, guarded, open_direct, parse_pk, parse_target
+from skypty.client.errors import fail
+from skypty.client.reach import DEFAULT_TCP_PORT, guarded, open_direct, parse_pk, parse_target
 from skypty.client.identity import control_socket, resolve_secret_key
 from skypty.errors import SkyptyError
 from skypty.wire import requestline
@@ -91,10 +92,14 @@ def mount(args):
 
 
 def _via_local_host(args, pk, timeout):
+    from skypty.client.errors import proxy_refusal
+    from skypty.client.transport import foreign_control_socket
     from skypty.fs.link import control_socket_connector
 
     network, address = control_socket(args)
-    return lambda reactor: control_socket_connector(reactor, network, address, pk, args.port, timeout)
+    explain = lambda reason, text: proxy_refusal(reason, text, pk.hex(), args.port)  # noqa: E731
+    return lambda reactor: control_socket_connector(reactor, network, address, pk, args.port, timeout, explain,
+                                                    vet=foreign_control_socket)
 
 
 def umount(args):

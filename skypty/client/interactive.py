@@ -25,7 +25,7 @@ import termios
 import time
 import tty
 
-from skypty.client.errors import ClientError, explain_rpc
+from skypty.client.errors import ClientError, explain_rpc, raise_if_revoked
 from skypty.client.escape import DISCONNECT, SHOW_HELP, EscapeFilter
 from skypty.client.rpc import BlockingRPC, RejectedError
 from skypty.client.transport import TransportError
@@ -370,6 +370,7 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, e
                         _say(f"{lost} bytes of output were lost (this client fell behind)")
                         offset += lost
                     else:
+                        raise_if_revoked(value)
                         return ("ended", None)
                     read_seq = rpc.start(echo.read_method() if echo else "pty.Read", READ_SIZE, T.INT, T.BYTES)
                 if results:
@@ -452,7 +453,8 @@ def piped(opener, command):
     return _pump_pipes(link)
 
 
-def _pump_pipes(link):
+def _pump_pipes(link, deadline=None, on_deadline=None):
+    """-> the exit code; at *deadline* (time.monotonic()), on_deadline()'s."""
     rpc, channel = link.rpc, link.channel
     stdin_fd = sys.stdin.fileno()
     out, err = sys.stdout.buffer, sys.stderr.buffer
@@ -467,6 +469,7 @@ def _pump_pipes(link):
                 value = rpc.results.pop(seq)
                 method, sink = reads.pop(seq)
                 if isinstance(value, RPCError):
+                    raise_if_revoked(value)
                     continue  # EOF on that stream
                 sink.write(value)
                 sink.flush()
@@ -476,7 +479,12 @@ def _pump_pipes(link):
             if not reads:
                 break
             watch = [channel] + ([stdin_fd] if stdin_open else [])
-            ready, _, _ = select.select(watch, [], [], PING_INTERVAL)
+            wait = PING_INTERVAL
+            if deadline is not None:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    return on_deadline()
+            ready, _, _ = select.select(watch, [], [], min(wait, PING_INTERVAL))
             if stdin_open and stdin_fd in ready:
                 data = os.read(stdin_fd, 65536)
                 if data:
