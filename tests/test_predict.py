@@ -365,3 +365,10 @@ def test_resize_erases_predictions_first():
     assert s.local_dump() == s.reference_dump()  # as the host left it
     s.settle()
     assert s.local_dump() == s.reference_dump()
+
+
+def test_private_sgr_does_not_cost_the_emulator():
+    p = P.Predictor(ROWS, COLS, "always")
+    p.host_output(b"\x1b[?1049h\x1b[>4;2m~", 0.0)
+    p._feed()
+    assert p.screen is not None and p.screen.alternate

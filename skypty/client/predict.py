@@ -147,6 +147,10 @@ def _make_screen_class():
             self.alternate = False
             super().reset()
 
+        def select_graphic_rendition(self, *attrs, private=False):
+            if not private:  # "CSI > 4;2 m" (xterm's modifyOtherKeys, vim sends it) is no SGR
+                super().select_graphic_rendition(*attrs)
+
     return Screen, pyte.ByteStream, pyte.charsets.LAT1_MAP, pyte.modes.IRM
 
 
