@@ -29,8 +29,8 @@ are an overlay on top of them:
   insert mode, with a non-ASCII character set, or near the right margin.
 * A flood of output is not emulated: past FLOOD_BYTES of output the
   client has not needed, the bytes are dropped from the emulator (only
-  their mode changes are kept), and prediction waits for a fresh line
-  after a carriage return.
+  their mode changes are kept), and prediction resumes on the flood's
+  last line, or on the next one.
 
 Time is passed in (``now``), never read here.
 """
@@ -40,7 +40,8 @@ import re
 # tty mode bits of pty.ReadFlagged's first byte (skypty.host.shell.tty_mode)
 TTY_KNOWN, TTY_ECHO, TTY_ICANON = 0x80, 0x01, 0x02
 
-FLOOD_BYTES = 48 * 1024  # output not fed to the emulator beyond this is dropped (pyte: ~0.5 MB/s)
+FLOOD_BYTES = 16 * 1024  # output not fed to the emulator beyond this is dropped (pyte: ~0.5 MB/s,
+# so a keystroke after a burst of output waits at most ~30 ms for the emulator)
 MODE_SEQS = 256  # mode changes kept before compaction
 TAIL_BYTES = 4096  # a dropped flood's last line, fed to the fresh emulator if no longer than this
 ON_RTT, OFF_RTT = 0.030, 0.020  # auto: predict above ON_RTT, stop below OFF_RTT (hysteresis)
@@ -180,7 +181,7 @@ class Predictor:
         self.backlog_size = 0
         self.mode_seqs = []  # the output's mode changes (a fresh emulator replays them)
         self.sgr = []  # its SGR sequences since the last reset
-        self.need_cr = False  # the emulator's column is not known until a CR
+        self.need_cr = False  # the emulator's row is not known until a new line (CR LF)
         self.epoch = 0  # a new one after every opaque key or failure
         self.shown_epoch = -1  # the latest epoch the host has confirmed
         self.pending = []  # _Key, oldest first
@@ -350,7 +351,7 @@ class Predictor:
         if self.backlog:
             data = b"".join(self.backlog)
             self.backlog, self.backlog_size = [], 0
-            if self.need_cr and b"\r" in data:
+            if self.need_cr and b"\r\n" in data:
                 self.need_cr = False
             self._feed_bytes(data)
 
@@ -363,11 +364,10 @@ class Predictor:
 
     def _drop_backlog(self):
         """Too much output to emulate: forget it but for its mode changes and
-        its last line (from its last CR, so the cursor's column is known)."""
-        self.pending.clear()
-        self.epoch += 1
+        its last line (from its last CR LF: a fresh row, the column known)."""
+        self._forget(None)
         data = b"".join(self.backlog)
-        cr = data.rfind(b"\r")
+        cr = data.rfind(b"\r\n")
         self.screen = self.stream = None
         self.backlog, self.backlog_size = [], 0
         if cr >= 0 and len(data) - cr <= TAIL_BYTES:
