@@ -338,3 +338,23 @@ def test_vi_gets_no_predictions_and_its_screen_is_exact(host, slow):
         finally:
             term.close()
     assert screens["always"] == screens["never"]
+
+
+def test_after_stty_minus_echo_nothing_typed_is_shown(any_host):
+    """bash after `stty -echo`: readline stops echoing (the tty's modes look
+    as always to the client); the keys after Enter are tentative and never
+    confirmed, so none of them is drawn."""
+    host, slow = any_host
+    term = started(slow, host, "always")
+    try:
+        type_slowly(term, [bytes((k,)) for k in b"stty -echo"])
+        t = term.send(b"\r")
+        term.wait_for(PROMPT.encode(), since=t)
+        t = time.monotonic()
+        type_slowly(term, [bytes((k,)) for k in b"true QZXJ"], gap=0.03)
+        term.send(b"\r")
+        settle(term, 0.6)
+        after = term.output(since=t)
+        assert not any(c in after for c in b"QZXJ"), after
+    finally:
+        term.close()
