@@ -39,6 +39,7 @@ RECONNECT_GIVE_UP = 120.0
 LOST_PREFIX = "dmsgpty: output lost: "
 EXIT_ESCAPED = 255  # "~." (ssh's code for a connection it closed)
 CTRL_D = b"\x04"
+MAX_UNANSWERED_WRITES = 4096  # keystrokes kept for their acknowledgement (predictive echo)
 
 
 def terminal_size(fd):
@@ -123,6 +124,8 @@ class LocalEcho:
         return False
 
     def sent(self, seq, data, now):
+        if len(self.writes) >= MAX_UNANSWERED_WRITES:  # a host that never answers them: forget them
+            self.new_link(now)
         out, batch = self.core.keys(data, now)
         self.writes[seq] = (batch, now)
         return out
