@@ -372,3 +372,22 @@ def test_private_sgr_does_not_cost_the_emulator():
     p.host_output(b"\x1b[?1049h\x1b[>4;2m~", 0.0)
     p._feed()
     assert p.screen is not None and p.screen.alternate
+
+
+def test_the_read_loops_glue():
+    from skypty.client.interactive import LocalEcho
+    from skypty.wire.rpc import RPCError
+
+    echo = LocalEcho("always", ROWS, COLS)
+    assert echo.read_method() == "pty.ReadFlagged"
+    host, shown = echo.output(b"\x83$ ", 0.0)  # the modes byte is the host's, not the terminal's
+    assert (host, shown) == (b"$ ", b"$ ") and echo.core.flags == 0x83
+    echo.read_method()
+    assert echo.read_refused(RPCError("rpc: can't find method pty.ReadFlagged"))
+    assert echo.read_method() == "pty.Read" and echo.core.flags is None
+    assert echo.output(b"\x83$ ", 0.0) == (b"\x83$ ", b"\x83$ ")  # a reference host's bytes, whole
+    assert LocalEcho("auto", ROWS, COLS).read_method() == "pty.Read"  # not predicting: reads as ever
+
+    echo.sent(7, b"a", 0.0)
+    echo.replies({7: 1, 8: None}, 0.2)  # its pty.Write answered: an RTT sample, the key acknowledged
+    assert echo.writes == {} and echo.core.srtt == pytest.approx(0.2)
