@@ -78,6 +78,16 @@ class DelayRelay:
         threading.Thread(target=read, daemon=True).start()
         threading.Thread(target=write, daemon=True).start()
 
+    def cut(self):
+        """Drop every connection through the relay (new ones are still accepted)."""
+        sockets, self.sockets = self.sockets, []
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
     def close(self):
         self.closed = True
         self.listener.close()

@@ -280,9 +280,39 @@ def test_read_flagged_tells_the_ptys_echo_mode(host):
 def persistent(tmp_path_factory):
     h = Host(tmp_path_factory.mktemp("predict-persist"), persistent=True).start()
     relay = DelayRelay(h.tcp_port, RTT)
+    h.relay = relay
     yield h, f"{h.pk}@127.0.0.1:{relay.port}"
     relay.close()
     h.stop()
+
+
+def test_a_dropped_link_leaves_no_prediction_behind(persistent):
+    """The link drops while predictions are on the screen: they are erased
+    before the client's notice, and after the reattach typing goes on."""
+    host, target = persistent
+    term = started(target, host, "always")
+    try:
+        type_slowly(term, [b"e", b"c"], gap=0.3)  # confirmed: the next keys are drawn at once
+        t = term.send(b"h")
+        term.wait_for(b"h", since=t)
+        host.relay.cut()  # before the host's echo of "h" is back
+        term.wait_for(b"reattached session", since=t, timeout=20)
+        settle(term, 0.6)
+        type_slowly(term, [b"\x15"] + [bytes((k,)) for k in b"echo ok"])  # ^U: whatever the host has
+        t = term.send(b"\r")
+        term.wait_for(b"\rok\r\n", since=t)
+        settle(term, 0.5)
+        from skypty.client.predict import _pyte
+
+        screen = _pyte()[0](COLS, ROWS)
+        pyte.ByteStream(screen).feed(term.output())
+        assert not any(screen.buffer[y][x].underscore for y in range(ROWS) for x in range(COLS))
+        notice = term.output().index(b"[skypty: connection lost")
+        before = term.output()[:notice]
+        # the predicted h, then (the link gone) its cell repainted and the cursor back, then the notice
+        assert before.endswith(b"\x1b[4mh\x1b[24m\x1b[1D \x1b[1D\r\n"), before[-80:]
+    finally:
+        term.close()
 
 
 def test_escape_and_reattach_with_prediction(persistent):
