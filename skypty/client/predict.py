@@ -55,6 +55,28 @@ _MODES = re.compile(rb"\x1b(?:\[\??[0-9;]*[hlr]|[()*+][0-9A-Za-z<>=%]|c|[=>])") 
 _SGR = re.compile(rb"\x1b\[[0-9;:]*m")
 SGR_KEPT = 32
 
+# a complete escape sequence (CSI, OSC/DCS/... strings with their end, the short ones)
+_COMPLETE = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[PX^_][^\x1b]*\x1b\\"
+                       rb"|[()*+#%][\x20-\x7e]|[\x20-\x7e](?<![\[\]PX^_()*+#%]))", re.S)
+PARTIAL_MAX = 64 * 1024
+
+
+def unfinished(data):
+    """The end of *data* that the terminal still holds as an unfinished escape
+    sequence or UTF-8 character (b"" if none): our own bytes must not follow it."""
+    esc = data.rfind(b"\x1b")
+    if esc >= 0 and not _COMPLETE.match(data, esc):
+        return data[esc:]
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return b""
+        if byte >= 0xC0:  # a lead byte: how many continuation bytes it wants
+            wants = 1 if byte < 0xE0 else 2 if byte < 0xF0 else 3
+            return data[-back:] if back - 1 < wants else b""
+    return b""
+
+
 CHAR, BACKSPACE, LEFT, RIGHT, OPAQUE = "char", "bs", "left", "right", "opaque"
 _ARROWS = {b"\x1b[C": RIGHT, b"\x1bOC": RIGHT, b"\x1b[D": LEFT, b"\x1bOD": LEFT}
 
@@ -194,6 +216,7 @@ class Predictor:
         self.shown = {}  # column -> (char, underlined) drawn over the emulator's row
         self.cursor = None  # the local terminal's cursor column while predictions are drawn
         self.predicted = self.confirmed = self.failed = 0
+        self.partial = b""  # the host's output ends inside a sequence: draw nothing after it
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -262,6 +285,7 @@ class Predictor:
         """The host's output; -> the bytes to give the terminal (*data* itself
         when nothing is predicted)."""
         undo = self._repaint({}, None) if self.cursor is not None else b""
+        self.partial = unfinished(self.partial + data if self.partial else data)[-PARTIAL_MAX:]
         self._queue(data)
         if self.pending and self.backlog_size <= FLOOD_BYTES:
             self._feed()
@@ -390,16 +414,21 @@ class Predictor:
             return False  # a password prompt, or stty -echo
         self._feed()
         screen = self.screen
-        if screen is None or self.need_cr or screen.alternate:
-            return False
-        _, _, lat1, irm = _pyte()
-        if irm in screen.mode or screen.charset != 0 or screen.g0_charset is not lat1:
+        if screen is None or self.need_cr or not self._plain_modes():
             return False
         if screen.cursor.x > self.cols - 2 or screen.columns != self.cols:
             return False
         if self.pending and screen.cursor.y != self.row:
             return False
         return True
+
+    def _plain_modes(self):
+        """Does a character written now just replace the cell under the cursor?
+        (Not on the alternate screen, in insert mode, or with another charset.)"""
+        screen = self.screen
+        _, _, lat1, irm = _pyte()
+        return not (screen.alternate or irm in screen.mode or screen.charset != 0
+                    or screen.g0_charset is not lat1)
 
     def _apply(self, kind, char):
         """The state after *kind* on top of the last prediction, or None."""
@@ -503,7 +532,7 @@ class Predictor:
         emulator's state, or erase what is drawn when none may be shown."""
         shown = None
         if self.pending and self.screen is not None and self.screen.cursor.y == self.row \
-                and self._state() == self.base:
+                and self._state() == self.base and self._plain_modes() and not self.partial:
             for key in self.pending:
                 if key.epoch > self.shown_epoch:
                     break
