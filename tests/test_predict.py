@@ -440,3 +440,26 @@ def test_unfinished():
     assert [P.unfinished(d) for d in (b"ab", b"a\x1b[", b"\x1b[31m", b"\x1b]0;t", b"\x1b]0;t\x07", b"\xe4\xb8",
                                       b"\xe4\xb8\xad", b"\x1b(", b"\x1b(B")] == \
         [b"", b"\x1b[", b"", b"\x1b]0;t", b"", b"\xe4\xb8", b"", b"\x1b(", b""]
+
+
+ACTIONS = st.one_of(st.tuples(st.just("key"), KEYS),
+                    st.tuples(st.just("output"), st.one_of(FRAGMENTS, st.binary(max_size=6))),
+                    st.tuples(st.just("wait"), st.floats(0.0, 0.4)), st.tuples(st.just("resize"), st.just(b"")))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ACTIONS, max_size=40), st.sampled_from([None, RAW]), st.booleans())
+def test_background_output_and_resizes_never_break_the_screen(actions, flags, echo):
+    """Output the keys did not cause (a background job), at any moment."""
+    s = Session(LineEditor(echo=echo), flags=flags)
+    for what, arg in actions:
+        if what == "key":
+            s.type(arg)
+        elif what == "output":
+            s._output(arg)
+        elif what == "resize":
+            s._show(s.predictor.resize(ROWS, COLS, s.now))
+        else:
+            s.run_until(s.now + arg)
+    s.settle()
+    assert s.local_dump() == s.reference_dump()
