@@ -19,6 +19,7 @@ from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import HostnameEndpoint, ProcessEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
 
+from skypty.fs import replies
 from skypty.fs.errors import LinkDown, is_generic_failure
 from skypty.sftppackets import Cork, PacketCutter, pack
 from skypty.wire.sftp import QuietLogger
@@ -106,6 +107,50 @@ class SFTPClientProtocol(fx.FileTransferClient):
     def fsetstat(self, handle, attrs):
         # conch's ClientFile.setAttrs sends FSTAT by mistake; this is FSETSTAT.
         return self._sendRequest(fx.FXP_FSETSTAT, handle + self._packAttributes(attrs))
+
+    # NAME, ATTRS and STATUS through skypty.fs.replies: conch's parsers trust
+    # the host's lengths and raise on non-ASCII texts (the request then hung).
+
+    def _answer(self, data, parse):
+        """-> (the asked request's Deferred, parsed reply), or None when
+        there is nothing to answer (an unknown id) or the reply was bad
+        (that request fails and the session is dropped)."""
+        if len(data) < 4:
+            abort(self.transport)
+            return None
+        pending = self.openRequests.pop(replies.request_id(data), None)
+        if pending is None:
+            return None
+        try:
+            return pending, parse(data)
+        except replies.BadReply as e:
+            pending.errback(LinkDown(f"the host sent a malformed SFTP reply ({e}); dropped the session"))
+            abort(self.transport)
+            return None
+
+    def packet_NAME(self, data):
+        answer = self._answer(data, replies.parse_name)
+        if answer is not None:
+            answer[0].callback(answer[1][1])
+
+    def packet_ATTRS(self, data):
+        answer = self._answer(data, replies.parse_attrs_reply)
+        if answer is not None:
+            answer[0].callback(answer[1][1])
+
+    def packet_STATUS(self, data):
+        answer = self._answer(data, replies.parse_status)
+        if answer is None:
+            return
+        d, (_, code, message, lang) = answer
+        if code == fx.FX_OK:
+            d.callback((message, lang))
+        elif code == fx.FX_EOF:
+            d.errback(EOFError(message))
+        elif code == fx.FX_OP_UNSUPPORTED:
+            d.errback(NotImplementedError(message))
+        else:  # any bytes: printed through skypty.client.textsafe
+            d.errback(fx.SFTPError(code, message.decode("utf-8", "surrogateescape"), lang))
 
 
 class _ClientFile(fx.ClientFile):
