@@ -3,13 +3,16 @@
 import os
 import random
 import socket
+import stat
+import subprocess
+import sys
 
 import pytest
 
 from skypty.client.rpc import request_service
 from skypty.client.transport import connect_unix
 from skypty.wire import requestline
-from tests.hosts import Host
+from tests.hosts import CLIENT, Host, env, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +70,135 @@ def _unix(path):
     s = socket.socket(socket.AF_UNIX)
     s.connect(path)
     return s
+
+
+# -- a host that lies to cp (tests/hostile_sftp.py serves the lies) ------------------------------------
+
+PEAK_RSS = 150 * 2**20  # the client's whole peak, Python and Twisted included (~48 MB measured)
+ADDRESS_SPACE = 768 * 2**20  # a runaway client fails here instead of eating the shared machine
+
+
+@pytest.fixture
+def liar(tmp_path_factory):
+    """-> start(scenario): a lying local host on a control socket; its socket
+    path (outside the test's tmp_path, which holds only what cp writes)."""
+    procs, home = [], tmp_path_factory.mktemp("liar")
+
+    def start(scenario, outside="/nonexistent"):
+        sock = str(home / f"{scenario}.sock")
+        procs.append(subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "hostile_sftp.py"),
+                                       sock, scenario, outside]))
+        wait_for(lambda: os.path.exists(sock), timeout=30, what="the lying host")
+        return sock
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+LIAR_PK = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798"  # any key (G): the liar asks none
+
+
+def cp_from_liar(sock, src, dst, *options, timeout=60, stderr_path=None):
+    """Run cp -r against the liar -> (exit code, stderr bytes, peak RSS in bytes, seconds)."""
+    import resource
+    import threading
+    import time
+
+    def cap_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+
+    err_path = stderr_path or os.path.join(os.path.dirname(sock), "cp.err")
+    started = time.monotonic()
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(CLIENT + ["cp", "-r", "--cliaddr", sock, *options, f"{LIAR_PK}:{src}", str(dst)],
+                                env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=cap_memory)
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not all children's
+        finally:
+            killer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    with open(err_path, "rb") as f:
+        return proc.returncode, f.read(), usage.ru_maxrss * 1024, time.monotonic() - started
+
+
+def tree_of(root, skip):
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == skip:
+            dirnames[:] = []
+            continue
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            out[path] = (st.st_mode, open(path, "rb").read() if stat.S_ISREG(st.st_mode) else None)
+    return out
+
+
+def test_cp_writes_nothing_outside_its_destination_whatever_the_host_lists(liar, tmp_path):
+    """../../x, an absolute name, ../../d, lnk -> OUTSIDE then lnk/through,
+    then lnk again as a directory: each refused, named, and nothing outside DST changes."""
+    outside, dst = tmp_path / "outside", tmp_path / "a" / "b"
+    outside.mkdir()
+    dst.mkdir(parents=True)
+    (tmp_path / "a" / "x").write_bytes(b"precious\n")
+    sock = liar("traversal", str(outside))
+    before = tree_of(tmp_path, str(dst))
+    code, err, _, _ = cp_from_liar(sock, "/t", dst)
+    assert tree_of(tmp_path, str(dst)) == before, err
+    assert code == 1
+    lines = err.decode().splitlines()
+    for name in ("../../x", f"{outside}/abs", "../../d", "lnk/through"):
+        assert (f"skypty-client: cp: /t: refused the name '{name}' from the host's listing: not a plain "
+                "file name (it could reach outside the destination)") in lines
+    assert f"skypty-client: cp: {dst}/t/lnk: a symbolic link is in the way (not followed)" in lines
+    assert (dst / "t" / "ok").read_bytes() == b"the host wrote this\n"  # the honest entry still arrives
+    assert os.readlink(dst / "t" / "lnk") == str(outside)  # a symlink is copied as one, never entered
+    # a link and then a name through it, nothing in between
+    code, err, _, _ = cp_from_liar(sock, "/u", dst)
+    assert code == 1 and tree_of(tmp_path, str(dst)) == before, err
+    assert not os.path.lexists(outside / "through")
+
+
+def test_cp_stops_an_endless_tree_at_max_depth_in_bounded_memory(liar, tmp_path):
+    sock = liar("endless")
+    code, err, rss, seconds = cp_from_liar(sock, "/e", tmp_path)
+    deepest = "/e" + "/d" * 65
+    assert (code, err.decode()) == (1, f"skypty-client: cp: {deepest}: more than 64 levels below the source: "
+                                       "not copied (--max-depth N allows more)\n")
+    assert rss < PEAK_RSS, f"peak RSS {rss / 2**20:.0f} MiB"
+    made = tmp_path / "e" / os.path.join(*["d"] * 64)
+    assert made.is_dir() and not (made / "d").exists()
+    code, err, _, _ = cp_from_liar(sock, "/e", tmp_path / "e", "--max-depth", "3")
+    assert code == 1 and b"/e/d/d/d/d: more than 3 levels" in err
+
+
+def test_cp_stops_a_huge_directory_at_max_entries_in_bounded_memory(liar, tmp_path):
+    """1,000,000 entries with 210-byte names (sockets: skipped with a warning each)."""
+    sock = liar("huge")
+    code, err, rss, seconds = cp_from_liar(sock, "/h", tmp_path, timeout=120)
+    lines = err.decode().splitlines()
+    assert code == 1
+    assert lines[-1] == ("skypty-client: cp: /h: more than 100000 entries: the rest is not copied "
+                         "(--max-entries N allows more)")
+    assert len(lines) == 100_001 and lines[0].endswith(": not a regular file, directory or symlink (skipped)")
+    assert "Traceback" not in err.decode()
+    assert rss < PEAK_RSS, f"peak RSS {rss / 2**20:.0f} MiB"
+
+
+def test_host_text_reaches_the_terminal_escaped(liar, tmp_path):
+    """Names and SFTP error texts with ESC/BEL: shown as \\x1b, never sent raw;
+    a non-ASCII error text is shown, not a hang until --timeout."""
+    sock = liar("escapes")
+    code, err, _, seconds = cp_from_liar(sock, "/s", tmp_path, "--timeout", "20s")
+    assert code == 1
+    assert b"\x1b" not in err and b"\x07" not in err
+    text = err.decode()
+    assert r"refused the name '\x1b]0;pwned\x07\x1b[2J/x'" in text
+    assert r"skypty-client: cp: /s/\x1b[32mgreen: not a regular file, directory or symlink (skipped)" in text
+    assert r"skypty-client: cp: /s/bad: \x1b[2J\x1b[31mfake error\x1b[0m" in text
+    assert "skypty-client: cp: /s/utf: Zugriff verweigert \u2013 \u00fc" in text
+    assert seconds < 15

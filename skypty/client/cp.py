@@ -166,8 +166,8 @@ class UnsafeName(CopyError):
     """A listed name that is not one plain entry of its directory."""
 
     def __init__(self, name):
-        super().__init__(f"refused the name '{name}' in the host's listing: not a plain file name "
-                         "(it could reach outside the destination); not copied")
+        super().__init__(f"refused the name '{name}' from the host's listing: not a plain file name "
+                         "(it could reach outside the destination)")
         self.name = name
 
 
