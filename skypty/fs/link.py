@@ -138,6 +138,13 @@ class SFTPClientProtocol(fx.FileTransferClient):
         if answer is not None:
             answer[0].callback(answer[1][1])
 
+    def packet_HANDLE(self, data):
+        answer = self._answer(data, replies.parse_handle)
+        if answer is not None:
+            answer[0].callback(answer[1][1])
+
+    packet_DATA = packet_HANDLE  # only a DATA too short for the direct path in dataReceived comes here
+
     def packet_STATUS(self, data):
         answer = self._answer(data, replies.parse_status)
         if answer is None:

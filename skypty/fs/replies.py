@@ -100,6 +100,12 @@ def parse_attrs_reply(body):
     return rid, parse_attrs(body, pos)[0]
 
 
+def parse_handle(body):
+    """A HANDLE (or DATA) reply -> (request id, the string it carries)."""
+    rid, pos = _u32(body, 0, "request id")
+    return rid, _string(body, pos, "handle")[0]
+
+
 def parse_status(body):
     """-> (request id, code, message bytes, language bytes); the two texts
     are optional (some v3 servers leave them out)."""
