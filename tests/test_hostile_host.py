@@ -202,3 +202,61 @@ def test_host_text_reaches_the_terminal_escaped(liar, tmp_path):
     assert r"skypty-client: cp: /s/bad: \x1b[2J\x1b[31mfake error\x1b[0m" in text
     assert "skypty-client: cp: /s/utf: Zugriff verweigert \u2013 \u00fc" in text
     assert seconds < 15
+
+
+# -- every print point of host text (in-process, the host's answers faked) ---------------------------
+
+EVIL = "\x1b[2J\x1b]0;owned\x07\x1b[31mfake\x9b\x7f\r\n"
+SHOWN = r"\x1b[2J\x1b]0;owned\x07\x1b[31mfake\x9b\x7f\x0d\x0a"
+
+
+class _LyingRPC:
+    def __init__(self, *args):
+        pass
+
+    def call(self, method, *args):
+        from skypty.keys import SecretKey
+        from skypty.wire import types as T
+        from skypty.wire.rpc import RPCError
+
+        if method == "pty.Sessions":
+            return [T.SessionInfo.cls(id=EVIL, owner=EVIL * 3, command=EVIL, attached=0, idle_seconds=3)]
+        if method == "whitelist.Sources":
+            return [T.WhitelistEntry.cls(pk=SecretKey(b"\x01" * 32).public_key, source=EVIL)]
+        raise RPCError(EVIL)
+
+
+def test_list_whitelist_and_rpc_errors_print_the_hosts_words_escaped(monkeypatch, capsys):
+    from skypty.client import commands
+    from skypty.client.main import main
+
+    monkeypatch.setattr(commands, "open_control", lambda args, uri: (None, b""))
+    monkeypatch.setattr(commands, "BlockingRPC", _LyingRPC)
+    monkeypatch.setattr(commands, "_whitelist_rpc", lambda args, verb="": _LyingRPC())
+    for argv, code in ((["list", "--sessions"], 0), (["whitelist"], 0), (["list"], 1)):
+        assert main(argv) == code
+        out, err = capsys.readouterr()
+        assert "\x1b" not in out + err and "\x07" not in out + err and "\x9b" not in out + err, argv
+        assert SHOWN in out + err, (argv, out, err)
+    assert main(["list", "--sessions"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 2 and rows[1].endswith(f"{'idle 3s':<12} {SHOWN}")  # still one row, COMMAND last
+
+
+def test_fleet_error_lines_escape_the_hosts_words():
+    from skypty.client import fleet
+    from skypty.client.hosts import Target
+
+    result = fleet.HostResult(Target("02" + "ab" * 32, text="web1"), error=EVIL)
+    assert fleet.notices(result) == f"skypty-client: {SHOWN}\n".encode()
+    table = fleet.summary([result])
+    assert "\x1b" not in table and SHOWN in table and len(table.splitlines()) == 3
+
+
+def test_shell_notices_escape_the_hosts_words(capsys):
+    """Not the terminal stream (byte-exact): the client's own [skypty: ...] lines."""
+    from skypty.client import interactive
+
+    interactive._say(f"session ended: {EVIL}")
+    err = capsys.readouterr().err
+    assert err == f"\r\n[skypty: session ended: {SHOWN}]\r\n"

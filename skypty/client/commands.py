@@ -21,7 +21,9 @@ EXIT_USAGE = 2
 
 
 def fail(message, code=1):
-    sys.stderr.write(f"skypty-client: {message}\n")
+    from skypty.client.textsafe import safe  # a host's words are in many messages
+
+    sys.stderr.write(f"skypty-client: {safe(message)}\n")
     return code
 
 
@@ -282,8 +284,10 @@ def cmd_whitelist(args, parser):
             raise
         # An older host: the keys without where they come from.
         entries = [(pk, "") for pk in rpc.call("whitelist.Whitelist", T.EMPTY.cls(), T.EMPTY, T.PubKeys)]
+    from skypty.client.textsafe import safe
+
     for pk, label in entries:
-        print(f"{pk.hex()}  {label}".rstrip())
+        print(f"{pk.hex()}  {safe(label)}".rstrip())
     return 0
 
 
@@ -328,10 +332,12 @@ def cmd_list(args, parser):
         if not rows:
             print("no sessions")
             return 0
+        from skypty.client.textsafe import safe  # every column is the host's word
+
         print(f"{'ID':<16}  {'OWNER':<17}  {'STATE':<12} COMMAND")
         for s in rows:
             state = "attached" if s.attached else f"idle {s.idle_seconds}s"
-            print(f"{s.id:<16}  {s.owner[:16]}…  {state:<12} {s.command}")
+            print(f"{safe(s.id):<16}  {safe(s.owner[:16])}…  {state:<12} {safe(s.command)}")
         return 0
     peers = _whitelist_rpc(args, "list").call("host.Peers", T.EMPTY.cls(), T.EMPTY, T.PubKeys)
     for pk in peers:

@@ -195,6 +195,12 @@ def _is_missing(failure):
     return failure.check(fx.SFTPError) and failure.value.code == fx.FX_NO_SUCH_FILE
 
 
+def _safe(text):
+    from skypty.client.textsafe import safe  # the host's words can be in a failure
+
+    return safe(text)
+
+
 def run_mount(mount, foreground, log_file=None):
     """Run *mount*, in the background unless *foreground*; -> exit code."""
     from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -202,7 +208,7 @@ def run_mount(mount, foreground, log_file=None):
     if foreground:
         globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
         return mount.run(on_ready=lambda: None,
-                         on_failure=lambda msg: sys.stderr.write(f"skypty-client: {msg}\n"))
+                         on_failure=lambda msg: sys.stderr.write(f"skypty-client: {_safe(msg)}\n"))
 
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -216,7 +222,7 @@ def run_mount(mount, foreground, log_file=None):
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
-        sys.stderr.write(f"skypty-client: {word.strip() or 'the mount process died'}\n")
+        sys.stderr.write(f"skypty-client: {_safe(word.strip()) or 'the mount process died'}\n")
         return 1
 
     os.close(read_end)
