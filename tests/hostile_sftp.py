@@ -41,7 +41,7 @@ class Tree:
 
     def kind(self, path):
         """Only sources the user names are stat'ed; entries carry their own attrs."""
-        if path in (b"/t", b"/u", b"/e", b"/h", b"/s"):
+        if path in (b"/", b"/t", b"/u", b"/e", b"/h", b"/s"):
             return DIR
         if self.scenario == "endless" and path.startswith(b"/e/"):
             return DIR

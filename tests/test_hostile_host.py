@@ -260,3 +260,25 @@ def test_shell_notices_escape_the_hosts_words(capsys):
     interactive._say(f"session ended: {EVIL}")
     err = capsys.readouterr().err
     assert err == f"\r\n[skypty: session ended: {SHOWN}]\r\n"
+
+
+def test_fs_mount_shows_a_lying_listing_without_the_names_that_are_paths(liar, tmp_path):
+    """The kernel refuses a dirent with '/' (and then the whole directory,
+    EIO): the mount leaves such names out and shows the rest."""
+    pytest.importorskip("llfuse")
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse")
+    from tests.test_fs_mount import mount_processes, mounted
+
+    sock, mnt = liar("traversal", str(tmp_path / "outside")), tmp_path / "mnt"
+    mnt.mkdir()
+    run = lambda *argv: subprocess.run(CLIENT + list(argv), env=env(), capture_output=True, timeout=60)  # noqa: E731
+    r = run("fs", "mount", LIAR_PK, str(mnt), "--cliaddr", sock, "--log", str(tmp_path / "mount.log"))
+    assert r.returncode == 0, r.stderr
+    try:
+        assert sorted(os.listdir(mnt / "t")) == ["lnk", "ok"]  # lnk twice in the listing: one name
+        assert sorted(os.listdir(mnt / "u")) == ["lnk"]
+    finally:
+        if mounted(mnt):
+            run("fs", "umount", str(mnt))
+        wait_for(lambda: not mount_processes(mnt), timeout=15, what="the mount process to exit")

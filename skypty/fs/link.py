@@ -441,7 +441,7 @@ class RemoteFS:
                         found.trap(EOFError)
                         done = True
                     elif not done:
-                        entries.extend((name, attrs) for name, _, attrs in found if name not in (b".", b".."))
+                        entries.extend((name, attrs) for name, _, attrs in found if _plain(name))
         finally:
             if self.link.connected:
                 directory.close().addErrback(lambda _: None)
@@ -532,6 +532,12 @@ class RemoteFS:
         names = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
                  "f_favail", "f_fsid", "f_flag", "f_namemax")
         return dict(zip(names, struct.unpack(">11Q", data[:88])))
+
+
+def _plain(name):
+    """A name the kernel can take as one entry (it refuses the whole
+    directory for one with '/' or NUL): a host's other names are left out."""
+    return name not in (b"", b".", b"..") and b"/" not in name and b"\0" not in name
 
 
 def _is_dir(attrs):
