@@ -337,3 +337,23 @@ def test_host_text_is_escaped_but_printable_text_kept():
     assert safe(b"caf\xe9 \x1b") == r"caf\xe9 \x1b"  # not UTF-8: the byte, escaped
     assert safe("lone \ud800") == r"lone \ud800"
     assert safe(RuntimeError("boom\x1b")) == r"boom\x1b"
+
+
+def test_max_entries_counts_the_entries_not_dot_and_dot_dot(tmp_path):
+    """OpenSSH lists . and ..: a directory of exactly N files fits --max-entries N."""
+    import io
+
+    from tests.fuzz.test_cp_names import DIR, FILE, LyingSource, _NoProgress
+
+    listing = [(".", DIR, []), ("a", FILE, []), ("..", DIR, []), ("b", FILE, []), ("c", FILE, [])]
+    err = io.StringIO()
+    for limit, failures in ((3, 0), (2, 1)):
+        dst = tmp_path / f"limit{limit}"
+        dst.mkdir()
+        copier = C.Copier(LyingSource(listing, "/nonexistent"), C.LocalSide(), preserve=False, recursive=True,
+                          progress=_NoProgress(), err=err, max_entries=limit)
+        done = copier.copy(["/src"], str(dst))
+        assert done.called and copier.failures == failures, err.getvalue()
+        assert sorted(os.listdir(dst / "src")) == ["a", "b", "c"][:limit]
+    assert err.getvalue() == ("skypty-client: cp: /src: more than 2 entries: the rest is not copied "
+                              "(--max-entries N allows more)\n")

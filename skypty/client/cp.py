@@ -647,7 +647,8 @@ class Held:
     lister: object = None
     page: tuple = ()
     index: int = 0
-    seen: int = 0
+    seen: int = 0  # entries listed so far (--max-entries)
+    dots: int = 0
     pending: int = 0  # files, links and subdirectories under way inside
     walked: bool = False
     settled: bool = False
@@ -846,7 +847,8 @@ class Copier:
                         continue
                     name, attrs = here.page[here.index]
                     here.index += 1
-                    here.seen += 1
+                    here.dots += name in SELF_AND_PARENT
+                    here.seen += 0 if name in SELF_AND_PARENT and here.dots <= 2 else 1  # those two are free
                     if here.seen > self.max_entries:
                         self.warn(here.src, f"more than {self.max_entries} entries: the rest is not copied "
                                             "(--max-entries N allows more)")
@@ -1042,7 +1044,7 @@ class Progress:
             from twisted.internet import task
 
             self.loop = task.LoopingCall(self.draw)
-            self.loop.start(PROGRESS_EVERY)
+            self.loop.start(PROGRESS_EVERY, now=False)  # once the first file's size is known
 
     def expect(self, n):
         """A recursive copy learns its total as it walks."""
