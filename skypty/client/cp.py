@@ -17,6 +17,14 @@ temporary name in its destination directory (``.NAME.skypty-XXXXXXXX.part``)
 and renamed over the final name only once complete.  A failed file, Ctrl-C
 or SIGTERM removes the temporary file; only SIGKILL can leave one behind.
 
+What a host lists is not trusted.  A name must be one plain entry of its
+directory (``check_name``); locally every directory below DST is held open
+and entries are made relative to it with O_NOFOLLOW, so nothing is written
+through a symlink, whoever made it.  ``-r`` walks depth first and copies
+as it goes, holding one page of each directory on the path (``Held``):
+memory does not grow with the tree, and ``--max-depth``/``--max-entries``
+end endless trees and directories.
+
 This verb runs a Twisted reactor (only this verb imports Twisted).
 """
 
