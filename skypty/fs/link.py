@@ -514,7 +514,12 @@ class RemoteFS:
 
     def readlink(self, path):
         d = self.link.call(lambda c: c._sendRequest(fx.FXP_READLINK, NS(path)))
-        return d.addCallback(lambda names: names[0][0])
+
+        def target(names):
+            if not names:  # a NAME reply with no name in it
+                raise OSError(errno.EIO, "the host named no link target", path)
+            return names[0][0]
+        return d.addCallback(target)
 
     def hardlink(self, old, new):
         if b"hardlink@openssh.com" not in self.link.extensions:
