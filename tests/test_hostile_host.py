@@ -282,3 +282,42 @@ def test_fs_mount_shows_a_lying_listing_without_the_names_that_are_paths(liar, t
         if mounted(mnt):
             run("fs", "umount", str(mnt))
         wait_for(lambda: not mount_processes(mnt), timeout=15, what="the mount process to exit")
+
+
+def test_fs_mount_refuses_a_listing_without_end(monkeypatch):
+    """The mount holds a listing whole (it caches it): a host that never says
+    EOF gets EIO past skypty.fs.link.MAX_LISTING entries, not all memory."""
+    import contextlib
+
+    from twisted.internet import defer
+
+    from skypty.fs import link
+
+    class Endless:
+        reads = 0
+
+        def read(self):
+            Endless.reads += 1
+            assert Endless.reads < 10_000, "still listing"
+            return defer.succeed([(b"n%d" % Endless.reads, b"", {})] * 100)
+
+        def close(self):
+            return defer.succeed(None)
+
+    class Link:
+        connected = True
+
+        def call(self, request):
+            return defer.maybeDeferred(request, self)
+
+        def corked(self):
+            return contextlib.nullcontext()
+
+        def openDirectory(self, path):
+            return defer.succeed(Endless())
+
+    monkeypatch.setattr(link, "MAX_LISTING", 5_000)
+    failures = []
+    link.RemoteFS(Link()).listdir(b"/endless").addErrback(failures.append)
+    assert failures and failures[0].check(OSError) and "more than 5000 entries" in str(failures[0].value)
+    assert Endless.reads <= 5_000 // 100 + 2

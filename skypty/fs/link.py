@@ -31,6 +31,9 @@ log = Logger()
 # page; OpenSSH caps packets at 256 KiB.  A server sending more is hostile.
 MAX_REPLY_PACKET = 1024 * 1024
 _DATA_HEAD = struct.Struct("!LL")  # request id, data length
+# A listing is held whole (the mount caches it): a host listing without end
+# would take all memory.  Past this many entries the directory is refused.
+MAX_LISTING = 1_000_000
 _WRITE_HEAD = struct.Struct("!LBL")  # length, FXP_WRITE, request id
 _OFFSET_AND_SIZE = struct.Struct("!QL")
 
@@ -428,7 +431,7 @@ class RemoteFS:
     def listdir(self, path):
         """-> [(name, attrs)] without '.' and '..'."""
         directory = yield self.link.call(lambda c: c.openDirectory(path))
-        entries = []
+        entries, listed = [], 0
         try:
             # READDIRs go two at a time: a directory that fits in one page
             # (and the EOF that ends it) costs one round trip, not two.
@@ -442,6 +445,11 @@ class RemoteFS:
                         done = True
                     elif not done:
                         entries.extend((name, attrs) for name, _, attrs in found if _plain(name))
+                        listed += len(found) or 1  # empty pages without end count too
+                if listed > MAX_LISTING:
+                    log.warn("{path}: the host listed more than {n} entries; refused",
+                             path=path.decode("utf-8", "backslashreplace"), n=MAX_LISTING)
+                    raise OSError(errno.EIO, f"more than {MAX_LISTING} entries", path)
         finally:
             if self.link.connected:
                 directory.close().addErrback(lambda _: None)
