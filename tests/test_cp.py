@@ -45,6 +45,8 @@ def test_modes_without_and_with_preserve():
 def test_temporary_names_are_hidden_and_fit_name_max():
     assert C.temp_name("data.bin", "0a1b2c3d") == ".data.bin.skypty-0a1b2c3d.part"
     assert len(C.temp_name("x" * 255, "0a1b2c3d")) <= 255
+    for name in ("\U0001f600" * 63, "\u00e9" * 127):  # 252 and 254 bytes: a host's long name fits too
+        assert len(os.fsencode(C.temp_name(name, "0a1b2c3d"))) <= 255
 
 
 def test_sources_and_destination_must_have_exactly_one_remote_side():

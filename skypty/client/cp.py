@@ -124,8 +124,9 @@ def _resolve_name(name):
 
 
 def temp_name(final_name, token):
-    """Hidden, recognisable, and short enough for NAME_MAX."""
-    return f".{final_name[:200]}.skypty-{token}.part"
+    """Hidden, recognisable, and short enough for NAME_MAX (255 bytes, not characters)."""
+    head = final_name.encode("utf-8", "surrogateescape")[:200].decode("utf-8", "surrogateescape")
+    return f".{head}.skypty-{token}.part"
 
 
 def human(n):
