@@ -32,9 +32,17 @@ import re
 import attr
 
 from skypty.errors import SkyptyError
+from skypty.durations import parse_duration
 from skypty.keys import InvalidKey, PublicKey, SecretKey
 
 DEFAULT_DISCOVERY = "http://127.0.0.1:9090"
+# The reference's path, kept (#25.10): a per-user default under
+# $XDG_RUNTIME_DIR would differ between a host started by systemd or cron
+# (unset) and a client in a login session (set), and logind deletes that
+# directory, socket included, when the user's last session ends, under a
+# host that outlives it.  Squatting in /tmp is closed where it matters: the
+# client refuses a socket held by another user (SO_PEERCRED), and the host
+# names the holder; docs/guide.md recommends a private directory.
 DEFAULT_CLI_ADDRESS = "/tmp/pty.sock"
 DEFAULT_DMSG_PORT = 22
 DEFAULT_SESSION_TTL = 300.0
@@ -50,13 +58,6 @@ NETWORKS = {
 
 class ConfigError(SkyptyError):
     """A config file that cannot be used; the message names the key."""
-
-
-def parse_duration(value, key="duration"):
-    """'30s', '5m', '1h', '250ms', or a bare number of seconds -> float seconds."""
-    from skypty.durations import parse_duration as parse
-
-    return parse(value, key, ConfigError)
 
 
 def parse_listen(value, key):
@@ -271,7 +272,7 @@ def _parse_pty(data):
         whitelist=_pk_list(section.get("whitelist"), p + "whitelist"),
         ssh_listen=_optional_listen(section, "ssh_listen", p),
         persistent_sessions=_typed(section, "persistent_sessions", bool, False, p),
-        session_ttl=parse_duration(section.get("session_ttl", DEFAULT_SESSION_TTL), p + "session_ttl"),
+        session_ttl=parse_duration(section.get("session_ttl", DEFAULT_SESSION_TTL), p + "session_ttl", ConfigError),
         web_listen=_optional_listen(section, "web_listen", p),
         manhole=manhole,
         sftp=sftp_config,

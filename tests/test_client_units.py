@@ -7,7 +7,8 @@ import pytest
 
 from skypty.client.classic import Ready, TrailerParser, wrapper_script
 from skypty.client.cmdline import needs_shell, remote_argv
-from skypty.client.errors import explain_rpc, parse_rejection, proxy_refusal
+from skypty.client.errors import explain_rpc, proxy_refusal
+from skypty.wire.requestline import encode_rejection, parse_rejection
 from skypty.client.escape import DISCONNECT, SHOW_HELP, EscapeFilter, parse_escape_char
 
 A, B = "02" + "a" * 64, "03" + "b" * 64
@@ -92,14 +93,22 @@ def test_reason_behind_the_reject_byte():
     assert proxy_refusal(reason, rest, A, 22) == (
         f"not authorized: host {A} does not whitelist your key {B} (on that host: skypty-client whitelist-add {B})")
     assert parse_rejection(b"") == ("", "")
+    sent = encode_rejection("no-sftp", "é" * 200)  # what a host sends: cut to 255 bytes, still parsed
+    assert sent[:1] == b"\x01" and len(sent) == 2 + 255
+    assert parse_rejection(sent[1:])[0] == "no-sftp"
     assert "did not say why" in proxy_refusal("", "", A, 22)
     assert "not in dmsg discovery" in proxy_refusal("not-in-discovery", "", A, 22)
     assert "dmsg port 22" in proxy_refusal("refused", "", A, 22)
 
 
 def test_rpc_errors_are_translated():
-    assert "no persistent sessions" in explain_rpc("rpc: can't find method pty.Sessions")
-    assert "cannot reattach abc" in explain_rpc("rpc: can't find method pty.Attach", "abc")
+    # a reference host has no such feature: no setting of ours to blame (issue #22)
+    reference = explain_rpc("rpc: can't find method pty.Sessions")
+    assert "does not offer persistent sessions" in reference and "persistent_sessions" not in reference
+    assert "cannot reattach abc: this host does not offer" in explain_rpc("rpc: can't find method pty.Attach", "abc")
+    # a skypty host with the feature switched off says so, and the setting is named
+    assert "pty.persistent_sessions is off" in explain_rpc("dmsgpty: persistent sessions are off on this host")
+    assert "cannot reattach abc" in explain_rpc("dmsgpty: persistent sessions are off on this host", "abc")
     assert "no session abc" in explain_rpc("dmsgpty: session not found", "abc")
     assert "does not offer `list`" in explain_rpc("rpc: can't find service host.Peers")
     assert explain_rpc("EOF") is None

@@ -5,8 +5,9 @@ import pytest
 
 from skypty.config import (
     ConfigError, ListenAddress, generate_config_file, load_config, parse_config,
-    parse_duration, save_whitelist,
+    save_whitelist,
 )
+from skypty.durations import parse_duration
 from skypty.keys import SecretKey
 
 SK = SecretKey.from_hex("9ce6cff4caa53dc4161a73a648750f2c58694448682347b2361428dddbc79d72")

@@ -4,127 +4,17 @@ import os
 import sys
 
 from skypty.client.cmdline import remote_argv
-from skypty.client.errors import ClientError, explain_rpc, not_whitelisted, proxy_refusal
-from skypty.client.identity import IdentityError, control_socket, resolve_secret_key
-from skypty.client.rpc import BlockingRPC, RejectedError, request_service
-from skypty.client.transport import TransportError, connect_control, connect_noise
-from skypty.errors import SkyptyError
+from skypty.client.errors import fail, usage_error
+from skypty.client.reach import (
+    DEFAULT_TCP_PORT, exec_env, guarded, no_key_flags, open_control, open_direct, open_remote_via_host,
+    parse_pk, parse_pks, parse_target, read_stdin, timeout_ms,
+)
+from skypty.client.rpc import BlockingRPC
 from skypty.wire import requestline
 from skypty.wire import types as T
 from skypty.wire.rpc import RPCError
 
-DEFAULT_TCP_PORT = 2022
-STDIN_LIMIT = 1024 * 1024
 EXIT_TIMEOUT = 124
-PROXY_ANSWER_TIMEOUT = 60.0
-EXIT_USAGE = 2
-
-
-def fail(message, code=1):
-    from skypty.client.textsafe import safe  # a host's words are in many messages
-
-    sys.stderr.write(f"skypty-client: {safe(message)}\n")
-    return code
-
-
-def usage_error(message):
-    return ClientError(message, EXIT_USAGE)
-
-
-def parse_pk(text, what="public key", names=True):
-    """A 66-hex key, or (*names*) a host name from hosts.toml -> PublicKey."""
-    from skypty.keys import InvalidKey, PublicKey
-
-    if names and len(text) != 66:  # a host name (skypty.client.hosts); keys pay nothing for this
-        from skypty.client.hosts import resolve_pk
-
-        text = resolve_pk(text, what)
-    try:
-        return PublicKey.from_hex(text)
-    except InvalidKey as e:
-        raise SkyptyError(f"{what} {text!r}: {e}") from None
-
-
-def parse_target(text, default_port):
-    """'PK@HOST[:PORT]' (or a host name with an addr) -> (pk, host, port)."""
-    pk_text, at, address = text.partition("@")
-    if not at and len(text) != 66:
-        from skypty.client.hosts import resolve_address
-
-        pk_text, host, port = resolve_address(text, default_port)
-        return parse_pk(pk_text, "host key"), host, port
-    if not at or not address:
-        raise SkyptyError(f"expected PK@HOST[:PORT], got {text!r}")
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port = address.partition(":")
-    if port and not port.isdigit():
-        raise SkyptyError(f"bad port in {text!r}")
-    # In PK@HOST the part before the @ is a key, never a name.
-    return parse_pk(pk_text, "host key", names=False), host, int(port) if port else default_port
-
-
-def timeout_ms(args):
-    from skypty.durations import DurationError, parse_duration  # not skypty.config: attrs is slow to import
-
-    try:
-        return int(parse_duration(args.timeout, "--timeout") * 1000)
-    except DurationError as e:
-        raise SkyptyError(str(e)) from None
-
-
-def no_key_flags(args, what):
-    """The control socket speaks as the local host: a key of our own would be ignored."""
-    for flag, given in (("--sk", getattr(args, "sk", None)), ("--no-visor-key", getattr(args, "no_visor_key", False))):
-        if given:
-            raise usage_error(f"{flag} has no effect on {what}: the local host's control socket "
-                              "acts with that host's own key (pick the host with -i CONFIG or --cliaddr)")
-
-
-# -- channels -----------------------------------------------------------------------
-
-def open_direct(pk, host, port, args, uri=requestline.PTY):
-    sk = resolve_secret_key(args)
-    channel = connect_noise(host, port, pk, sk)
-    try:
-        return channel, request_service(channel, uri)
-    except RejectedError as e:
-        channel.close()
-        if e.closed:  # after a good handshake, a Noise TCP host hangs up on strangers
-            raise ClientError(not_whitelisted(pk.hex(), sk.public_key.hex())) from None
-        raise ClientError(f"host {pk.hex()} refused {uri} (that service is off there)") from None
-
-
-def open_control(args, uri):
-    network, address = control_socket(args)
-    channel = connect_control(network, address)
-    try:
-        return channel, request_service(channel, uri)
-    except RejectedError as e:
-        channel.close()
-        raise ClientError(f"the local host at {address} refused {uri}" + (f": {e.text}" if e.text else "")) from None
-
-
-def open_remote_via_host(args, pk):
-    network, address = control_socket(args)
-    channel = connect_control(network, address)
-    uri = requestline.proxy_uri(pk.hex(), args.port)
-    if getattr(args, "scheme", None):  # the local host dials skynet then dmsg, unless pinned
-        uri += f"&scheme={args.scheme}"
-    # The local host bounds each transport's dial itself (skynet 5 s, dmsg
-    # 30 s): wait for its answer longer than the connect timeout.
-    channel.settimeout(PROXY_ANSWER_TIMEOUT)
-    try:
-        return channel, request_service(channel, uri)
-    except RejectedError as e:
-        channel.close()
-        raise ClientError(proxy_refusal(e.reason, e.text, pk.hex(), args.port)) from None
-
-
-def _exec_env():
-    return [f"{k}={os.environ[k]}" for k in ("TERM", "LANG", "LC_ALL") if os.environ.get(k)]
 
 
 def run_exec(channel, early, command, timeout, stdin=b""):
@@ -133,7 +23,7 @@ def run_exec(channel, early, command, timeout, stdin=b""):
     rpc = BlockingRPC(channel, early)
     channel.settimeout(timeout / 1000.0 + 30)
     out, err = sys.stdout.buffer, sys.stderr.buffer
-    req = T.CommandExecReq.cls(name=command[0], arg=list(command[1:]), env=_exec_env(), stdin=stdin,
+    req = T.CommandExecReq.cls(name=command[0], arg=list(command[1:]), env=exec_env(), stdin=stdin,
                                timeout_ms=timeout)
     try:
         result = rpc.call("pty.Exec", req, T.CommandExecReq, T.CommandExecResult)
@@ -142,7 +32,7 @@ def run_exec(channel, early, command, timeout, stdin=b""):
             raise
         from skypty.client.classic import run_exec_on_pty
 
-        return run_exec_on_pty(rpc, channel, command, timeout, stdin, out, err, _exec_env())
+        return run_exec_on_pty(rpc, channel, command, timeout, stdin, out, err, exec_env())
     out.write(result.stdout)
     out.flush()
     err.write(result.stderr)
@@ -156,31 +46,6 @@ def run_exec(channel, early, command, timeout, stdin=b""):
         return EXIT_TIMEOUT
     err.flush()
     return result.exit_code & 0xFF if result.exit_code >= 0 else 1
-
-
-def _read_stdin(args):
-    if not getattr(args, "stdin", False):
-        return b""
-    data = sys.stdin.buffer.read(STDIN_LIMIT + 1)
-    if len(data) > STDIN_LIMIT:
-        raise SkyptyError("stdin is larger than 1 MiB")
-    return data
-
-
-def guarded(fn):
-    """Turn every expected failure into one clear line and its exit code."""
-    def run(args, parser):
-        try:
-            return fn(args, parser)
-        except ClientError as e:
-            return fail(str(e), e.code)
-        except RPCError as e:
-            return fail(explain_rpc(str(e), getattr(args, "attach", None)) or str(e))
-        except (TransportError, IdentityError, SkyptyError, OSError) as e:
-            if isinstance(e, TimeoutError) or e.__class__.__name__ == "timeout":
-                return fail("timed out waiting for the host")
-            return fail(str(e) or e.__class__.__name__)
-    return run
 
 
 def _want_pty(args):
@@ -219,7 +84,7 @@ def cmd_exec(args, parser):
     else:
         no_key_flags(args, "exec without --via")
         channel, early = open_remote_via_host(args, pk)
-    return run_exec(channel, early, remote_argv(args.command), timeout_ms(args), _read_stdin(args))
+    return run_exec(channel, early, remote_argv(args.command), timeout_ms(args), read_stdin(args))
 
 
 @guarded
@@ -291,21 +156,18 @@ def cmd_whitelist(args, parser):
     return 0
 
 
-def parse_pks(texts):
-    """Keys, host names and @groups -> PublicKeys, each once."""
-    if any(len(t) != 66 for t in texts):
-        from skypty.client.hosts import resolve_pks
+def _change_whitelist(args, verb, method, if_listed, if_not_listed, change_listed):
+    """Add or remove keys, and say for each key what it did (or that it did nothing).
 
-        texts = resolve_pks(texts)
-    return list(dict.fromkeys(parse_pk(k) for k in texts))
-
-
-def _change_whitelist(args, verb, method, if_listed, if_not_listed):
-    """Add or remove keys, and say for each key what it did (or that it did nothing)."""
+    Only the keys that change are sent: a reference host refuses a whole
+    WhitelistAdd when one key is already there ("skipping append ... Already
+    exists"), and a no-op should succeed on every host."""
     keys = parse_pks(args.pks)
     rpc = _whitelist_rpc(args, verb)
     before = _current_whitelist(rpc)
-    rpc.call(method, keys, T.PubKeys, T.EMPTY)
+    changing = [pk for pk in keys if (pk in before) == change_listed]
+    if changing:
+        rpc.call(method, changing, T.PubKeys, T.EMPTY)
     for pk in keys:
         print((if_listed if pk in before else if_not_listed).format(pk=pk.hex()))
     return 0
@@ -314,13 +176,15 @@ def _change_whitelist(args, verb, method, if_listed, if_not_listed):
 @guarded
 def cmd_whitelist_add(args, parser):
     return _change_whitelist(args, "whitelist-add", "whitelist.WhitelistAdd",
-                             "{pk} was already whitelisted (nothing changed)", "added {pk}")
+                             "{pk} was already whitelisted (nothing changed)", "added {pk}",
+                             change_listed=False)
 
 
 @guarded
 def cmd_whitelist_remove(args, parser):
     return _change_whitelist(args, "whitelist-remove", "whitelist.WhitelistRemove",
-                             "removed {pk}", "{pk} was not on the whitelist (nothing to remove)")
+                             "removed {pk}", "{pk} was not on the whitelist (nothing to remove)",
+                             change_listed=True)
 
 
 @guarded

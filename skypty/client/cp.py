@@ -1105,58 +1105,25 @@ def _connector(reactor, target, args, timeout, sk):
         from skypty.fs.link import noise_tcp_connector
 
         return noise_tcp_connector(reactor, target.host, target.port, sk, pk, timeout)
-    from skypty.client.commands import no_key_flags
+    from skypty.client.reach import no_key_flags
     from skypty.client.identity import control_socket
 
     no_key_flags(args, "cp through the local host (PK:PATH, or a name without an address)")
     network, address = control_socket(args)
-    return _control_connector(reactor, network, address, pk, args.port, target.scheme, timeout)
+    from skypty.client.errors import proxy_refusal
+    from skypty.client.transport import foreign_control_socket
+    from skypty.fs.link import control_socket_connector
 
-
-def _control_connector(reactor, network, address, pk, port, scheme, timeout):
-    """skypty.fs.link.control_socket_connector, with the name's --scheme pinned."""
-    from twisted.internet import protocol
-    from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
-
-    from skypty.fs.link import ServiceGate, SFTPClientProtocol
-    from skypty.wire import requestline
-
-    uri = requestline.proxy_uri(pk.hex(), port, service="sftp") + (f"&scheme={scheme}" if scheme else "")
-
-    class ReasonedGate(ServiceGate):
-        """The local host says why it could not reach the peer: keep its words."""
-
-        def dataReceived(self, data):
-            if not self._open and data[:1] not in (b"", requestline.ACCEPT) and not self.accepted.called:
-                from skypty.client.errors import parse_rejection, proxy_refusal
-                from skypty.fs.errors import LinkDown
-
-                reason, text = parse_rejection(data[1:])
-                self.transport.loseConnection()
-                self.accepted.errback(LinkDown(proxy_refusal(reason, text, pk.hex(), port)))
-                return
-            super().dataReceived(data)
-
-    def connect():
-        sftp = SFTPClientProtocol()
-        gate = ReasonedGate(uri, sftp)
-        if network == "unix":
-            endpoint = UNIXClientEndpoint(reactor, address, timeout=timeout)
-        else:
-            host, _, tcp_port = address.rpartition(":")
-            endpoint = HostnameEndpoint(reactor, host.strip("[]") or "127.0.0.1", int(tcp_port), timeout=timeout)
-        d = endpoint.connect(protocol.Factory.forProtocol(lambda: gate))
-        d.addCallback(lambda _: gate.accepted)
-        d.addCallback(lambda _: sftp.ready)
-        return d
-    return connect
+    explain = lambda reason, text: proxy_refusal(reason, text, pk.hex(), args.port)  # noqa: E731
+    return control_socket_connector(reactor, network, address, pk, args.port, timeout, explain,
+                                    vet=foreign_control_socket, scheme=target.scheme)
 
 
 # -- the verb -------------------------------------------------------------------------------------------
 
 def split_paths(words, resolve=None):
     """-> (sources, destination) as Locations, checked for one remote side."""
-    from skypty.client.commands import usage_error
+    from skypty.client.errors import usage_error
 
     if len(words) < 2:
         raise usage_error("cp needs a source and a destination: skypty-client cp [-r] [-p] SRC... DST")
@@ -1174,7 +1141,7 @@ def split_paths(words, resolve=None):
 
 
 def cmd_cp(args, parser):
-    from skypty.client.commands import guarded
+    from skypty.client.reach import guarded
 
     return guarded(_cmd_cp)(args, parser)
 

@@ -352,10 +352,10 @@ class Printer:
 
 def make_plan(args, targets):
     from skypty.client.cmdline import remote_argv
-    from skypty.client.commands import _exec_env, _read_stdin, no_key_flags, timeout_ms
+    from skypty.client.reach import exec_env, no_key_flags, read_stdin, timeout_ms
     from skypty.durations import DurationError, parse_duration
 
-    from skypty.client.commands import PROXY_ANSWER_TIMEOUT
+    from skypty.client.reach import PROXY_ANSWER_TIMEOUT
     from skypty.client.transport import CONNECT_TIMEOUT
 
     # Unless told, as for one host: 10 s to connect directly; the local host
@@ -367,7 +367,7 @@ def make_plan(args, targets):
         except DurationError as e:
             raise SkyptyError(str(e)) from None
     plan = Plan(command=remote_argv(args.command), timeout_ms=timeout_ms(args), connect_timeout=connect_timeout,
-                proxy_timeout=proxy_timeout, stdin=_read_stdin(args), env=_exec_env(), dmsg_port=args.port)
+                proxy_timeout=proxy_timeout, stdin=read_stdin(args), env=exec_env(), dmsg_port=args.port)
     if any(t.direct for t in targets):
         from skypty.client.identity import resolve_secret_key
 
@@ -385,7 +385,7 @@ def fleet_targets(args):
 
     targets = expand_targets(args.targets)
     if args.via:  # one host, reached directly
-        from skypty.client.commands import usage_error
+        from skypty.client.errors import usage_error
 
         if len(targets) != 1 or targets[0].direct:
             raise usage_error("--via takes one host given by PK; with many hosts use PK@HOST[:PORT] each")
@@ -413,7 +413,7 @@ def cmd_fleet_exec(args):
     import skypty.client.classic  # noqa: F401
     import skypty.client.errors  # noqa: F401
     import skypty.client.rpc  # noqa: F401
-    import skypty.noise  # noqa: F401
+    import skypty.wire.noise  # noqa: F401
 
     results = [None] * len(targets)
 

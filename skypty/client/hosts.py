@@ -409,7 +409,7 @@ def _print_table(hosts, out):
 
 
 def cmd_hosts(args, parser):
-    from skypty.client.commands import fail
+    from skypty.client.errors import fail
 
     out = sys.stdout
     try:

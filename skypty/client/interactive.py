@@ -25,7 +25,7 @@ import termios
 import time
 import tty
 
-from skypty.client.errors import ClientError, explain_rpc
+from skypty.client.errors import ClientError, explain_rpc, raise_if_revoked
 from skypty.client.escape import DISCONNECT, SHOW_HELP, EscapeFilter
 from skypty.client.rpc import BlockingRPC, RejectedError
 from skypty.client.transport import TransportError
@@ -284,6 +284,7 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof):
                         _say(f"{lost} bytes of output were lost (this client fell behind)")
                         offset += lost
                     else:
+                        raise_if_revoked(value)
                         return ("ended", None)
                     read_seq = rpc.start("pty.Read", READ_SIZE, T.INT, T.BYTES)
                 if results:
@@ -360,6 +361,7 @@ def _pump_pipes(link):
                 value = rpc.results.pop(seq)
                 method, sink = reads.pop(seq)
                 if isinstance(value, RPCError):
+                    raise_if_revoked(value)
                     continue  # EOF on that stream
                 sink.write(value)
                 sink.flush()

@@ -194,6 +194,13 @@ def cmd_manhole(args, parser):
     except OSError as e:
         return _fail(f"cannot open the manhole at {path}: {e.strerror} "
                      f"(is the host running with --manhole unix:{path}?)")
+    from skypty.client.transport import ForeignSocketError, check_socket_owner
+
+    try:
+        check_socket_owner(sock, path, "the manhole", "pty.manhole")  # what is typed here is for the host alone
+    except ForeignSocketError as e:
+        sock.close()
+        return _fail(str(e))
     stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
     interactive = os.isatty(stdin_fd)
     if interactive:

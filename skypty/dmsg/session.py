@@ -13,8 +13,8 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from skypty.errors import ProtocolError
-from skypty.netopts import enable_keepalive
-from skypty.noise import (
+from skypty.wire.netopts import enable_keepalive
+from skypty.wire.noise import (
     MAX_PLAINTEXT, TAG, HandshakeFramer, NoiseError, NoiseHandshake, frame_handshake, pump_handshake,
 )
 from skypty.wire import gob

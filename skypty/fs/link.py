@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from skypty.fs import replies
 from skypty.fs.errors import LinkDown, is_generic_failure
-from skypty.sftppackets import Cork, PacketCutter, pack
+from skypty.wire.sftppackets import Cork, PacketCutter, pack
 from skypty.wire.sftp import QuietLogger
 from skypty.wire import requestline
 
@@ -172,12 +172,18 @@ class ServiceGate(protocol.Protocol):
     """Sends a request line; once the host accepts, the stream belongs to
     *inner* (``accepted`` fires), else ``accepted`` fails with the reason."""
 
-    def __init__(self, uri, inner):
+    def __init__(self, uri, inner, vet=None):
         self.uri, self.inner = uri, inner
+        self.vet = vet  # transport -> a refusal (another user's control socket: not one byte) or None
         self.accepted = defer.Deferred()
         self._open = False
 
     def connectionMade(self):
+        refusal = self.vet(self.transport) if self.vet is not None else None
+        if refusal is not None:
+            self.accepted.errback(LinkDown(refusal))
+            self.transport.abortConnection()
+            return
         self.transport.write(requestline.encode_request(self.uri))
 
     def dataReceived(self, data):
@@ -220,7 +226,7 @@ def abort(transport):
 
 def noise_tcp_connector(reactor, host, port, local_sk, remote_pk, timeout):
     """A direct Noise XK connection to ``host:port`` (the host's ssh_listen)."""
-    from skypty.noiseproto import connect_noise_xk
+    from skypty.wire.noiseproto import connect_noise_xk
 
     def connect():
         sftp = SFTPClientProtocol()
@@ -234,14 +240,35 @@ def noise_tcp_connector(reactor, host, port, local_sk, remote_pk, timeout):
     return connect
 
 
-def control_socket_connector(reactor, network, address, remote_pk, port, timeout):
+class ReasonedGate(ServiceGate):
+    """The local host says why it could not reach the peer (the reject byte,
+    then "reason-word: text"); *explain*(reason, text) words it for the user
+    (the client's, so this layer needs none of the client's vocabulary)."""
+
+    def __init__(self, uri, inner, explain, vet=None):
+        super().__init__(uri, inner, vet)
+        self.explain = explain
+
+    def dataReceived(self, data):
+        if not self._open and data[:1] not in (b"", requestline.ACCEPT) and not self.accepted.called:
+            reason, text = requestline.parse_rejection(data[1:])
+            self.transport.loseConnection()
+            self.accepted.errback(LinkDown(self.explain(reason, text)))
+            return
+        super().dataReceived(data)
+
+
+def control_socket_connector(reactor, network, address, remote_pk, port, timeout, explain, vet=None,
+                             scheme=None):
     """Through the local host, which dials the peer over dmsg
-    (``dmsgpty/proxy?...&service=sftp``)."""
-    uri = requestline.proxy_uri(remote_pk.hex(), port, service="sftp")
+    (``dmsgpty/proxy?...&service=sftp``; ``&scheme=`` pins a transport);
+    *explain*(reason, text) words the local host's refusal, *vet*(transport)
+    refuses a control socket before a byte is sent (see ServiceGate)."""
+    uri = requestline.proxy_uri(remote_pk.hex(), port, service="sftp") + (f"&scheme={scheme}" if scheme else "")
 
     def connect():
         sftp = SFTPClientProtocol()
-        gate = ServiceGate(uri, sftp)
+        gate = ReasonedGate(uri, sftp, explain, vet)
         if network == "unix":
             endpoint = UNIXClientEndpoint(reactor, address, timeout=timeout)
         else:

@@ -8,7 +8,7 @@
 
 from twisted.internet import defer
 
-from skypty.host.avatar import RPCFault
+from skypty.host.avatar import ERR_SESSIONS_OFF, RPCFault
 from skypty.host.connection import BareClose
 from skypty.wire import requestline
 from skypty.wire import types as T
@@ -46,7 +46,7 @@ def pty_methods(avatar, sessions_visible):
 
     def sessions(_):
         if avatar.context.sessions is None:
-            raise RPCFault("rpc: can't find method pty.Sessions")
+            raise RPCFault(ERR_SESSIONS_OFF)
         now = avatar.context.reactor.seconds()
         out = []
         for s in avatar.context.sessions.list():

@@ -274,8 +274,6 @@ class PipeProcess(PtyProcess):
 
     @classmethod
     def spawn(cls, reactor, name, args=(), env=(), cwd=None, sink=None, err_sink=None):
-        from skypty.host.command import SETSID
-
         full_env = build_env(env)
         path = resolve_command(name, full_env)
         self = cls(reactor, sink, err_sink)
@@ -286,7 +284,7 @@ class PipeProcess(PtyProcess):
                                                    full_env, cwd)
             else:  # util-linux setsid: a session of its own without a pre-exec hook
                 self.transport = reactor.spawnProcess(
-                    _PipeProtocol(self), SETSID, [SETSID, path, *args], env=full_env, path=cwd,
+                    _PipeProtocol(self), spawn.SETSID, [spawn.SETSID, path, *args], env=full_env, path=cwd,
                     childFDs={0: "w", 1: "r", 2: "r"})
         except OSError as e:
             raise SpawnError(f"cannot start {name}: {e}") from None

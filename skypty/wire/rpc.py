@@ -211,8 +211,8 @@ def _make_classes():
         def connectionMade(self):
             t = self.transport
             send = t.write
-            if self.immediate:  # replies leave in this reactor turn (skypty.writenow)
-                from skypty.writenow import write_now
+            if self.immediate:  # replies leave in this reactor turn (skypty.wire.writenow)
+                from skypty.wire.writenow import write_now
 
                 send = lambda data: write_now(t, data)  # noqa: E731
             self._holds = set()
