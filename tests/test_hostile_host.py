@@ -221,6 +221,8 @@ class _LyingRPC:
 
         if method == "pty.Sessions":
             return [T.SessionInfo.cls(id=EVIL, owner=EVIL * 3, command=EVIL, attached=0, idle_seconds=3)]
+        if method == "host.WebURL":
+            return f"http://127.0.0.1:8080/pty?token={EVIL}"
         if method == "whitelist.Sources":
             return [T.WhitelistEntry.cls(pk=SecretKey(b"\x01" * 32).public_key, source=EVIL)]
         raise RPCError(EVIL)
@@ -233,7 +235,7 @@ def test_list_whitelist_and_rpc_errors_print_the_hosts_words_escaped(monkeypatch
     monkeypatch.setattr(commands, "open_control", lambda args, uri: (None, b""))
     monkeypatch.setattr(commands, "BlockingRPC", _LyingRPC)
     monkeypatch.setattr(commands, "_whitelist_rpc", lambda args, verb="": _LyingRPC())
-    for argv, code in ((["list", "--sessions"], 0), (["whitelist"], 0), (["list"], 1)):
+    for argv, code in ((["list", "--sessions"], 0), (["whitelist"], 0), (["list"], 1), (["url"], 1), (["ui"], 1)):
         assert main(argv) == code
         out, err = capsys.readouterr()
         assert "\x1b" not in out + err and "\x07" not in out + err and "\x9b" not in out + err, argv

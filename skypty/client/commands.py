@@ -10,6 +10,7 @@ from skypty.client.reach import (
     parse_pk, parse_pks, parse_target, read_stdin, timeout_ms,
 )
 from skypty.client.rpc import BlockingRPC
+from skypty.errors import SkyptyError
 from skypty.wire import requestline
 from skypty.wire import types as T
 from skypty.wire.rpc import RPCError
@@ -211,6 +212,9 @@ def cmd_list(args, parser):
 
 def _web_url(args):
     url = _whitelist_rpc(args, args.verb).call("host.WebURL", T.EMPTY.cls(), T.EMPTY, T.STRING)
+    if not url.startswith(("http://", "https://")) or not url.isprintable() or " " in url:
+        # printed, and handed to a browser: only a plain web address
+        raise SkyptyError(f"the host answered a web address that is not one: '{url}'")  # fail() escapes it
     if args.visor:
         base, _, query = url.partition("?")
         url = f"{base}/{parse_pk(args.visor).hex()}?{query}"
