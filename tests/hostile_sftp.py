@@ -23,6 +23,7 @@ OK, EOF, NO_SUCH_FILE, FAILURE = 0, 1, 2, 4
 DIR, FILE, LINK, SOCK, FIFO = 0o040755, 0o100644, 0o120777, 0o140644, 0o010644
 CONTENT = b"the host wrote this\n"
 PAGE = 100  # entries per NAME reply, as OpenSSH sends
+PAGE_MAX = 4096  # the most the client takes in one (skypty.fs.replies.MAX_NAMES)
 
 
 def ns(b):
@@ -43,7 +44,7 @@ class Tree:
         """Only sources the user names are stat'ed; entries carry their own attrs."""
         if path in (b"/", b"/t", b"/u", b"/e", b"/h", b"/s"):
             return DIR
-        if self.scenario == "endless" and path.startswith(b"/e/"):
+        if self.scenario in ("endless", "wide") and path.startswith(b"/e/"):
             return DIR
         return None
 
@@ -65,6 +66,10 @@ class Tree:
             yield b"through", FILE
         elif s == "endless":
             yield b"d", DIR
+        elif s == "wide":  # the worst case for the walk: a full page held at every level
+            yield b"d", DIR
+            for i in range(PAGE_MAX - 1):
+                yield b"%0210d" % i, SOCK
         elif s == "huge" and path == b"/h":
             for i in range(1_000_000):
                 yield b"%0210d" % i, SOCK
@@ -137,13 +142,14 @@ def serve(conn, tree):
                     if entry is None:
                         break
                     page.append(entry)
-                    if len(page) == PAGE:
+                    if len(page) == (PAGE_MAX if tree.scenario == "wide" else PAGE):
                         break
                 if not page:
                     status(rid, EOF)
                 else:
                     send(NAME, struct.pack("!LL", rid, len(page)) + b"".join(
-                        ns(name) + ns(name) + attrs(mode, len(CONTENT) if mode == FILE else 0)
+                        ns(name) + ns(b"" if tree.scenario == "wide" else name)  # wide: fit 1 MiB
+                        + attrs(mode, len(CONTENT) if mode == FILE else 0)
                         for name, mode in page))
             elif kind == CLOSE:
                 handles.pop(arg, None)
