@@ -323,3 +323,15 @@ def test_fs_mount_refuses_a_listing_without_end(monkeypatch):
     link.RemoteFS(Link()).listdir(b"/endless").addErrback(failures.append)
     assert failures and failures[0].check(OSError) and "more than 5000 entries" in str(failures[0].value)
     assert Endless.reads <= 5_000 // 100 + 2
+
+
+def test_cp_holds_one_reply_per_level_at_worst(liar, tmp_path):
+    """The walk's worst case: an endless tree with a full reply (4,096 entries,
+    210-byte names, ~1 MiB) at every level, its first entry the way down.
+    What stays held is each level's reply as bytes, not as Python objects
+    (212 MB of peak RSS before that, 110 MB after)."""
+    sock = liar("wide")
+    code, err, rss, seconds = cp_from_liar(sock, "/e", tmp_path, timeout=120)
+    assert code == 1 and b"more than 64 levels below the source" in err
+    assert err.count(b"(skipped)\n") == 65 * 4095
+    assert rss < PEAK_RSS, f"peak RSS {rss / 2**20:.0f} MiB"

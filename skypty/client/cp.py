@@ -494,8 +494,9 @@ class RemoteLister:
         if self.ended:
             return _succeed(None)
 
-        def got(found):
-            return [(name.decode("utf-8", "surrogateescape"), attrs) for name, _, attrs in found]
+        def got(found):  # skypty.fs.replies.Names: decoded as the walk takes them
+            return _Page(((name.decode("utf-8", "surrogateescape"), attrs) for name, _, attrs in found),
+                         len(found))
 
         def at_end(failure):
             failure.trap(EOFError)
@@ -506,6 +507,19 @@ class RemoteLister:
     def close(self):
         if self.link.connected:
             self.directory.close().addErrback(lambda _: None)
+
+
+class _Page:
+    """Entries of one listing page, taken one at a time."""
+
+    def __init__(self, entries, count):
+        self.entries, self.count = iter(entries), count
+
+    def __len__(self):
+        return self.count
+
+    def __iter__(self):
+        return self.entries
 
 
 class RemoteReader:
@@ -654,8 +668,7 @@ class Held:
     src: str = None
     depth: int = 0
     lister: object = None
-    page: tuple = ()
-    index: int = 0
+    page: object = None  # an iterator over the page being walked
     seen: int = 0  # entries listed so far (--max-entries)
     dots: int = 0
     pending: int = 0  # files, links and subdirectories under way inside
@@ -840,7 +853,8 @@ class Copier:
                             self.warn(here.src, describe(e))
                             self._leave(stack)
                             continue
-                    if here.index >= len(here.page):
+                    entry = next(here.page, None) if here.page is not None else None
+                    if entry is None:
                         try:
                             page = yield here.lister.page()
                         except Exception as e:
@@ -851,11 +865,10 @@ class Copier:
                         if page is None:
                             self._leave(stack)
                             continue
-                        here.page, here.index = page, 0
-                        here.seen += 0 if page else 1  # endless empty pages end too
+                        here.page = iter(page)
+                        here.seen += 0 if len(page) else 1  # endless empty pages end too
                         continue
-                    name, attrs = here.page[here.index]
-                    here.index += 1
+                    name, attrs = entry
                     here.dots += name in SELF_AND_PARENT
                     here.seen += 0 if name in SELF_AND_PARENT and here.dots <= 2 else 1  # those two are free
                     if here.seen > self.max_entries:
@@ -895,7 +908,7 @@ class Copier:
         here = stack.pop()
         if here.lister is not None:
             here.lister.close()
-        here.lister, here.page = None, ()
+        here.lister, here.page = None, None
         here.walked = True
         self.settle(here)
 

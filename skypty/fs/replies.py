@@ -9,8 +9,9 @@ problem is one ``BadReply``; the link then fails that request and drops
 the session.
 
 A NAME reply carries at most ``MAX_NAMES`` entries: servers send about a
-hundred (OpenSSH 100, conch 250, Go's pkg/sftp 128), and a bound per reply
-keeps what a directory walk holds per level small.
+hundred (OpenSSH 100, conch 250, Go's pkg/sftp 128).  Its entries are
+decoded lazily (``Names``): a directory walk holds one reply per level as
+its bytes (at most the link's 1 MiB packet cap), not as Python objects.
 """
 
 import struct
@@ -78,21 +79,49 @@ def request_id(body):
     return _u32(body, 0, "request id")[0]
 
 
+class Names:
+    """A NAME reply's entries, checked whole, then decoded one at a time as
+    they are iterated: what is held is the reply's bytes, not thousands of
+    tuples and dicts (a directory walk holds one reply per level).  Reads
+    like the list conch's client gives: iteration, len(), [i]."""
+
+    __slots__ = ("_body", "_start", "_count")
+
+    def __init__(self, body, start, count):
+        self._body, self._start, self._count = body, start, count
+        for _ in self:  # every length checked now: a bad reply fails its request, not a later walk
+            pass
+
+    def __len__(self):
+        return self._count
+
+    def __iter__(self):
+        body, pos = self._body, self._start
+        for _ in range(self._count):
+            name, pos = _string(body, pos, "file name")
+            longname, pos = _string(body, pos, "long name")
+            attrs, pos = parse_attrs(body, pos)
+            yield name, longname, attrs
+
+    def __getitem__(self, index):
+        return list(self)[index]
+
+    def __eq__(self, other):
+        return list(self) == list(other)
+
+    def __repr__(self):
+        return f"Names({list(self)!r})"
+
+
 def parse_name(body):
-    """A NAME reply's body (request id first) -> (request id, [(name, longname, attrs)])."""
+    """A NAME reply's body (request id first) -> (request id, Names of (name, longname, attrs))."""
     rid, pos = _u32(body, 0, "request id")
     count, pos = _u32(body, pos, "name count")
     if count > MAX_NAMES:
         raise BadReply(f"{count} names in one reply (at most {MAX_NAMES})")
     if count > (len(body) - pos) // 12:  # name, long name, flags: 4 bytes each at least
         raise BadReply(f"{count} names cannot fit in the reply")
-    entries = []
-    for _ in range(count):
-        name, pos = _string(body, pos, "file name")
-        longname, pos = _string(body, pos, "long name")
-        attrs, pos = parse_attrs(body, pos)
-        entries.append((name, longname, attrs))
-    return rid, entries
+    return rid, Names(bytes(body), pos, count)
 
 
 def parse_attrs_reply(body):
