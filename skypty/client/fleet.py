@@ -199,7 +199,7 @@ def _connect(target, plan, slot):
             if e.closed:
                 raise SkyptyError(not_whitelisted(target.pk, plan.sk.public_key.hex())) from None
             raise SkyptyError(f"host {target.pk} refused {uri} (that service is off there)") from None
-        raise SkyptyError(proxy_refusal(e.reason, e.text, target.pk, plan.dmsg_port)) from None
+        raise SkyptyError(proxy_refusal(e.reason, e.text, target.pk, plan.dmsg_port, closed=e.closed)) from None
 
 
 def _exec(channel, early, plan, result):

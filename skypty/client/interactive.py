@@ -346,7 +346,8 @@ def piped(opener, command):
     return _pump_pipes(link)
 
 
-def _pump_pipes(link):
+def _pump_pipes(link, deadline=None, on_deadline=None):
+    """-> the exit code; at *deadline* (time.monotonic()), on_deadline()'s."""
     rpc, channel = link.rpc, link.channel
     stdin_fd = sys.stdin.fileno()
     out, err = sys.stdout.buffer, sys.stderr.buffer
@@ -371,7 +372,12 @@ def _pump_pipes(link):
             if not reads:
                 break
             watch = [channel] + ([stdin_fd] if stdin_open else [])
-            ready, _, _ = select.select(watch, [], [], PING_INTERVAL)
+            wait = PING_INTERVAL
+            if deadline is not None:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    return on_deadline()
+            ready, _, _ = select.select(watch, [], [], min(wait, PING_INTERVAL))
             if stdin_open and stdin_fd in ready:
                 data = os.read(stdin_fd, 65536)
                 if data:

@@ -318,8 +318,9 @@ def build_parser(only=None):
                                   "another host's, --network a public Skywire deployment.")
     g.add_argument("-o", "--output", default="skywire-config.json", help="file to write (default ./skywire-config.json)")
     g.add_argument("--force", action="store_true", help="overwrite an existing file")
-    g.add_argument("--ssh-listen", default=":2022", metavar="ADDR",
-                   help='Noise TCP port, e.g. ":2022" (default) or 127.0.0.1:2022; "" = off')
+    g.add_argument("--ssh-listen", default="127.0.0.1:2022", metavar="ADDR",
+                   help='Noise TCP port (default 127.0.0.1:2022, this machine only); ":2022" = every '
+                        'interface; "" = off')
     g.add_argument("--web-listen", default="127.0.0.1:8080", metavar="ADDR",
                    help='the web terminal (default 127.0.0.1:8080); "" = off')
     g.add_argument("--cli-address", default="/tmp/pty.sock", metavar="PATH",
@@ -329,6 +330,9 @@ def build_parser(only=None):
                    help="let this public key in (repeatable)")
     g.add_argument("--persistent-sessions", action="store_true",
                    help="a dropped link detaches the shell instead of ending it")
+    g.add_argument("--manhole", default="", metavar="unix:PATH",
+                   help="serve the debugging manhole on this unix socket (mode 0600); "
+                        "`skypty-client manhole -i CONFIG` then finds it (default: none)")
     net = g.add_argument_group("dmsg network (one of)").add_mutually_exclusive_group()
     net.add_argument("--embedded", action="store_true",
                      help="run a local discovery and dmsg server inside the host (the default)")
@@ -440,6 +444,10 @@ def _main(argv):
     if not args.verb:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.verb == "hosts" and args.hosts_verb is None and unknown:
+        # `hosts --names`: list is the default sub-verb, so its options work without it
+        at = argv.index("hosts") + 1
+        args, unknown = parser.parse_known_args(argv[:at] + ["list"] + argv[at:])
     if args.verb == "exec" and command is None and (unknown or len(args.targets) > 1):
         # `exec web1 uname -a`: the words after the hosts are a command without --.
         from skypty.client.hosts import looks_like_target
@@ -457,15 +465,35 @@ def _main(argv):
         return EXIT_USAGE
     if takes_command and (unknown or args.command):
         return _command_needs_dashes(argv, args, unknown)
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:  # the verb's own --help, not the top-level usage
+        sys.stderr.write(f"skypty-client {args.verb}: unrecognized arguments: {' '.join(unknown)} "
+                         f"(see skypty-client {args.verb} --help)\n")
+        return EXIT_USAGE
     if command is not None and takes_command:
         args.command = command
     return _run_verb(args, parser)
 
 
+def _bad_secret_key(args):
+    """A malformed --sk is a usage error (exit 2), found before anything connects."""
+    text = getattr(args, "sk", None)
+    if not text:
+        return None
+    from skypty.keys import InvalidKey, SecretKey
+
+    try:
+        SecretKey.from_hex(text)
+    except InvalidKey as e:
+        return f"--sk: {e}"
+    return None
+
+
 def _run_verb(args, parser):
     module, func = VERBS[args.verb]
+    problem = _bad_secret_key(args)
+    if problem:
+        sys.stderr.write(f"skypty-client: {problem}\n")
+        return EXIT_USAGE
     try:
         # __import__, not importlib.import_module: the importlib package (and the
         # warnings module it loads) is ~1 ms of start-up this does not need.

@@ -131,7 +131,7 @@ def open_remote_via_host(args, pk):
         return channel, request_service(channel, uri)
     except RejectedError as e:
         channel.close()
-        raise ClientError(proxy_refusal(e.reason, e.text, pk.hex(), args.port)) from None
+        raise ClientError(proxy_refusal(e.reason, e.text, pk.hex(), args.port, closed=e.closed)) from None
 
 
 # -- what an exec request carries ----------------------------------------------------------
