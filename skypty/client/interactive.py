@@ -61,7 +61,9 @@ def _env():
 
 
 def _say(text):
-    line = f"\r\n[skypty: {text}]\r\n"
+    from skypty.client.textsafe import safe  # reasons can carry the host's words
+
+    line = f"\r\n[skypty: {safe(text)}]\r\n"
     _local_line(line)
     sys.stderr.write(line)
     sys.stderr.flush()
@@ -232,7 +234,9 @@ def _on_pty(opener, attach, command, is_tty, escape, label, link=None, ctrl_d_at
         link = Link(opener)
     sid, offset = _start(link, command, rows, cols, attach)
     if sid and not attach:
-        sys.stderr.write(f"[skypty: session {sid}; reattach with --attach {sid}]\r\n")
+        from skypty.client.textsafe import safe  # the id is the host's
+
+        sys.stderr.write(f"[skypty: session {safe(sid)}; reattach with --attach {safe(sid)}]\r\n")
         sys.stderr.flush()
 
     wake_r, wake_w = os.pipe()

@@ -280,6 +280,11 @@ def build_parser(only=None):
     p.add_argument("--port", type=int, default=22, metavar="N", help="the host's dmsg port, for PK:PATH (default 22)")
     p.add_argument("--timeout", default="30s", metavar="DURATION",
                    help="a request unanswered this long fails the copy (default 30s)")
+    # limits on what a host's listing can make -r do (the values are skypty.client.cp's)
+    p.add_argument("--max-depth", type=_positive_int, default=64, metavar="N",
+                   help="with -r: directories nested more than N levels below a source are not copied (default 64)")
+    p.add_argument("--max-entries", type=_positive_int, default=100_000, metavar="N",
+                   help="with -r: a directory with more than N entries is copied only up to N (default 100000)")
     _identity_options(p, pkg_flags=("--pkg",))  # -p is --preserve, as for scp
     _cli_options(p)
 
