@@ -177,7 +177,8 @@ def cmd_shell(args, parser):
     from skypty.client.interactive import interactive
 
     return interactive(lambda: open_direct(pk, host, port, args), attach=args.attach, command=command,
-                       want_pty=want_pty, escape=args.escape, label=f"{host}:{port}")
+                       want_pty=want_pty, escape=args.escape, label=f"{host}:{port}",
+                       predict=predict_mode(args, args.target))
 
 
 @guarded
@@ -196,7 +197,25 @@ def cmd_start(args, parser):
         label = "the local host"
     command = remote_argv(args.command) if args.command else None
     return interactive(opener, attach=args.attach, command=command, want_pty=want_pty,
-                       escape=args.escape, label=label)
+                       escape=args.escape, label=label, predict=predict_mode(args, args.pk))
+
+
+def predict_mode(args, target):
+    """--predict, else the host's `predict` in hosts.toml, else $SKYPTY_PREDICT, else auto."""
+    if args.predict:
+        return args.predict
+    if target and "@" not in target and len(target) != 66:  # a host name
+        from skypty.client.hosts import load_hosts
+
+        entry = load_hosts().get(target)
+        if entry is not None and entry.predict:
+            return entry.predict
+    env = os.environ.get("SKYPTY_PREDICT", "")
+    if env in ("auto", "always", "never"):
+        return env
+    if env:
+        raise SkyptyError(f"$SKYPTY_PREDICT={env!r}: expected auto, always or never")
+    return "auto"
 
 
 def _whitelist_rpc(args, verb="this verb"):
@@ -228,8 +247,10 @@ def cmd_whitelist(args, parser):
             raise
         # An older host: the keys without where they come from.
         entries = [(pk, "") for pk in rpc.call("whitelist.Whitelist", T.EMPTY.cls(), T.EMPTY, T.PubKeys)]
+    from skypty.client.textsafe import safe
+
     for pk, label in entries:
-        print(f"{pk.hex()}  {label}".rstrip())
+        print(f"{pk.hex()}  {safe(label)}".rstrip())
     return 0
 
 
@@ -268,11 +289,13 @@ def session_table(rows):
     """pty.Sessions rows -> the lines `list --sessions` prints."""
     if not rows:
         return ["no sessions"]
+    from skypty.client.textsafe import safe  # every column is the host's word
+
     lines = [f"{'ID':<16}  {'OWNER':<17}  {'STATE':<12} COMMAND"]
     for s in rows:
         state = "attached" if s.attached else f"idle {s.idle_seconds}s"
-        command = s.command or "(login shell)"  # started without a command: the host's shell
-        lines.append(f"{s.id:<16}  {s.owner[:16]}…  {state:<12} {command}")
+        command = safe(s.command) or "(login shell)"  # started without a command: the host's shell
+        lines.append(f"{safe(s.id):<16}  {safe(s.owner[:16])}…  {state:<12} {command}")
     return lines
 
 
@@ -292,6 +315,9 @@ def cmd_list(args, parser):
 
 def _web_url(args):
     url = _whitelist_rpc(args, args.verb).call("host.WebURL", T.EMPTY.cls(), T.EMPTY, T.STRING)
+    if not url.startswith(("http://", "https://")) or not url.isprintable() or " " in url:
+        # printed, and handed to a browser: only a plain web address
+        raise SkyptyError(f"the host answered a web address that is not one: '{url}'")  # fail() escapes it
     if args.visor:
         base, _, query = url.partition("?")
         url = f"{base}/{parse_pk(args.visor).hex()}?{query}"

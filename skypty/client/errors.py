@@ -25,7 +25,9 @@ class ClientError(SkyptyError):
 
 
 def fail(message, code=1):
-    sys.stderr.write(f"skypty-client: {message}\n")
+    from skypty.client.textsafe import safe  # a host's words are in many messages
+
+    sys.stderr.write(f"skypty-client: {safe(message)}\n")
     return code
 
 

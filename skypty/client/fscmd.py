@@ -88,7 +88,9 @@ def mount(args):
     job = Mount(connect, mountpoint, name, remote_root=root, read_only=args.ro,
                 attr_ttl=_duration(args.attr_ttl, "--attr-ttl"), entry_ttl=_duration(args.entry_ttl, "--entry-ttl"),
                 dir_ttl=_duration(args.dir_ttl, "--dir-ttl"), timeout=timeout)
-    return run_mount(job, args.foreground, args.log)
+    from skypty.client.textsafe import safe
+
+    return run_mount(job, args.foreground, args.log, printable=safe)
 
 
 def _via_local_host(args, pk, timeout):

@@ -92,6 +92,10 @@ def _terminal_options(parser, tty_help):
     parser.add_argument("-e", dest="escape", metavar="CHAR", type=_escape_char, default=b"~",
                         help="escape character at the start of a line (default ~: ~. disconnects, "
                              "~? lists the escapes); ^X for a control key; none turns it off")
+    parser.add_argument("--predict", choices=("auto", "always", "never"), default=None,
+                        help="show typed characters before the host echoes them (as mosh does): auto "
+                             "(default) does above ~30 ms round trip; also `predict` in hosts.toml "
+                             "and $SKYPTY_PREDICT")
 
 
 def _command_arg(parser, required):
@@ -276,6 +280,11 @@ def build_parser(only=None):
     p.add_argument("--port", type=int, default=22, metavar="N", help="the host's dmsg port, for PK:PATH (default 22)")
     p.add_argument("--timeout", default="30s", metavar="DURATION",
                    help="a request unanswered this long fails the copy (default 30s)")
+    # limits on what a host's listing can make -r do (the values are skypty.client.cp's)
+    p.add_argument("--max-depth", type=_positive_int, default=64, metavar="N",
+                   help="with -r: directories nested more than N levels below a source are not copied (default 64)")
+    p.add_argument("--max-entries", type=_positive_int, default=100_000, metavar="N",
+                   help="with -r: a directory with more than N entries is copied only up to N (default 100000)")
     _identity_options(p, pkg_flags=("--pkg",))  # -p is --preserve, as for scp
     _cli_options(p)
 
@@ -292,6 +301,8 @@ def build_parser(only=None):
     ha.add_argument("--transport", choices=("tcp", "dmsg", "skynet"),
                     help="how to reach it (default: tcp with --addr, else through the local host)")
     ha.add_argument("--group", metavar="G", action="append", help="put it in group G (repeatable)")
+    ha.add_argument("--predict", choices=("auto", "always", "never"),
+                    help="local echo prediction for shells on it (default auto)")
     ha.add_argument("--force", action="store_true", help="replace an existing NAME")
     hr = hs.add_parser("remove", help="forget names")
     hr.add_argument("names", metavar="NAME", nargs="+")

@@ -19,6 +19,7 @@ from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import HostnameEndpoint, ProcessEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
 
+from skypty.fs import replies
 from skypty.fs.errors import HostRefused, LinkDown, is_generic_failure
 from skypty.wire.sftppackets import Cork, PacketCutter, pack
 from skypty.wire.sftp import QuietLogger
@@ -30,6 +31,9 @@ log = Logger()
 # page; OpenSSH caps packets at 256 KiB.  A server sending more is hostile.
 MAX_REPLY_PACKET = 1024 * 1024
 _DATA_HEAD = struct.Struct("!LL")  # request id, data length
+# A listing is held whole (the mount caches it): a host listing without end
+# would take all memory.  Past this many entries the directory is refused.
+MAX_LISTING = 1_000_000
 _WRITE_HEAD = struct.Struct("!LBL")  # length, FXP_WRITE, request id
 _OFFSET_AND_SIZE = struct.Struct("!QL")
 
@@ -106,6 +110,57 @@ class SFTPClientProtocol(fx.FileTransferClient):
     def fsetstat(self, handle, attrs):
         # conch's ClientFile.setAttrs sends FSTAT by mistake; this is FSETSTAT.
         return self._sendRequest(fx.FXP_FSETSTAT, handle + self._packAttributes(attrs))
+
+    # NAME, ATTRS and STATUS through skypty.fs.replies: conch's parsers trust
+    # the host's lengths and raise on non-ASCII texts (the request then hung).
+
+    def _answer(self, data, parse):
+        """-> (the asked request's Deferred, parsed reply), or None when
+        there is nothing to answer (an unknown id) or the reply was bad
+        (that request fails and the session is dropped)."""
+        if len(data) < 4:
+            abort(self.transport)
+            return None
+        pending = self.openRequests.pop(replies.request_id(data), None)
+        if pending is None:
+            return None
+        try:
+            return pending, parse(data)
+        except replies.BadReply as e:
+            pending.errback(LinkDown(f"the host sent a malformed SFTP reply ({e}); dropped the session"))
+            abort(self.transport)
+            return None
+
+    def packet_NAME(self, data):
+        answer = self._answer(data, replies.parse_name)
+        if answer is not None:
+            answer[0].callback(answer[1][1])
+
+    def packet_ATTRS(self, data):
+        answer = self._answer(data, replies.parse_attrs_reply)
+        if answer is not None:
+            answer[0].callback(answer[1][1])
+
+    def packet_HANDLE(self, data):
+        answer = self._answer(data, replies.parse_handle)
+        if answer is not None:
+            answer[0].callback(answer[1][1])
+
+    packet_DATA = packet_HANDLE  # only a DATA too short for the direct path in dataReceived comes here
+
+    def packet_STATUS(self, data):
+        answer = self._answer(data, replies.parse_status)
+        if answer is None:
+            return
+        d, (_, code, message, lang) = answer
+        if code == fx.FX_OK:
+            d.callback((message, lang))
+        elif code == fx.FX_EOF:
+            d.errback(EOFError(message))
+        elif code == fx.FX_OP_UNSUPPORTED:
+            d.errback(NotImplementedError(message))
+        else:  # any bytes: printed through skypty.client.textsafe
+            d.errback(fx.SFTPError(code, message.decode("utf-8", "surrogateescape"), lang))
 
 
 class _ClientFile(fx.ClientFile):
@@ -406,7 +461,7 @@ class RemoteFS:
     def listdir(self, path):
         """-> [(name, attrs)] without '.' and '..'."""
         directory = yield self.link.call(lambda c: c.openDirectory(path))
-        entries = []
+        entries, listed = [], 0
         try:
             # READDIRs go two at a time: a directory that fits in one page
             # (and the EOF that ends it) costs one round trip, not two.
@@ -419,7 +474,12 @@ class RemoteFS:
                         found.trap(EOFError)
                         done = True
                     elif not done:
-                        entries.extend((name, attrs) for name, _, attrs in found if name not in (b".", b".."))
+                        entries.extend((name, attrs) for name, _, attrs in found if _plain(name))
+                        listed += len(found) or 1  # empty pages without end count too
+                if listed > MAX_LISTING:
+                    log.warn("{path}: the host listed more than {n} entries; refused",
+                             path=path.decode("utf-8", "backslashreplace"), n=MAX_LISTING)
+                    raise OSError(errno.EIO, f"more than {MAX_LISTING} entries", path)
         finally:
             if self.link.connected:
                 directory.close().addErrback(lambda _: None)
@@ -492,7 +552,12 @@ class RemoteFS:
 
     def readlink(self, path):
         d = self.link.call(lambda c: c._sendRequest(fx.FXP_READLINK, NS(path)))
-        return d.addCallback(lambda names: names[0][0])
+
+        def target(names):
+            if not names:  # a NAME reply with no name in it
+                raise OSError(errno.EIO, "the host named no link target", path)
+            return names[0][0]
+        return d.addCallback(target)
 
     def hardlink(self, old, new):
         if b"hardlink@openssh.com" not in self.link.extensions:
@@ -510,6 +575,12 @@ class RemoteFS:
         names = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
                  "f_favail", "f_fsid", "f_flag", "f_namemax")
         return dict(zip(names, struct.unpack(">11Q", data[:88])))
+
+
+def _plain(name):
+    """A name the kernel can take as one entry (it refuses the whole
+    directory for one with '/' or NUL): a host's other names are left out."""
+    return name not in (b"", b".", b"..") and b"/" not in name and b"\0" not in name
 
 
 def _is_dir(attrs):

@@ -204,14 +204,16 @@ def _is_missing(failure):
     return failure.check(fx.SFTPError) and failure.value.code == fx.FX_NO_SUCH_FILE
 
 
-def run_mount(mount, foreground, log_file=None):
-    """Run *mount*, in the background unless *foreground*; -> exit code."""
+def run_mount(mount, foreground, log_file=None, printable=str):
+    """Run *mount*, in the background unless *foreground*; -> exit code.
+    *printable* makes a failure's text (the host's words can be in it) safe
+    for the terminal: the client hands in skypty.client.textsafe.safe."""
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     if foreground:
         globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
         return mount.run(on_ready=lambda: None,
-                         on_failure=lambda msg: sys.stderr.write(f"skypty-client: {msg}\n"))
+                         on_failure=lambda msg: sys.stderr.write(f"skypty-client: {printable(msg)}\n"))
 
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -225,7 +227,7 @@ def run_mount(mount, foreground, log_file=None):
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
-        sys.stderr.write(f"skypty-client: {word.strip() or 'the mount process died'}\n")
+        sys.stderr.write(f"skypty-client: {printable(word.strip()) or 'the mount process died'}\n")
         return 1
 
     os.close(read_end)
