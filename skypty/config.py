@@ -16,12 +16,13 @@ start-up with one ConfigError line that names the key.
         cli_network        "unix" (or "tcp")
         cli_address        "/tmp/pty.sock"
         whitelist          extra PKs allowed in
-        ssh_listen         "" = off; ":2022" = Noise XK over TCP on port 2022
+        ssh_listen         "" = off; ":2022" = Noise XK over TCP on port 2022 (every
+                           interface); a generated config has "127.0.0.1:2022"
         persistent_sessions  false
         session_ttl        "5m": how long a detached session lives
         web_listen         "" = off; "127.0.0.1:8080" = the web terminal
         manhole            "" = off; a Twisted endpoint such as unix:/run/skypty-manhole.sock
-        log_level          "info" (or debug, warn, error); twistd skypty --log-level wins
+        log_level          "info" (or debug, warn, error, critical); twistd skypty --log-level wins
         sftp               {"root": "/", "read_only": false}
 """
 
@@ -344,11 +345,17 @@ def load_or_create_config(path):
         raise ConfigError(f"{path}: cannot write a new config: {e.strerror}") from None
 
 
-def generate_config_data(sk=None, *, cli_address=DEFAULT_CLI_ADDRESS, ssh_listen=":2022",
+# A generated config's Noise TCP port: on loopback, as its web terminal, so a
+# fresh host is usable at once (shell PK@127.0.0.1:2022) but opens nothing to
+# the network until asked (config gen --ssh-listen :2022, or edit the file).
+GENERATED_SSH_LISTEN = "127.0.0.1:2022"
+
+
+def generate_config_data(sk=None, *, cli_address=DEFAULT_CLI_ADDRESS, ssh_listen=GENERATED_SSH_LISTEN,
                          web_listen="127.0.0.1:8080", discovery_port=9090, server_port=8081,
                          discovery=None, embedded_discovery=None, embedded_server=None,
                          server_address="", dmsg_port=DEFAULT_DMSG_PORT, whitelist=(),
-                         persistent_sessions=False):
+                         persistent_sessions=False, manhole=""):
     """A fresh config with new keys.
 
     By default the host runs its own dmsg network (discovery on
@@ -386,6 +393,7 @@ def generate_config_data(sk=None, *, cli_address=DEFAULT_CLI_ADDRESS, ssh_listen
             "persistent_sessions": persistent_sessions,
             "session_ttl": "5m",
             "web_listen": web_listen,
+            **({"manhole": manhole} if manhole else {}),
         },
     }
 

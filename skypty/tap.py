@@ -33,7 +33,7 @@ class Options(usage.Options):
          "Serve a twisted.conch manhole on this endpoint, e.g. unix:/run/skypty-manhole.sock "
          "(overrides the config's pty.manhole)."],
         ["log-level", None, None,
-         "debug, info, warn or error (overrides the config's pty.log_level; default info: "
+         "debug, info, warn, error or critical (overrides the config's pty.log_level; default info: "
          "one line per meaningful event)."],
     ]
 
@@ -54,7 +54,21 @@ class Options(usage.Options):
         try:
             self.log_level = parse_level(self["log-level"] or self.config.pty.log_level)
         except ValueError as e:
-            fail(f"--log-level: {e}")
+            fail(f"--log-level: {e}" + discard_new_config(self))
+
+
+def discard_new_config(options):
+    """A start that fails removes the config (and its new identity) that this
+    same start wrote, and nothing else; -> what to add to the failure line."""
+    if not getattr(options, "created", False):
+        return ""
+    path = options["config"]
+    try:
+        os.unlink(path)
+    except OSError as e:
+        return f" (the new config {path} it wrote is still there: {e.strerror})"
+    options.created = False
+    return f" (the new config {path} it wrote was removed)"
 
 
 def check_pidfile(twistd_options):
@@ -86,7 +100,7 @@ def makeService(options):
     try:
         host.check_listeners()
     except ListenError as e:
-        fail(e)
+        fail(f"{e}{discard_new_config(options)}")
     make_log_file_private(twistd)
     if twistd is None:
         return host

@@ -105,6 +105,13 @@ def test_stdin_on_a_classic_host(net):
     assert (r.returncode, r.stdout.split()[0].decode()) == (0, hashlib.sha256(data).hexdigest())
 
 
+@pytest.mark.parametrize("way", ["classic, direct", "classic proxy"])
+def test_piped_stdin_without_stdin_flag_on_a_classic_host(net, way):
+    """No pty.StartPiped there: stdin goes whole, as with --stdin."""
+    r = run(*ways(net)[way], "--", "wc", "-c", input=b"x" * 1000)
+    assert (r.returncode, r.stdout.strip()) == (0, b"1000")
+
+
 def test_list_says_the_host_does_not_offer_it(net):
     network, full, classic = net
     r = run("list", "--cliaddr", classic.cli)

@@ -96,7 +96,13 @@ def test_reason_behind_the_reject_byte():
     sent = encode_rejection("no-sftp", "é" * 200)  # what a host sends: cut to 255 bytes, still parsed
     assert sent[:1] == b"\x01" and len(sent) == 2 + 255
     assert parse_rejection(sent[1:])[0] == "no-sftp"
-    assert "did not say why" in proxy_refusal("", "", A, 22)
+    # the reject byte alone: a reference or older host; a hang-up: a failure (or a reference host)
+    assert "without saying why (a reference or an older host)" in proxy_refusal("", "", A, 22)
+    hung_up = proxy_refusal("", "", A, 22, closed=True)
+    assert "hung up without a reason" in hung_up and "older" not in hung_up and "its log" in hung_up
+    failed = proxy_refusal("failed", "No module named 'skypty.host.proxy'", A, 22)
+    assert failed == (f"the local host failed while reaching {A}: No module named 'skypty.host.proxy' "
+                      "(its log has the details)")
     assert "not in dmsg discovery" in proxy_refusal("not-in-discovery", "", A, 22)
     assert "dmsg port 22" in proxy_refusal("refused", "", A, 22)
 
@@ -154,9 +160,29 @@ def test_channels_wait_on_fds_past_selects_limit():
     (["exec", "--bogus", A, "--", "true"], "skypty-client exec: unrecognized option --bogus (see skypty-client exec --help)\n"),
     (["shell", "--nope", f"{A}@h", "--", "ls"], "skypty-client shell: unrecognized option --nope (see skypty-client shell --help)\n"),
     (["exec", A, "uname", "-a"], f"skypty-client: put the remote command after --: skypty-client exec {A} -- uname -a\n"),
+    # a malformed --sk is a usage error, on the fast exec path and through argparse alike
+    (["exec", A, "--sk", "00", "--via", f"{A}@127.0.0.1:1", "--", "true"],
+     "skypty-client: --sk: secret key must be 64 hex characters, got 2\n"),
+    (["shell", f"{A}@127.0.0.1:1", "--sk", "zz", "--", "true"],
+     "skypty-client: --sk: secret key must be 64 hex characters, got 2\n"),
 ])
 def test_usage_errors_say_what_is_wrong(argv, line, capsys):
     from skypty.client.main import _main
 
     assert _main(argv) == 2
     assert capsys.readouterr().err == line
+
+
+def test_session_table_names_a_login_shell():
+    from skypty.client.commands import session_table
+    from skypty.wire import types as T
+
+    rows = [T.SessionInfo.cls(id="5f0c2e8d9a1b7c33", owner=A, command="", attached=True, idle_seconds=0),
+            T.SessionInfo.cls(id="0123456789abcdef", owner=B, command="sleep 60", attached=False,
+                              idle_seconds=7)]
+    assert session_table(rows) == [
+        "ID                OWNER              STATE        COMMAND",
+        f"5f0c2e8d9a1b7c33  {A[:16]}…  attached     (login shell)",
+        f"0123456789abcdef  {B[:16]}…  idle 7s      sleep 60",
+    ]
+    assert session_table([]) == ["no sessions"]

@@ -150,6 +150,17 @@ class MeshTests(unittest.TestCase):
         yield until(lambda: self.s1.factory.relayed == self.s2.factory.relayed == 0, what="the bridges to close")
 
     @defer.inlineCallbacks
+    def test_a_client_can_open_a_stream_to_itself(self):
+        """A Skywire visor checks every few minutes that it can make a dmsg
+        transport to itself, and exits after three failures: the server
+        bridges a client's stream back to that same client (#22)."""
+        a = yield self.client(self.s1)
+        inner = yield self.echo_through(a, a)
+        self.assertEqual(list(a.sessions), [self.s1.pk])
+        inner.transport.loseConnection()
+        yield until(lambda: self.s1.factory.relayed == 0, what="the bridge to close")
+
+    @defer.inlineCallbacks
     def test_session_sockets_have_short_tcp_keepalive_on_both_sides(self):
         import socket
 

@@ -1,5 +1,5 @@
 """Interactive sessions on a slow or unreliable path (issue #23), over a
-delaying relay on loopback (tests/delayrelay.py): 100 ms each way, a path
+delaying relay on loopback (tests/linkrelay.py): 100 ms each way, a path
 that goes silent, a client whose old path is gone for good.  The client's
 contact timers are shortened through SKYPTY_CONTACT_TIMERS."""
 
@@ -12,7 +12,7 @@ import time
 import pexpect
 import pytest
 
-from tests.delayrelay import DelayRelay
+from tests.linkrelay import LinkRelay
 from tests.hosts import CLIENT, Host, env, wait_for
 
 ONE_WAY = 0.1  # 200 ms round trips
@@ -45,7 +45,7 @@ def relay_to(request):
     relays = []
 
     def make(h, **kw):
-        r = DelayRelay(("127.0.0.1", h.tcp_port), delay=ONE_WAY, **kw)
+        r = LinkRelay(("127.0.0.1", h.tcp_port), delay=ONE_WAY, **kw)
         relays.append(r)
         return r
 

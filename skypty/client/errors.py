@@ -25,7 +25,9 @@ class ClientError(SkyptyError):
 
 
 def fail(message, code=1):
-    sys.stderr.write(f"skypty-client: {message}\n")
+    from skypty.client.textsafe import safe  # a host's words are in many messages
+
+    sys.stderr.write(f"skypty-client: {safe(message)}\n")
     return code
 
 
@@ -45,8 +47,9 @@ def wrong_host_key(address, pk):
 # -- the local host's reasons (reject byte + "reason-word: text", docs/protocol.md;
 #    read by skypty.wire.requestline.parse_rejection) ----------------------------------------
 
-def proxy_refusal(reason, text, target_pk, port, local="the local host"):
-    """Why the local host could not give us *target_pk*'s pty service."""
+def proxy_refusal(reason, text, target_pk, port, local="the local host", closed=False):
+    """Why the local host could not give us *target_pk*'s pty service.
+    *closed*: it hung up without even the reject byte."""
     if reason == "not-whitelisted":
         keys = re.findall(PK_PATTERN, text)
         own = keys[-1] if len(keys) >= 2 else "of the local host"
@@ -77,10 +80,18 @@ def proxy_refusal(reason, text, target_pk, port, local="the local host"):
         return f"host {target_pk} did not answer in time ({text})"
     if reason in ("scheme-unavailable", "bad-scheme"):
         return f"--scheme: {text}"
+    if reason == "failed":  # a skypty host's own failure: not the peer's doing
+        return f"{local} failed while reaching {target_pk}: {text} (its log has the details)"
     if reason:
         return f"{local} could not reach {target_pk}: {text or reason}"
-    return (f"{local} could not reach {target_pk} and did not say why (an older host): "
-            "it is offline, unreachable, or does not whitelist the local host's key")
+    if closed:
+        # A skypty host always says why (above); a reference host hangs up on any
+        # failure; either may also have crashed or been stopped mid-request.
+        return (f"{local} hung up without a reason while reaching {target_pk}: a reference host "
+                "does that when the peer is offline, unreachable, or does not whitelist its key; "
+                "a skypty host only when it failed or stopped (look at its log)")
+    return (f"{local} refused to reach {target_pk} without saying why (a reference or an older "
+            "host): it is offline, unreachable, or does not whitelist the local host's key")
 
 
 # -- RPC errors ---------------------------------------------------------------------------------

@@ -104,7 +104,9 @@ def notices(result):
     if result.stderr_truncated:
         out.append(b"[skypty: stderr truncated at 16 MiB]\n")
     if result.error is not None:
-        out.append(f"skypty-client: {result.error}\n".encode())
+        from skypty.client.textsafe import safe  # a host's words, from its error
+
+        out.append(f"skypty-client: {safe(result.error)}\n".encode())
     return b"".join(out)
 
 
@@ -114,10 +116,12 @@ def seconds(ms):
 
 def summary(results):
     """The table printed after a fleet run (host order as given)."""
+    from skypty.client.textsafe import safe
+
     rows = [("HOST", "EXIT", "TIME", "TIMED OUT", "ERROR")]
     for r in results:
         rows.append((r.target.label, "-" if r.exit_code is None else str(r.exit_code),
-                     seconds(r.duration_ms), "yes" if r.timed_out else "no", r.error or ""))
+                     seconds(r.duration_ms), "yes" if r.timed_out else "no", safe(r.error or "")))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
     ok = sum(r.ok for r in results)
@@ -195,7 +199,7 @@ def _connect(target, plan, slot):
             if e.closed:
                 raise SkyptyError(not_whitelisted(target.pk, plan.sk.public_key.hex())) from None
             raise SkyptyError(f"host {target.pk} refused {uri} (that service is off there)") from None
-        raise SkyptyError(proxy_refusal(e.reason, e.text, target.pk, plan.dmsg_port)) from None
+        raise SkyptyError(proxy_refusal(e.reason, e.text, target.pk, plan.dmsg_port, closed=e.closed)) from None
 
 
 def _exec(channel, early, plan, result):

@@ -88,16 +88,20 @@ def mount(args):
     job = Mount(connect, mountpoint, name, remote_root=root, read_only=args.ro,
                 attr_ttl=_duration(args.attr_ttl, "--attr-ttl"), entry_ttl=_duration(args.entry_ttl, "--entry-ttl"),
                 dir_ttl=_duration(args.dir_ttl, "--dir-ttl"), timeout=timeout)
-    return run_mount(job, args.foreground, args.log)
+    from skypty.client.textsafe import safe
+
+    return run_mount(job, args.foreground, args.log, printable=safe)
 
 
 def _via_local_host(args, pk, timeout):
     from skypty.client.errors import proxy_refusal
+    from skypty.client.transport import foreign_control_socket
     from skypty.fs.link import control_socket_connector
 
     network, address = control_socket(args)
     explain = lambda reason, text: proxy_refusal(reason, text, pk.hex(), args.port)  # noqa: E731
-    return lambda reactor: control_socket_connector(reactor, network, address, pk, args.port, timeout, explain)
+    return lambda reactor: control_socket_connector(reactor, network, address, pk, args.port, timeout, explain,
+                                                    vet=foreign_control_socket)
 
 
 def umount(args):

@@ -42,6 +42,7 @@ LOST_PREFIX = "dmsgpty: output lost: "
 SKIP_PREFIX = "dmsgpty: output skipped: "
 EXIT_ESCAPED = 255  # "~." (ssh's code for a connection it closed)
 CTRL_D = b"\x04"
+MAX_UNANSWERED_WRITES = 4096  # keystrokes kept for their acknowledgement (predictive echo)
 
 
 def terminal_size(fd):
@@ -63,8 +64,84 @@ def _env():
 
 
 def _say(text):
-    sys.stderr.write(f"\r\n[skypty: {text}]\r\n")
+    from skypty.client.textsafe import safe  # reasons can carry the host's words
+
+    line = f"\r\n[skypty: {safe(text)}]\r\n"
+    _local_line(line)
+    sys.stderr.write(line)
     sys.stderr.flush()
+
+
+_echo = []  # the running session's LocalEcho, if it predicts
+
+
+def _local_line(text):
+    """Our own text is about to reach the terminal: predictions off it first,
+    and the emulator told (it must see all the terminal sees)."""
+    if _echo:
+        out = _echo[0].core.local_output(text.encode(), time.monotonic())
+        if out:
+            sys.stdout.buffer.write(out)
+            sys.stdout.buffer.flush()
+
+
+class LocalEcho:
+    """The read loop's side of skypty.client.predict: which read method
+    (skypty's pty.ReadFlagged carries the pty's echo modes; a reference host
+    has only pty.Read), the write acknowledgements (RTT samples and the
+    predictions' deadlines)."""
+
+    def __init__(self, mode, rows, cols):
+        from skypty.client.predict import Predictor
+
+        self.core = Predictor(rows, cols, mode)
+        self.flagged = True  # False once the host says it has no pty.ReadFlagged
+        self.reading_flagged = False  # the read in flight is a pty.ReadFlagged
+        self.writes = {}  # pty.Write seq -> (batch, sent at)
+
+    def read_method(self):
+        """The method of the next read: the flagged one only while predicting,
+        so a session that does not predict (auto on a fast path) reads as ever."""
+        self.reading_flagged = self.flagged and self.core.active
+        if not self.reading_flagged:
+            self.core.set_flags(0)  # no news of the tty's modes from here on
+        return "pty.ReadFlagged" if self.reading_flagged else "pty.Read"
+
+    def new_link(self, now):
+        """A new connection: the old one's writes will never be acknowledged."""
+        self.writes.clear()
+        self.core.forget_keys(now)
+
+    def output(self, value, now):
+        """A read's reply -> (the host's bytes, the bytes for the terminal)."""
+        if self.reading_flagged:
+            if not value:
+                return value, value
+            self.core.set_flags(value[0])
+            value = value[1:]
+        return value, self.core.host_output(value, now)
+
+    def read_refused(self, error):
+        """True when *error* says the host has no pty.ReadFlagged (then pty.Read it is)."""
+        if self.reading_flagged and _missing(error):
+            self.flagged = False
+            return True
+        return False
+
+    def sent(self, seq, data, now):
+        if len(self.writes) >= MAX_UNANSWERED_WRITES:  # a host that never answers them: forget them
+            self.new_link(now)
+        out, batch = self.core.keys(data, now)
+        self.writes[seq] = (batch, now)
+        return out
+
+    def replies(self, results, now):
+        out = []
+        for seq in [s for s in self.writes if s in results]:
+            batch, sent = self.writes.pop(seq)
+            out.append(self.core.rtt_sample(now - sent, now))
+            self.core.acked(batch, now)
+        return b"".join(out)
 
 
 def _missing(error):
@@ -154,7 +231,8 @@ def exit_status(link):
         link.channel.close()
 
 
-def interactive(opener, attach=None, command=None, want_pty=None, escape=b"~", label="the host"):
+def interactive(opener, attach=None, command=None, want_pty=None, escape=b"~", label="the host",
+                predict="never"):
     """Run a shell or command; -> our exit code.
 
     *want_pty*: True (-t), False (-T) or None (a pty when stdin is a terminal).
@@ -166,10 +244,11 @@ def interactive(opener, attach=None, command=None, want_pty=None, escape=b"~", l
         use_pty = True  # a persistent session is a pty
     if not use_pty:
         return piped(opener, command)
-    return _on_pty(opener, attach, command, is_tty, escape if is_tty else None, label)
+    return _on_pty(opener, attach, command, is_tty, escape if is_tty else None, label,
+                   predict=predict if is_tty else "never")
 
 
-def _on_pty(opener, attach, command, is_tty, escape, label, link=None, ctrl_d_at_eof=False):
+def _on_pty(opener, attach, command, is_tty, escape, label, link=None, ctrl_d_at_eof=False, predict="never"):
     stdin_fd, stdout = sys.stdin.fileno(), sys.stdout.buffer
     size_fd = stdin_fd if is_tty else sys.stdout.fileno()
     rows, cols = terminal_size(size_fd)
@@ -177,7 +256,9 @@ def _on_pty(opener, attach, command, is_tty, escape, label, link=None, ctrl_d_at
         link = Link(opener)
     sid, offset = _start(link, command, rows, cols, attach)
     if sid and not attach:
-        sys.stderr.write(f"[skypty: session {sid}; reattach with --attach {sid}]\r\n")
+        from skypty.client.textsafe import safe  # the id is the host's
+
+        sys.stderr.write(f"[skypty: session {safe(sid)}; reattach with --attach {safe(sid)}]\r\n")
         sys.stderr.flush()
 
     wake_r, wake_w = os.pipe()
@@ -198,10 +279,17 @@ def _on_pty(opener, attach, command, is_tty, escape, label, link=None, ctrl_d_at
         # connected is still in the input queue, and it is the user's.
         tty.setraw(stdin_fd, termios.TCSANOW)
     keys = EscapeFilter(escape)
+    echo = LocalEcho(predict, rows, cols) if predict in ("auto", "always") else None
+    if echo is not None:
+        _echo[:] = [echo]
     try:
         while True:
-            kind, value = _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof,
+            if echo is not None:
+                echo.new_link(time.monotonic())
+            kind, value = _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, echo,
                                persistent=bool(sid), label=label)
+            if echo is not None:  # nothing predicted may stay on the screen
+                _show(stdout, echo.core.clear(time.monotonic()))
             if kind == "ended":
                 return exit_status(link)
             if kind == "escaped":
@@ -222,6 +310,7 @@ def _on_pty(opener, attach, command, is_tty, escape, label, link=None, ctrl_d_at
         if saved is not None:
             termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
         signal.signal(signal.SIGWINCH, old_handler)
+        _echo.clear()
         os.close(wake_r)
         os.close(wake_w)
 
@@ -287,14 +376,17 @@ def _reconnect(opener, sid):
     return None
 
 
-def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, persistent=False, label="the host"):
+def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, echo=None, persistent=False,
+         label="the host"):
     """Drive one link until the shell ends, the link drops or the user escapes.
     -> ('ended', None) | ('escaped', None) | ('dropped', bytes of output received so far)
     | ('dead', bytes so far): a persistent session's path went silent.
 
     Every keystroke passes through here twice (the key, then its echo), so
     the loop does little per turn: one poll() on fds registered once, and
-    the Read replies written out before the next pty.Reads are sent."""
+    the Read replies written out before the next pty.Reads are sent.  With
+    *echo* (LocalEcho), keystrokes are also shown at once (predicted) and the
+    host's output is reconciled with them on its way to the terminal."""
     rpc, channel = link.rpc, link.channel
     results = rpc.results
     pending = getattr(channel, "pending", None)
@@ -306,10 +398,11 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, p
     stdin_open = True
     now = time.monotonic()
     reads = ReadWindow(limit=1)
+    flagged = {}  # read seq -> it is a pty.ReadFlagged (its reply starts with the tty's modes)
     # Asked before the first read, so a host that grants a window already
     # treats it so; the answer (or "can't find method") comes with the first reply.
     ahead_seq = rpc.start("pty.ReadAhead", READ_WINDOW, T.INT, T.INT)
-    reads.sent(rpc.start("pty.Read", READ_SIZE, T.INT, T.BYTES), now)
+    reads.sent(_start_read(rpc, echo, flagged), now)
     quiet_ping, notice_after, dead_after = contact_timers()
     contact = ContactWatch(now, quiet_ping, notice_after, dead_after if persistent else None)
     pings = {}  # seq -> when it was sent: round trips for the read window
@@ -323,21 +416,25 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, p
                     granted = results.pop(ahead_seq)
                     reads.limit = granted if isinstance(granted, int) and granted > 1 else 1
                     reads.size = min(reads.limit, START_WINDOW)
-                ended, offset = _deliver(reads.ready(results, now), stdout, offset)
+                ended, offset = _deliver(reads.ready(results, now, with_seq=True), stdout, offset, echo, flagged)
                 if ended:
                     return ("ended", None)
                 if results:
+                    if echo is not None and echo.writes:
+                        _show(stdout, echo.replies(results, now))
                     for seq in [s for s in results if s not in reads]:
                         value = results.pop(seq)  # writes, pings, resizes: the reads say when it ends
                         sent_at = pings.pop(seq, None)
                         if sent_at is not None and not isinstance(value, RPCError):
                             reads.rtt_sample(now - sent_at)
                 while reads.wanted() > 0:
-                    reads.sent(rpc.start("pty.Read", READ_SIZE, T.INT, T.BYTES), now)
+                    reads.sent(_start_read(rpc, echo, flagged), now)
             if resized:
                 resized.clear()
                 rows, cols = terminal_size(stdin_fd)
                 rpc.start("pty.SetPtySize", T.WinSize.cls(rows=rows, cols=cols), T.WinSize, T.EMPTY)
+                if echo is not None:
+                    _show(stdout, echo.core.resize(rows, cols, time.monotonic()))
             now = time.monotonic()
             if now >= contact.deadline():
                 if contact.silence(now) >= quiet_ping and _readable(channel):
@@ -354,7 +451,15 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, p
                     elif action == "dead":
                         channel.close()
                         return ("dead", offset)
-            for fd, _ in poller.poll(max(0.0, contact.deadline() - now) * 1000 + 1):
+            wake_at = contact.deadline()
+            if echo is not None:
+                deadline = echo.core.next_deadline()
+                if deadline is not None:
+                    if deadline <= now:
+                        _show(stdout, echo.core.tick(now))
+                    else:
+                        wake_at = min(wake_at, deadline)
+            for fd, _ in poller.poll(max(0.0, wake_at - now) * 1000 + 1):
                 if fd == channel_fd:
                     if not rpc.pump():
                         channel.close()
@@ -372,9 +477,12 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, p
                         continue
                     data, actions = keys.feed(data)
                     if data:
-                        rpc.start("pty.Write", data, T.BYTES, T.INT)
+                        seq = rpc.start("pty.Write", data, T.BYTES, T.INT)
+                        if echo is not None:
+                            _show(stdout, echo.sent(seq, data, time.monotonic()))
                     if actions:
                         if SHOW_HELP in actions:
+                            _local_line("\r\n" + keys.help_text())
                             sys.stderr.write("\r\n" + keys.help_text())
                             sys.stderr.flush()
                         if DISCONNECT in actions:
@@ -391,9 +499,19 @@ def _readable(channel):
     return bool(pending is not None and pending()) or wait_for_fd(channel, 0)
 
 
-def _deliver(values, stdout, offset):
-    """Write the Read replies (in the order the reads were sent) to the
-    terminal; -> (the shell ended, bytes of output counted so far)."""
+def _start_read(rpc, echo, flagged):
+    """Send the next read (pty.ReadFlagged while predicting); -> its seq."""
+    if echo is None:
+        return rpc.start("pty.Read", READ_SIZE, T.INT, T.BYTES)
+    seq = rpc.start(echo.read_method(), READ_SIZE, T.INT, T.BYTES)
+    flagged[seq] = echo.reading_flagged
+    return seq
+
+
+def _deliver(replies, stdout, offset, echo=None, flagged=None):
+    """Write the Read replies [(seq, value)] (in the order the reads were
+    sent) to the terminal, through the prediction if any; -> (the shell
+    ended, bytes of output counted so far)."""
     out = []
 
     def flush():
@@ -402,11 +520,19 @@ def _deliver(values, stdout, offset):
             stdout.flush()
             out.clear()
 
-    for value in values:
+    for seq, value in replies:
+        if echo is not None:
+            echo.reading_flagged = flagged.pop(seq, False)  # how this read was asked
         if not isinstance(value, RPCError):
-            out.append(value)
+            if echo is not None:
+                value, shown = echo.output(value, time.monotonic())
+                out.append(shown)
+            else:
+                out.append(value)
             offset += len(value)
             continue
+        if echo is not None and echo.read_refused(value):
+            continue  # a host without pty.ReadFlagged: pty.Read from now on
         text = str(value)
         if text.startswith(SKIP_PREFIX):
             offset += int(text[len(SKIP_PREFIX):].split()[0])  # dropped for our Ctrl-C: counted, not shown
@@ -421,6 +547,12 @@ def _deliver(values, stdout, offset):
             return True, offset
     flush()
     return False, offset
+
+
+def _show(stdout, data):
+    if data:
+        stdout.write(data)
+        stdout.flush()
 
 
 # -- no terminal: pipes, as ssh without -t -------------------------------------------------
@@ -443,7 +575,8 @@ def piped(opener, command):
     return _pump_pipes(link)
 
 
-def _pump_pipes(link):
+def _pump_pipes(link, deadline=None, on_deadline=None):
+    """-> the exit code; at *deadline* (time.monotonic()), on_deadline()'s."""
     rpc, channel = link.rpc, link.channel
     stdin_fd = sys.stdin.fileno()
     out, err = sys.stdout.buffer, sys.stderr.buffer
@@ -468,7 +601,12 @@ def _pump_pipes(link):
             if not reads:
                 break
             watch = [channel] + ([stdin_fd] if stdin_open else [])
-            ready, _, _ = select.select(watch, [], [], PING_INTERVAL)
+            wait = PING_INTERVAL
+            if deadline is not None:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    return on_deadline()
+            ready, _, _ = select.select(watch, [], [], min(wait, PING_INTERVAL))
             if stdin_open and stdin_fd in ready:
                 data = os.read(stdin_fd, 65536)
                 if data:

@@ -74,16 +74,17 @@ class ReadWindow:
         if seconds >= 0 and (self.rtt_min is None or seconds < self.rtt_min):
             self.rtt_min = seconds
 
-    def ready(self, results, now):
+    def ready(self, results, now, with_seq=False):
         """Pop the replies at the head of the window from *results* (seq ->
-        value); -> [value, ...] in the order the reads were sent."""
+        value); -> [value, ...] (or [(seq, value), ...]) in the order the
+        reads were sent."""
         out = []
         while self._order and self._order[0][0] in results:
             seq, sent_at = self._order.popleft()
             value = results.pop(seq)
             if isinstance(value, (bytes, bytearray)) and len(value) >= READ_SIZE:
                 self._sample(now - sent_at)  # a full reply: the host had more than we asked
-            out.append(value)
+            out.append((seq, value) if with_seq else value)
         return out
 
     def _sample(self, latency):

@@ -133,7 +133,7 @@ def open_remote_via_host(args, pk, timeout=None):
         return channel, request_service(channel, uri)
     except RejectedError as e:
         channel.close()
-        error = ClientError(proxy_refusal(e.reason, e.text, pk.hex(), args.port))
+        error = ClientError(proxy_refusal(e.reason, e.text, pk.hex(), args.port, closed=e.closed))
         error.reason = e.reason  # an interactive reattach retries the passing ones (a dial timeout)
         raise error from None
 

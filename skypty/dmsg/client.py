@@ -22,7 +22,7 @@ import itertools
 import random
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, protocol, task
+from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
 
 from skypty.dmsg.disc import DiscoveryClient, DiscoveryError, EntryKeeper, EntryNotFound, client_entry
@@ -46,10 +46,6 @@ MAX_PEER_ENTRIES = 4096
 MAX_NEW_SESSIONS = 2     # new sessions to the peer's servers for one dial
 DIAL_TIMEOUT = ATTEMPT_TIMEOUT  # the old name
 EPHEMERAL_PORTS = (49152, 65535)
-# Reference servers before 2026 drop a session whose first bytes arrive behind
-# the handshake's last message ("extra bytes", dmsg error 203): let that
-# message leave alone before the session carries anything.
-HANDSHAKE_SETTLE = 0.05
 
 
 class _Dial(DialStream):
@@ -213,8 +209,7 @@ class DmsgClientService(service.Service):
             session = DmsgSession(True, self.sk, server_pk, self._incoming, self.reactor, on_lost=self._lost)
             ep = endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=10)
             yield endpoints.connectProtocol(ep, session)
-            yield session.ready
-            yield task.deferLater(self.reactor, HANDSHAKE_SETTLE, lambda: None)
+            yield session.ready  # fires once the handshake's last message has left alone (session.SETTLE_MIN)
             if session.transport is None or session.transport.disconnected:
                 return "the server closed the session right after the handshake"
             self.sessions[server_pk] = session

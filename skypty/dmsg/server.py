@@ -368,12 +368,6 @@ class PeerLink:
         if not self._running:
             session.transport.loseConnection()
             return
-        # The reference before 2026 drops a session whose first bytes ride
-        # behind the handshake's last message (dmsg error 203): let it go alone.
-        await _settle(server.reactor)
-        if not self._running:
-            session.transport.loseConnection()
-            return
         if session.transport is None or session.transport.disconnected:
             self._failing, self.failures = True, self.failures + 1
             self._schedule(self.backoff)
@@ -395,16 +389,6 @@ class PeerLink:
     def dead(self):
         """Not connected, and the last PEER_DEAD_AFTER dials failed."""
         return self.session is None and self.failures >= PEER_DEAD_AFTER
-
-
-HANDSHAKE_SETTLE = 0.05
-
-
-def _settle(reactor, delay=HANDSHAKE_SETTLE):
-    """Wait until the handshake's last message has left on its own."""
-    from twisted.internet import task as _task
-
-    return _task.deferLater(reactor, delay, lambda: None)
 
 
 class DmsgServerFactory(protocol.Factory):
@@ -591,7 +575,9 @@ class DmsgServerFactory(protocol.Factory):
             return origin.refuse("request addressed to the server itself", level="info")
         local = self.sessions.get(dst)
         src = ("client", req.src_addr.pk)
-        if local is not None and local is not session:
+        # A client's stream to itself is bridged back over its own session:
+        # a visor checks that it can reach itself and exits if it cannot.
+        if local is not None and not (local is session and session.is_peer):
             if session.is_peer:
                 why = self.charge(origin, [src, ("peer", session.remote_pk)])
                 if why is not None:

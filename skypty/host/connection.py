@@ -7,7 +7,7 @@ the service the URI names (net/rpc for ``dmsgpty/pty``, SFTP for
 ``dmsgpty/sftp``...).  A refused peer never gets a process.
 """
 
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from skypty.errors import ProtocolError
@@ -148,6 +148,12 @@ class HostConnection(protocol.Protocol):
             self._state = "closed"
             self.transport.loseConnection()
             return
+        except Exception:
+            # A bug, or an install replaced under a running host (a module gone):
+            # log it, and tell a control-socket client it failed rather than hang up.
+            self.log.failure("{uri!r} failed for {pk} on {entry}", uri=uri, pk=self.peer_pk.hex(),
+                             entry=self.factory.entry_point)
+            inner = defer.fail()
         if hasattr(inner, "addCallback"):  # a service that must prepare (e.g. dial a peer) first
             inner.addCallbacks(lambda p: self._start_service(p, leftover), self._service_failed)
         else:

@@ -94,6 +94,21 @@ def resolve_command(name, env):
     return path
 
 
+# pty.ReadFlagged's first byte: the pty's line discipline modes, for the
+# client's predictive echo (skypty.client.predict has the same bits)
+TTY_KNOWN, TTY_ECHO, TTY_ICANON = 0x80, 0x01, 0x02
+
+
+def tty_mode(fd):
+    """The ECHO/ICANON modes of the pty whose master is *fd* (a master's
+    termios are its slave's), as TTY_* bits; 0 when not a terminal."""
+    try:
+        lflag = termios.tcgetattr(fd)[3]
+    except (termios.error, OSError, ValueError):
+        return 0
+    return TTY_KNOWN | (TTY_ECHO if lflag & termios.ECHO else 0) | (TTY_ICANON if lflag & termios.ICANON else 0)
+
+
 def set_winsize(fd, rows, cols, xpixel=0, ypixel=0):
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, xpixel, ypixel))
 
@@ -198,6 +213,15 @@ class PtyProcess:
         self.transport.write(data)
         return len(data)
 
+    def tty_mode(self):
+        """TTY_* bits of this pty (0 once it is gone)."""
+        if not self.running or self.transport is None:
+            return 0
+        try:
+            return tty_mode(self.transport.fileno())
+        except (OSError, ValueError, AttributeError):
+            return 0
+
     def pause_output(self):
         if self.running:
             self.transport.pauseProducing()
@@ -291,6 +315,9 @@ class PipeProcess(PtyProcess):
             raise SpawnError(f"cannot start {name}: {e}") from None
         self.pid = self.transport.pid
         return self
+
+    def tty_mode(self):
+        return 0  # pipes: no terminal modes
 
     def resize(self, rows, cols, xpixel=0, ypixel=0):
         pass  # no terminal, nothing to resize (as sshd ignores window-change without a pty)
