@@ -283,6 +283,11 @@ def run_condition(name, tools, args):
     return rows
 
 
+def short_keys(text):
+    """66-hex public keys as their first 8 digits (they differ every run)."""
+    return re.sub(r"\b([0-9a-f]{8})[0-9a-f]{58}\b", "\\1…", text)
+
+
 def CONDITIONS_TITLE(name):
     return CONDITION_NAMES[name]
 
@@ -314,7 +319,7 @@ def main():
         print("| what | " + " | ".join(COLUMNS.get(t, t) for t in tools) + " |")
         print("|---|" + "---|" * len(tools))
         for what, cells in rows:
-            print(f"| {what} | " + " | ".join(cells.get(t, "–") for t in tools) + " |")
+            print(f"| {what} | " + " | ".join(short_keys(cells.get(t, "–")) for t in tools) + " |")
         print(flush=True)
     print(f"(whole run {time.monotonic() - started:.0f} s; prompt {PROMPT!r})")
 
