@@ -6,7 +6,7 @@
 import os
 import time
 
-from skypty.noise import MAX_PLAINTEXT, FrameDecoder, FrameEncoder
+from skypty.wire.noise import MAX_PLAINTEXT, FrameDecoder, FrameEncoder
 from skypty.wire import gob
 from skypty.wire import types as T
 

@@ -52,13 +52,15 @@ def hold(host, seconds, per_port):
     conns = []  # [port name, mode, socket, opened, closed_at]
     for name, (kind, address) in ports.items():
         for mode in ("idle", "trickle"):
-            for _ in range(per_port):
+            for i in range(per_port):
                 try:
                     if kind == "unix":
                         s = socket.socket(socket.AF_UNIX)
                         s.connect(address)
                     else:
-                        s = socket.create_connection(("127.0.0.1", address), timeout=5)
+                        # From 50 addresses: the HTTP ports give one address only its share of slots.
+                        s = socket.create_connection(("127.0.0.1", address), timeout=5,
+                                                     source_address=(f"127.0.3.{i % 50 + 1}", 0))
                 except OSError:
                     conns.append([name, mode, None, time.monotonic(), 0.0])  # refused at once
                     continue

@@ -16,12 +16,13 @@ start-up with one ConfigError line that names the key.
         cli_network        "unix" (or "tcp")
         cli_address        "/tmp/pty.sock"
         whitelist          extra PKs allowed in
-        ssh_listen         "" = off; ":2022" = Noise XK over TCP on port 2022
+        ssh_listen         "" = off; ":2022" = Noise XK over TCP on port 2022 (every
+                           interface); a generated config has "127.0.0.1:2022"
         persistent_sessions  false
         session_ttl        "5m": how long a detached session lives
         web_listen         "" = off; "127.0.0.1:8080" = the web terminal
         manhole            "" = off; a Twisted endpoint such as unix:/run/skypty-manhole.sock
-        log_level          "info" (or debug, warn, error); twistd skypty --log-level wins
+        log_level          "info" (or debug, warn, error, critical); twistd skypty --log-level wins
         sftp               {"root": "/", "read_only": false}
 """
 
@@ -32,9 +33,17 @@ import re
 import attr
 
 from skypty.errors import SkyptyError
+from skypty.durations import parse_duration
 from skypty.keys import InvalidKey, PublicKey, SecretKey
 
 DEFAULT_DISCOVERY = "http://127.0.0.1:9090"
+# The reference's path, kept (#25.10): a per-user default under
+# $XDG_RUNTIME_DIR would differ between a host started by systemd or cron
+# (unset) and a client in a login session (set), and logind deletes that
+# directory, socket included, when the user's last session ends, under a
+# host that outlives it.  Squatting in /tmp is closed where it matters: the
+# client refuses a socket held by another user (SO_PEERCRED), and the host
+# names the holder; docs/guide.md recommends a private directory.
 DEFAULT_CLI_ADDRESS = "/tmp/pty.sock"
 DEFAULT_DMSG_PORT = 22
 DEFAULT_SESSION_TTL = 300.0
@@ -50,13 +59,6 @@ NETWORKS = {
 
 class ConfigError(SkyptyError):
     """A config file that cannot be used; the message names the key."""
-
-
-def parse_duration(value, key="duration"):
-    """'30s', '5m', '1h', '250ms', or a bare number of seconds -> float seconds."""
-    from skypty.durations import parse_duration as parse
-
-    return parse(value, key, ConfigError)
 
 
 def parse_listen(value, key):
@@ -271,7 +273,7 @@ def _parse_pty(data):
         whitelist=_pk_list(section.get("whitelist"), p + "whitelist"),
         ssh_listen=_optional_listen(section, "ssh_listen", p),
         persistent_sessions=_typed(section, "persistent_sessions", bool, False, p),
-        session_ttl=parse_duration(section.get("session_ttl", DEFAULT_SESSION_TTL), p + "session_ttl"),
+        session_ttl=parse_duration(section.get("session_ttl", DEFAULT_SESSION_TTL), p + "session_ttl", ConfigError),
         web_listen=_optional_listen(section, "web_listen", p),
         manhole=manhole,
         sftp=sftp_config,
@@ -343,11 +345,17 @@ def load_or_create_config(path):
         raise ConfigError(f"{path}: cannot write a new config: {e.strerror}") from None
 
 
-def generate_config_data(sk=None, *, cli_address=DEFAULT_CLI_ADDRESS, ssh_listen=":2022",
+# A generated config's Noise TCP port: on loopback, as its web terminal, so a
+# fresh host is usable at once (shell PK@127.0.0.1:2022) but opens nothing to
+# the network until asked (config gen --ssh-listen :2022, or edit the file).
+GENERATED_SSH_LISTEN = "127.0.0.1:2022"
+
+
+def generate_config_data(sk=None, *, cli_address=DEFAULT_CLI_ADDRESS, ssh_listen=GENERATED_SSH_LISTEN,
                          web_listen="127.0.0.1:8080", discovery_port=9090, server_port=8081,
                          discovery=None, embedded_discovery=None, embedded_server=None,
                          server_address="", dmsg_port=DEFAULT_DMSG_PORT, whitelist=(),
-                         persistent_sessions=False):
+                         persistent_sessions=False, manhole=""):
     """A fresh config with new keys.
 
     By default the host runs its own dmsg network (discovery on
@@ -385,6 +393,7 @@ def generate_config_data(sk=None, *, cli_address=DEFAULT_CLI_ADDRESS, ssh_listen
             "persistent_sessions": persistent_sessions,
             "session_ttl": "5m",
             "web_listen": web_listen,
+            **({"manhole": manhole} if manhole else {}),
         },
     }
 

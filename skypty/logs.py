@@ -18,6 +18,10 @@ The level comes from ``twistd skypty --log-level`` or the config's
 ``pty.log_level``.
 """
 
+import glob
+import os
+import stat
+
 from twisted.application import service
 from twisted.logger import (
     FilteringLogObserver, ILogObserver, LogLevel, LogLevelFilterPredicate, PredicateResult,
@@ -98,3 +102,28 @@ class FilteredLogging(service.MultiService):
                 and parent.getComponent(ILogObserver) is None:
             parent.setComponent(ILogObserver, filtered(twistd_destination(self.server_options), self.level))
         return super().setServiceParent(parent)
+
+
+def make_log_file_private(twistd_options):
+    """Create twistd's log file 0600 (or tighten an existing one) before twistd
+    opens it, which it does after makeService.  twistd's LogFile then keeps an
+    existing file's mode, also for the fresh file after each rotation, so the
+    process umask (which SFTP uploads rely on) stays as it is."""
+    if twistd_options is None or twistd_options.get("syslog") or twistd_options.get("logger"):
+        return
+    path = twistd_options.get("logfile") or ""
+    if path == "-" or (not path and twistd_options.get("nodaemon")):
+        return  # stdout
+    path = os.path.abspath(path or "twistd.log")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):  # not e.g. /dev/null
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        for rotated in glob.glob(glob.escape(path) + ".*"):
+            if stat.S_ISREG(os.lstat(rotated).st_mode):
+                os.chmod(rotated, 0o600)
+    except OSError:
+        pass  # twistd reports an unusable log path itself

@@ -6,9 +6,7 @@ and every TCP port.  A failure is one line on stderr naming the setting, the
 value and the fix, and exit code 1, with ``twistd -n`` and daemonised alike.
 """
 
-import glob
 import os
-import stat
 import sys
 
 from twisted.python import usage
@@ -35,7 +33,7 @@ class Options(usage.Options):
          "Serve a twisted.conch manhole on this endpoint, e.g. unix:/run/skypty-manhole.sock "
          "(overrides the config's pty.manhole)."],
         ["log-level", None, None,
-         "debug, info, warn or error (overrides the config's pty.log_level; default info: "
+         "debug, info, warn, error or critical (overrides the config's pty.log_level; default info: "
          "one line per meaningful event)."],
     ]
 
@@ -56,7 +54,21 @@ class Options(usage.Options):
         try:
             self.log_level = parse_level(self["log-level"] or self.config.pty.log_level)
         except ValueError as e:
-            fail(f"--log-level: {e}")
+            fail(f"--log-level: {e}" + discard_new_config(self))
+
+
+def discard_new_config(options):
+    """A start that fails removes the config (and its new identity) that this
+    same start wrote, and nothing else; -> what to add to the failure line."""
+    if not getattr(options, "created", False):
+        return ""
+    path = options["config"]
+    try:
+        os.unlink(path)
+    except OSError as e:
+        return f" (the new config {path} it wrote is still there: {e.strerror})"
+    options.created = False
+    return f" (the new config {path} it wrote was removed)"
 
 
 def check_pidfile(twistd_options):
@@ -76,35 +88,10 @@ def check_pidfile(twistd_options):
          f"its own: twistd --pidfile other.pid ... or --pidfile= with -n)")
 
 
-def make_log_file_private(twistd_options):
-    """Create twistd's log file 0600 (or tighten an existing one) before twistd
-    opens it, which it does after makeService.  twistd's LogFile then keeps an
-    existing file's mode, also for the fresh file after each rotation, so the
-    process umask (which SFTP uploads rely on) stays as it is."""
-    if twistd_options is None or twistd_options.get("syslog") or twistd_options.get("logger"):
-        return
-    path = twistd_options.get("logfile") or ""
-    if path == "-" or (not path and twistd_options.get("nodaemon")):
-        return  # stdout
-    path = os.path.abspath(path or "twistd.log")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):  # not e.g. /dev/null
-                os.fchmod(fd, 0o600)
-        finally:
-            os.close(fd)
-        for rotated in glob.glob(glob.escape(path) + ".*"):
-            if stat.S_ISREG(os.lstat(rotated).st_mode):
-                os.chmod(rotated, 0o600)
-    except OSError:
-        pass  # twistd reports an unusable log path itself
-
-
 def makeService(options):
     from skypty.host.listeners import ListenError
     from skypty.host.service import HostService
-    from skypty.logs import FilteredLogging
+    from skypty.logs import FilteredLogging, make_log_file_private
 
     twistd = getattr(options, "parent", None)  # twistd's own options, when run by twistd
     foreground = bool(twistd and (twistd.get("nodaemon") or twistd.get("debug")))
@@ -113,7 +100,7 @@ def makeService(options):
     try:
         host.check_listeners()
     except ListenError as e:
-        fail(e)
+        fail(f"{e}{discard_new_config(options)}")
     make_log_file_private(twistd)
     if twistd is None:
         return host

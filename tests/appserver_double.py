@@ -18,6 +18,10 @@ types are declared here again, so a mismatch in the product's shows.
 * Connection ids come from a counter per proc, as idmanager's do; ``Read``
   blocks until bytes or EOF; ``Write`` replies once the peer's buffer is
   under FLOW_CAP (a real conn's back-pressure).
+* As the real visor (v1.3.28, Go >= 1.21, see tests/vectors/gob_go121.json):
+  gob type ids from 64, drawn from one table for every app connection (a Go
+  process's), and a peer's EOF reported as ``RPCIOErr{Text "EOF", IsNetErr
+  true}`` (the route's and the dmsg stream's errors are net.Errors).
 """
 
 import json
@@ -29,7 +33,7 @@ from twisted.python import failure
 
 from skypty.host.avatar import RPCFault
 from skypty.keys import PublicKey
-from skypty.wire.gob import BOOL, BYTES, EMPTY, INT, STRING, UINT16, BinaryMarshaler, Struct
+from skypty.wire.gob import BOOL, BYTES, EMPTY, INT, STRING, UINT16, BinaryMarshaler, Struct, TypeRegistry
 from skypty.wire.rpc import Method, RPCServerProtocol
 
 # -- the reference's types (field order and types decide the bytes) --------------------
@@ -130,7 +134,7 @@ class RpcEnd:
             del self.buffer[:size]
             resp = ReadResp.cls(b=data, n=len(data))
         elif self.peer_closed:
-            resp = ReadResp.cls(err=RPCIOErr.cls(text=EOF_TEXT))
+            resp = ReadResp.cls(err=RPCIOErr.cls(text=EOF_TEXT, is_net_err=True))  # as the real visor flags it
         else:
             return
         self._read = None
@@ -273,6 +277,7 @@ class AppServerDouble:
         self.rejected_hellos = []
         self.port = None
         self._ephemeral = EPHEMERAL_MIN
+        self.gob_types = TypeRegistry()  # one Go process: every connection numbers types from one table
 
     def start(self):
         factory = protocol.Factory.forProtocol(lambda: AppServerConnection(self))
@@ -469,7 +474,7 @@ class AppServerConnection(protocol.Protocol):
             return
         proc.hello, proc.hello_raw, proc.connected, proc.session = hello, raw, True, self
         self.proc = proc
-        self.rpc = RPCServerProtocol(self.server.methods(proc))
+        self.rpc = RPCServerProtocol(self.server.methods(proc), registry=self.server.gob_types)
         self.rpc.makeConnection(self.transport)
         if rest:
             self.rpc.dataReceived(rest)

@@ -38,15 +38,20 @@ def install():
             return RPCServerProtocol(classic(gateway.pty_methods(avatar, entry_point == "cli"), CLASSIC_PTY))
 
         routes[requestline.PTY] = pty
+        routes.pop(requestline.SFTP, None)  # the reference serves files on no entry point
         if entry_point == "cli":
             def whitelist(avatar, query, conn):
-                return RPCServerProtocol(classic(gateway.whitelist_methods(host), CLASSIC_WHITELIST))
+                methods = classic(gateway.whitelist_methods(host), CLASSIC_WHITELIST)
+                methods["whitelist.WhitelistAdd"] = refusing_known_keys(host, methods["whitelist.WhitelistAdd"])
+                return RPCServerProtocol(methods)
 
             def proxy(avatar, query, conn):
                 pk_hex, port, _uri = requestline.parse_proxy_query(query)
                 from skypty.keys import PublicKey
 
-                d = host.dmsg.remote_pty(PublicKey.from_hex(pk_hex), port)
+                from skypty.host.proxy import RemotePty
+
+                d = RemotePty.dial(host, PublicKey.from_hex(pk_hex), port)
                 return d.addCallback(lambda remote: RPCServerProtocol(forwarding_methods(remote),
                                                                       on_close=remote.logout))
 
@@ -55,6 +60,22 @@ def install():
         return routes
 
     gateway.routes_for = routes_for
+
+
+def refusing_known_keys(host, add):
+    """The reference's WhitelistAdd fails the whole call when one key is
+    already there (its whitelist's "skipping append" error)."""
+    from skypty.host.avatar import RPCFault
+    from skypty.wire.rpc import Method
+
+    def handler(keys):
+        known = set(host.whitelist.keys())
+        for pk in keys:
+            if pk in known:
+                raise RPCFault(f"skipping append for {pk.hex()}. Already exists")
+        return add.handler(keys)
+
+    return Method(add.arg_type, add.reply_type, handler)
 
 
 def forwarding_methods(remote):

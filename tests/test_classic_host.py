@@ -21,6 +21,8 @@ def net(tmp_path_factory):
     classic = ClassicHost(tmp, "classic", embedded=False, discovery_port=network.discovery_port)
     full.data["pty"]["whitelist"] = [classic.pk]  # the classic host's proxy dials the full one
     full.write_config()
+    classic.data["pty"]["whitelist"] = [full.pk]  # and the full one reaches the classic one (cp)
+    classic.write_config()
     for h in (full, classic):
         h.start()
     wait_for(lambda: network.joined(full) and network.joined(classic), what="the hosts to join dmsg")
@@ -103,9 +105,62 @@ def test_stdin_on_a_classic_host(net):
     assert (r.returncode, r.stdout.split()[0].decode()) == (0, hashlib.sha256(data).hexdigest())
 
 
+@pytest.mark.parametrize("way", ["classic, direct", "classic proxy"])
+def test_piped_stdin_without_stdin_flag_on_a_classic_host(net, way):
+    """No pty.StartPiped there: stdin goes whole, as with --stdin."""
+    r = run(*ways(net)[way], "--", "wc", "-c", input=b"x" * 1000)
+    assert (r.returncode, r.stdout.strip()) == (0, b"1000")
+
+
 def test_list_says_the_host_does_not_offer_it(net):
     network, full, classic = net
     r = run("list", "--cliaddr", classic.cli)
     assert (r.returncode, r.stderr.decode()) == (
         1, "skypty-client: the local host does not offer `list` (host.Peers): it is an older or a "
            "reference host; `list` needs a skypty host\n")
+
+
+def test_list_sessions_says_the_host_has_no_such_feature(net):
+    """Not "pty.persistent_sessions is off": a reference host has no such setting (#22)."""
+    network, full, classic = net
+    r = run("list", "--sessions", "--cliaddr", classic.cli)
+    assert (r.returncode, r.stderr.decode()) == (
+        1, "skypty-client: this host does not offer persistent sessions (a reference host, or an "
+           "older skypty), so there are none to list\n")
+
+
+def test_whitelist_verbs_are_no_ops_for_keys_already_in_place(net):
+    """A reference host fails a WhitelistAdd naming a key it has (#22): adding
+    it again, or removing an absent key, must still succeed and change nothing."""
+    from skypty.keys import generate_keypair
+
+    network, full, classic = net
+    known, absent = classic.pk, generate_keypair()[0].hex()  # its own key is always listed
+    before = run("whitelist", "--cliaddr", classic.cli)
+    assert known in before.stdout.decode()
+    r = run("whitelist-add", known, "--cliaddr", classic.cli)
+    assert (r.returncode, r.stdout.decode()) == (0, f"{known} was already whitelisted (nothing changed)\n")
+    r = run("whitelist-remove", absent, "--cliaddr", classic.cli)
+    assert (r.returncode, r.stdout.decode()) == (0, f"{absent} was not on the whitelist (nothing to remove)\n")
+    # a mix: only the new key is sent, so the call succeeds on a reference host
+    r = run("whitelist-add", known, absent, "--cliaddr", classic.cli)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().splitlines() == [f"{known} was already whitelisted (nothing changed)",
+                                              f"added {absent}"]
+    assert run("whitelist-remove", absent, "--cliaddr", classic.cli).returncode == 0
+    assert run("whitelist", "--cliaddr", classic.cli).stdout == before.stdout
+
+
+def test_cp_and_fs_to_a_host_without_sftp_say_so(net, tmp_path):
+    """A reference host whitelists us (exec works) but serves no files: say
+    that, not "not authorized" (#22)."""
+    network, full, classic = net
+    assert run("exec", classic.pk, "--cliaddr", full.cli, "--", "true").returncode == 0
+    want = (f"host {classic.pk} serves no files: it has no SFTP service (a Skywire reference host, "
+            "or pty.sftp is off there); exec and start work")
+    r = run("cp", f"{classic.pk}:/etc/hostname", str(tmp_path / "x"), "--cliaddr", full.cli)
+    assert r.returncode == 1 and want in r.stderr.decode(), r.stderr
+    assert not (tmp_path / "x").exists()
+    (tmp_path / "mnt").mkdir()
+    r = run("fs", "mount", classic.pk, str(tmp_path / "mnt"), "--cliaddr", full.cli)
+    assert r.returncode == 1 and want in r.stderr.decode(), r.stderr

@@ -7,7 +7,8 @@ import pytest
 
 from skypty.client.classic import Ready, TrailerParser, wrapper_script
 from skypty.client.cmdline import needs_shell, remote_argv
-from skypty.client.errors import explain_rpc, parse_rejection, proxy_refusal
+from skypty.client.errors import explain_rpc, proxy_refusal
+from skypty.wire.requestline import encode_rejection, parse_rejection
 from skypty.client.escape import DISCONNECT, SHOW_HELP, EscapeFilter, parse_escape_char
 
 A, B = "02" + "a" * 64, "03" + "b" * 64
@@ -92,14 +93,28 @@ def test_reason_behind_the_reject_byte():
     assert proxy_refusal(reason, rest, A, 22) == (
         f"not authorized: host {A} does not whitelist your key {B} (on that host: skypty-client whitelist-add {B})")
     assert parse_rejection(b"") == ("", "")
-    assert "did not say why" in proxy_refusal("", "", A, 22)
+    sent = encode_rejection("no-sftp", "é" * 200)  # what a host sends: cut to 255 bytes, still parsed
+    assert sent[:1] == b"\x01" and len(sent) == 2 + 255
+    assert parse_rejection(sent[1:])[0] == "no-sftp"
+    # the reject byte alone: a reference or older host; a hang-up: a failure (or a reference host)
+    assert "without saying why (a reference or an older host)" in proxy_refusal("", "", A, 22)
+    hung_up = proxy_refusal("", "", A, 22, closed=True)
+    assert "hung up without a reason" in hung_up and "older" not in hung_up and "its log" in hung_up
+    failed = proxy_refusal("failed", "No module named 'skypty.host.proxy'", A, 22)
+    assert failed == (f"the local host failed while reaching {A}: No module named 'skypty.host.proxy' "
+                      "(its log has the details)")
     assert "not in dmsg discovery" in proxy_refusal("not-in-discovery", "", A, 22)
     assert "dmsg port 22" in proxy_refusal("refused", "", A, 22)
 
 
 def test_rpc_errors_are_translated():
-    assert "no persistent sessions" in explain_rpc("rpc: can't find method pty.Sessions")
-    assert "cannot reattach abc" in explain_rpc("rpc: can't find method pty.Attach", "abc")
+    # a reference host has no such feature: no setting of ours to blame (issue #22)
+    reference = explain_rpc("rpc: can't find method pty.Sessions")
+    assert "does not offer persistent sessions" in reference and "persistent_sessions" not in reference
+    assert "cannot reattach abc: this host does not offer" in explain_rpc("rpc: can't find method pty.Attach", "abc")
+    # a skypty host with the feature switched off says so, and the setting is named
+    assert "pty.persistent_sessions is off" in explain_rpc("dmsgpty: persistent sessions are off on this host")
+    assert "cannot reattach abc" in explain_rpc("dmsgpty: persistent sessions are off on this host", "abc")
     assert "no session abc" in explain_rpc("dmsgpty: session not found", "abc")
     assert "does not offer `list`" in explain_rpc("rpc: can't find service host.Peers")
     assert explain_rpc("EOF") is None
@@ -145,9 +160,29 @@ def test_channels_wait_on_fds_past_selects_limit():
     (["exec", "--bogus", A, "--", "true"], "skypty-client exec: unrecognized option --bogus (see skypty-client exec --help)\n"),
     (["shell", "--nope", f"{A}@h", "--", "ls"], "skypty-client shell: unrecognized option --nope (see skypty-client shell --help)\n"),
     (["exec", A, "uname", "-a"], f"skypty-client: put the remote command after --: skypty-client exec {A} -- uname -a\n"),
+    # a malformed --sk is a usage error, on the fast exec path and through argparse alike
+    (["exec", A, "--sk", "00", "--via", f"{A}@127.0.0.1:1", "--", "true"],
+     "skypty-client: --sk: secret key must be 64 hex characters, got 2\n"),
+    (["shell", f"{A}@127.0.0.1:1", "--sk", "zz", "--", "true"],
+     "skypty-client: --sk: secret key must be 64 hex characters, got 2\n"),
 ])
 def test_usage_errors_say_what_is_wrong(argv, line, capsys):
     from skypty.client.main import _main
 
     assert _main(argv) == 2
     assert capsys.readouterr().err == line
+
+
+def test_session_table_names_a_login_shell():
+    from skypty.client.commands import session_table
+    from skypty.wire import types as T
+
+    rows = [T.SessionInfo.cls(id="5f0c2e8d9a1b7c33", owner=A, command="", attached=True, idle_seconds=0),
+            T.SessionInfo.cls(id="0123456789abcdef", owner=B, command="sleep 60", attached=False,
+                              idle_seconds=7)]
+    assert session_table(rows) == [
+        "ID                OWNER              STATE        COMMAND",
+        f"5f0c2e8d9a1b7c33  {A[:16]}…  attached     (login shell)",
+        f"0123456789abcdef  {B[:16]}…  idle 7s      sleep 60",
+    ]
+    assert session_table([]) == ["no sessions"]

@@ -5,8 +5,9 @@ import pytest
 
 from skypty.config import (
     ConfigError, ListenAddress, generate_config_file, load_config, parse_config,
-    parse_duration, save_whitelist,
+    save_whitelist,
 )
+from skypty.durations import parse_duration
 from skypty.keys import SecretKey
 
 SK = SecretKey.from_hex("9ce6cff4caa53dc4161a73a648750f2c58694448682347b2361428dddbc79d72")
@@ -139,10 +140,12 @@ def test_config_gen_options_give_a_host_on_those_ports(tmp_path):
     r = subprocess.run(CLIENT + ["config", "gen", "-o", path, "--ssh-listen", f"127.0.0.1:{ssh}",
                                  "--web-listen", f"127.0.0.1:{web}", "--cli-address", cli, "--dmsg-port", "2222",
                                  "--whitelist", OTHER, "--whitelist", HYPER, "--persistent-sessions",
-                                 "--embedded-discovery", f"127.0.0.1:{disc}", "--embedded-server", f"127.0.0.1:{srv}"],
+                                 "--embedded-discovery", f"127.0.0.1:{disc}", "--embedded-server", f"127.0.0.1:{srv}",
+                                 "--manhole", str(tmp_path / "manhole.sock")],
                        capture_output=True, env=env(), timeout=30)
     assert r.returncode == 0, r.stderr
     config = load_config(path)
+    assert config.pty.manhole == f"unix:{tmp_path / 'manhole.sock'}"
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert config.pty.persistent_sessions and config.pty.dmsg_port == 2222
     assert [k.hex() for k in config.pty.whitelist] == [OTHER, HYPER]
@@ -169,6 +172,10 @@ def test_config_gen_options_give_a_host_on_those_ports(tmp_path):
         wait_for(lambda: "dmsg port 2222" in open(log).read(), what="the start line")
         out = subprocess.run(CLIENT + ["whitelist", "-i", path], capture_output=True, env=env(), timeout=30)
         assert OTHER in out.stdout.decode() and HYPER in out.stdout.decode(), out
+        # the README's `manhole -i CONFIG` finds the manhole config gen wrote
+        out = subprocess.run(CLIENT + ["manhole", "-i", path], input=b"config.pty.dmsg_port\n",
+                             capture_output=True, env=env(), timeout=30)
+        assert out.returncode == 0 and b"\n2222\n" in out.stdout, out
     finally:
         host.terminate()
         host.wait(15)
@@ -180,6 +187,7 @@ def test_config_gen_options_give_a_host_on_those_ports(tmp_path):
     (["--dmsg-port", "0"], "--dmsg-port"),
     (["--discovery", "dmsg.example.org"], "--discovery"),
     (["--network", "prod", "--embedded-server", "0.0.0.0:8081"], "embedded network"),
+    (["--manhole", "tcp:6023"], "--manhole"),
 ])
 def test_config_gen_refuses_bad_options_in_one_line(tmp_path, args, complaint):
     import subprocess
@@ -191,6 +199,24 @@ def test_config_gen_refuses_bad_options_in_one_line(tmp_path, args, complaint):
     assert r.returncode == 1 and not path.exists()
     lines = r.stderr.decode().splitlines()
     assert len(lines) == 1 and complaint in lines[0], lines
+
+
+def test_generated_configs_listen_on_this_machine_only(tmp_path):
+    """The Noise TCP port of a generated config (config gen, and a first
+    start's) is on loopback, like its web terminal: nothing is opened to the
+    network until asked (the README's `shell PK@127.0.0.1:2022` still works)."""
+    import subprocess
+
+    from skypty.config import generate_config_data
+    from tests.hosts import CLIENT, env
+
+    path = tmp_path / "x.json"
+    r = subprocess.run(CLIENT + ["config", "gen", "-o", str(path)], capture_output=True, env=env(), timeout=30)
+    assert r.returncode == 0, r.stderr
+    for pty in (load_config(str(path)).pty, parse_config(generate_config_data(), "first start").pty):
+        assert pty.ssh_listen.endpoint == "tcp:2022:interface=127.0.0.1"
+        assert pty.web_listen.endpoint == "tcp:8080:interface=127.0.0.1"
+        assert pty.manhole == ""
 
 
 def test_config_gen_networks(tmp_path):

@@ -45,6 +45,8 @@ def test_modes_without_and_with_preserve():
 def test_temporary_names_are_hidden_and_fit_name_max():
     assert C.temp_name("data.bin", "0a1b2c3d") == ".data.bin.skypty-0a1b2c3d.part"
     assert len(C.temp_name("x" * 255, "0a1b2c3d")) <= 255
+    for name in ("\U0001f600" * 63, "\u00e9" * 127):  # 252 and 254 bytes: a host's long name fits too
+        assert len(os.fsencode(C.temp_name(name, "0a1b2c3d"))) <= 255
 
 
 def test_sources_and_destination_must_have_exactly_one_remote_side():
@@ -302,3 +304,58 @@ def test_the_client_imports_twisted_for_cp_only():
             "print('twisted' in ' '.join(sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env(), timeout=60)
     assert r.stdout == b"False\n", r.stderr
+
+
+@pytest.mark.parametrize("direction", ["download", "upload"])
+def test_special_files_in_a_tree_are_skipped_with_a_warning_and_exit_0(host, tmp_path, direction):
+    """As the guide says (issue #26: a FIFO made cp -r exit 1)."""
+    src = tmp_path / "tree"
+    src.mkdir()
+    (src / "file").write_bytes(b"data")
+    os.mkfifo(src / "fifo")
+    dst = tmp_path / "copy"
+    args = [str(src), remote(host, str(dst))] if direction == "upload" else [remote(host, str(src)), str(dst)]
+    r = cp(host, "-r", *args)
+    assert (r.returncode, r.stderr.decode()) == (
+        0, f"skypty-client: cp: {src / 'fifo'}: not a regular file, directory or symlink (skipped)\n")
+    assert (dst / "file").read_bytes() == b"data" and not os.path.lexists(dst / "fifo")
+
+
+def test_a_listing_name_must_be_one_plain_name():
+    for bad in ("", ".", "..", "a/b", "../x", "/abs", "x/", "nul\0byte"):
+        with pytest.raises(C.UnsafeName) as e:
+            C.check_name(bad)
+        assert e.value.name == bad
+    for good in ("a", "...", ".hidden", "a b", "\x1b[2J", "caf\udce9", "x" * 300):
+        assert C.check_name(good) == good
+
+
+def test_host_text_is_escaped_but_printable_text_kept():
+    from skypty.client.textsafe import safe
+
+    assert safe("plain name, ü, 日本") == "plain name, ü, 日本"
+    assert safe("\x1b[2J\x1b]0;t\x07\r\n\t\x7f\x9b") == r"\x1b[2J\x1b]0;t\x07\x0d\x0a\x09\x7f\x9b"
+    assert safe("a\u202egnp.exe") == r"a\u202egnp.exe"  # bidi override
+    assert safe(b"caf\xe9 \x1b") == r"caf\xe9 \x1b"  # not UTF-8: the byte, escaped
+    assert safe("lone \ud800") == r"lone \ud800"
+    assert safe(RuntimeError("boom\x1b")) == r"boom\x1b"
+
+
+def test_max_entries_counts_the_entries_not_dot_and_dot_dot(tmp_path):
+    """OpenSSH lists . and ..: a directory of exactly N files fits --max-entries N."""
+    import io
+
+    from tests.fuzz.test_cp_names import DIR, FILE, LyingSource, _NoProgress
+
+    listing = [(".", DIR, []), ("a", FILE, []), ("..", DIR, []), ("b", FILE, []), ("c", FILE, [])]
+    err = io.StringIO()
+    for limit, failures in ((3, 0), (2, 1)):
+        dst = tmp_path / f"limit{limit}"
+        dst.mkdir()
+        copier = C.Copier(LyingSource(listing, "/nonexistent"), C.LocalSide(), preserve=False, recursive=True,
+                          progress=_NoProgress(), err=err, max_entries=limit)
+        done = copier.copy(["/src"], str(dst))
+        assert done.called and copier.failures == failures, err.getvalue()
+        assert sorted(os.listdir(dst / "src")) == ["a", "b", "c"][:limit]
+    assert err.getvalue() == ("skypty-client: cp: /src: more than 2 entries: the rest is not copied "
+                              "(--max-entries N allows more)\n")

@@ -323,10 +323,10 @@ class DiscoveryAPITests(unittest.TestCase):
         store = EntryStore(self.clock, max_entries=3)
         now = int(self.clock.seconds() * 1e9)
         keys = [generate_keypair() for _ in range(4)]
-        for pk, sk in keys[:3]:
-            store.put(server_entry(pk, 0, now, "127.0.0.1:1", 1).signed(sk))
+        for (pk, sk), source in zip(keys[:3], "abc"):  # three lone strangers: none is ours to displace
+            store.put(server_entry(pk, 0, now, "127.0.0.1:1", 1).signed(sk), source=source)
         with pytest.raises(EntryError, match="full"):
-            store.put(client_entry(keys[3][0], 0, now, []).signed(keys[3][1]))
+            store.put(client_entry(keys[3][0], 0, now, []).signed(keys[3][1]), source="d")
         store.put(server_entry(keys[0][0], 1, now, "127.0.0.1:1", 1).signed(keys[0][1]))  # an update fits
         self.clock.advance(120)  # servers expire: room again
         store.put(client_entry(keys[3][0], 0, now, []).signed(keys[3][1]))
@@ -489,3 +489,173 @@ def test_keeper_continues_an_existing_sequence():
     keeper.start()
     clock.advance(0)
     assert fake.posted[-1].sequence == 42
+
+
+# -- a hostile network (#25 items 4 and 7) ---------------------------------------------------
+
+def render_from(root, method, path, body=b"", host="10.0.0.1", headers=()):
+    """render() from a given source address, with request headers."""
+    from io import BytesIO
+
+    from twisted.internet.address import IPv4Address
+    from twisted.web.resource import getChildForRequest
+
+    request = DummyRequest([s.encode() for s in path.lstrip("/").split("/")])
+    request.method = method.encode()
+    request.content = BytesIO(body)
+    request.client = IPv4Address("TCP", host, 40000)
+    for name, value in headers:
+        request.requestHeaders.addRawHeader(name, value)
+    out = getChildForRequest(root, request).render(request)
+    return request.responseCode or 200, out
+
+
+def delete_proof(root, sk, body):
+    code, out, _ = render(root, "GET", "/security/nonces/" + sk.public_key.hex())
+    assert code == 200, out
+    nonce = str(json.loads(out)["next_nonce"]).encode()
+    return [(b"SW-Public", sk.public_key.hex().encode()), (b"SW-Nonce", nonce),
+            (b"SW-Sig", sk.sign(body + nonce).hex().encode())]
+
+
+class HostileDiscoveryTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.clock.advance(1700000000.0)
+        self.root, self.store = make_discovery_resource(self.clock)
+        self.now = int(self.clock.seconds() * 1e9)
+
+    def post(self, entry, host="10.0.0.1", body=None):
+        return render_from(self.root, "POST", "/dmsg-discovery/entry/",
+                           entry.to_json() if body is None else body, host)
+
+    def test_a_fetched_entry_sent_back_does_not_delete_it(self):
+        """#25 item 4: GET the public entry, DELETE with it: used to answer 200."""
+        pk, sk = generate_keypair()
+        self.assertEqual(self.post(client_entry(pk, 0, self.now, []).signed(sk))[0], 200)
+        public = render(self.root, "GET", "/dmsg-discovery/entry/" + pk.hex())[1]
+        code, out = render_from(self.root, "DELETE", "/dmsg-discovery/entry", public, host="10.6.6.6")
+        self.assertEqual(code, 401, out)
+        self.assertIn(b"SW-Nonce", out)
+        self.assertEqual(render(self.root, "GET", "/dmsg-discovery/entry/" + pk.hex())[0], 200)
+
+    def test_a_signed_delete_works_once_and_its_replay_does_not(self):
+        pk, sk = generate_keypair()
+        body = client_entry(pk, 0, self.now, []).signed(sk).to_json()
+        self.post(entry_from_json(body))
+        proof = delete_proof(self.root, sk, body)
+        self.assertEqual(render_from(self.root, "DELETE", "/dmsg-discovery/entry", body, headers=proof)[0], 200)
+        self.assertEqual(render(self.root, "GET", "/dmsg-discovery/entry/" + pk.hex())[0], 404)
+        # The owner comes back; the captured delete is replayed: refused (its nonce is spent).
+        self.post(client_entry(pk, 0, self.now, []).signed(sk))
+        code, out = render_from(self.root, "DELETE", "/dmsg-discovery/entry", body, headers=proof)
+        self.assertEqual(code, 401, out)
+        self.assertEqual(render(self.root, "GET", "/dmsg-discovery/entry/" + pk.hex())[0], 200)
+
+    def test_proof_by_another_key_or_for_another_body_or_a_stale_nonce_is_refused(self):
+        pk, sk = generate_keypair()
+        opk, osk = generate_keypair()
+        body = client_entry(pk, 0, self.now, []).signed(sk).to_json()
+        self.post(entry_from_json(body))
+        self.post(client_entry(opk, 0, self.now, []).signed(osk))
+        other = client_entry(opk, 0, self.now, []).signed(osk).to_json()
+        cases = {
+            "another key": [(b"SW-Public", opk.hex().encode())] + delete_proof(self.root, osk, body)[1:],
+            "another body": delete_proof(self.root, sk, other),
+            "a made-up nonce": [(b"SW-Public", pk.hex().encode()), (b"SW-Nonce", b"1"),
+                                (b"SW-Sig", sk.sign(body + b"1").hex().encode())],
+            "a bad signature": delete_proof(self.root, sk, body)[:2] + [(b"SW-Sig", b"zz")],
+        }
+        for why, proof in cases.items():
+            code, _ = render_from(self.root, "DELETE", "/dmsg-discovery/entry", body, headers=proof)
+            self.assertEqual(code, 401, why)
+        proof = delete_proof(self.root, sk, body)
+        self.clock.advance(61)  # nonces are short-lived
+        self.assertEqual(render_from(self.root, "DELETE", "/dmsg-discovery/entry", body, headers=proof)[0], 401)
+        self.assertEqual(render(self.root, "GET", "/dmsg-discovery/entry/" + pk.hex())[0], 200)
+        # No nonces for keys that have no entry (the nonce book stays as small as the store).
+        self.assertEqual(render(self.root, "GET", "/security/nonces/" + generate_keypair()[0].hex())[0], 404)
+
+    def test_an_entry_padded_with_unknown_fields_is_refused(self):
+        """#25 item 7: ~60 KB of unknown fields per entry used to be stored."""
+        from skypty.dmsg.discserver import MAX_ENTRY_BYTES
+
+        pk, sk = generate_keypair()
+        signed = client_entry(pk, 0, self.now, []).signed(sk).to_json()
+        padded = signed[:-1] + b',"pad":"' + b"x" * 60_000 + b'"}'
+        code, out = self.post(None, body=padded)
+        self.assertEqual(code, 413, out)
+        fits = signed[:-1] + b',"pad":"' + b"x" * (MAX_ENTRY_BYTES - len(signed) - 20) + b'"}'
+        self.assertEqual(self.post(None, body=fits)[0], 200)
+
+    def test_a_flood_of_fresh_keys_from_one_address_is_rate_limited(self):
+        from skypty.dmsg.discserver import NEW_KEY_BURST
+
+        codes = [self.post(client_entry(pk, 0, self.now, []).signed(sk))[0]
+                 for pk, sk in (generate_keypair() for _ in range(NEW_KEY_BURST + 20))]
+        self.assertEqual(codes.count(200), NEW_KEY_BURST)
+        self.assertEqual(codes.count(429), 20)
+        # Another address is not held back by the flood.
+        pk, sk = generate_keypair()
+        self.assertEqual(self.post(client_entry(pk, 0, self.now, []).signed(sk), host="10.0.0.2")[0], 200)
+
+    def test_a_full_store_displaces_the_flood_never_a_host_that_keeps_its_entry(self):
+        from skypty.dmsg.discserver import EntryStore
+
+        store = EntryStore(self.clock, max_entries=100)
+        root, _ = make_discovery_resource(self.clock, store=store, limits=(_Unlimited(), _Unlimited()))
+        post = lambda e, host: render_from(root, "POST", "/dmsg-discovery/entry/", e.to_json(), host)[0]  # noqa: E731
+        hosts = [generate_keypair() for _ in range(3)]
+        for i, (pk, sk) in enumerate(hosts):  # legitimate hosts, each from its own address
+            self.assertEqual(post(client_entry(pk, 0, self.now, []).signed(sk), f"192.0.2.{i}"), 200)
+        # One host updates its entry (a session changed): it is no stranger any more.
+        self.assertEqual(post(client_entry(hosts[0][0], 1, self.now, []).signed(hosts[0][1]), "192.0.2.0"), 200)
+        for _ in range(500):  # the flood, from fresh keys
+            pk, sk = generate_keypair()
+            self.assertEqual(post(client_entry(pk, 0, self.now, []).signed(sk), "10.6.6.6"), 200)
+        self.assertEqual(len(store), 100)
+        for pk, _ in hosts:
+            self.assertIsNotNone(store.get(pk))
+        # A new legitimate host still gets in: the flood gives way.
+        pk, sk = generate_keypair()
+        self.assertEqual(post(client_entry(pk, 0, self.now, []).signed(sk), "192.0.2.9"), 200)
+        self.assertIsNotNone(store.get(pk))
+        # Updates are never refused for space.
+        self.assertEqual(post(client_entry(hosts[1][0], 1, self.now, []).signed(hosts[1][1]), "192.0.2.1"), 200)
+
+    def test_the_store_is_bounded_in_bytes(self):
+        from skypty.dmsg.discserver import ENTRY_OVERHEAD, EntryStore
+
+        store = EntryStore(self.clock, max_bytes=50 * (4096 + ENTRY_OVERHEAD))
+        for _ in range(200):
+            pk, sk = generate_keypair()
+            signed = client_entry(pk, 0, self.now, []).signed(sk).to_json()
+            store.put(entry_from_json(signed[:-1] + b',"pad":"' + b"x" * 4000 + b'"}'), source="10.6.6.6")
+        self.assertLessEqual(store.bytes, store.max_bytes)
+        self.assertLessEqual(len(store), 50)
+
+
+class _Unlimited:
+    def allow(self, source):
+        return True
+
+
+class SignedDeleteClientTests(unittest.TestCase):
+    """skypty's own client deletes with the proof, over real HTTP."""
+
+    def setUp(self):
+        self.site = make_discovery_site(reactor)
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.client = DiscoveryClient(f"http://127.0.0.1:{self.port.getHost().port}", reactor)
+
+    @defer.inlineCallbacks
+    def test_delete_entry_carries_the_proof(self):
+        pk, sk = generate_keypair()
+        entry = client_entry(pk, 0, int(reactor.seconds() * 1e9), []).signed(sk)
+        yield self.client.post_entry(entry)
+        other_pk, other_sk = generate_keypair()
+        err = yield self.assertFailure(self.client.delete_entry(entry, other_sk), DiscoveryError)
+        self.assertIn(err.status, (401, 404))
+        yield self.client.delete_entry(entry, sk)
+        yield self.assertFailure(self.client.get_entry(pk), EntryNotFound)

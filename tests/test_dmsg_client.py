@@ -125,3 +125,85 @@ def test_a_proxy_relay_back_pressures_both_ways():
     assert local.producer is remote.transport and remote.transport.producer is local
     remote.sink(b"x" * 10)  # the peer's bytes reach the local client
     assert local.value() == b"x" * 10
+
+
+# -- why a dial failed, told apart (#26 item 1, #22 mixed mesh) -----------------------------------
+
+class FakeSession:
+    """A session whose streams end as *outcome* says, at once."""
+
+    def __init__(self, outcome):
+        self.outcome = outcome
+        self.remote_pk = generate_keypair()[0]
+
+    def open_stream(self, stream):
+        from skypty.dmsg.session import DmsgError
+        from skypty.dmsg.stream import StreamRefusedError
+
+        kind, code = self.outcome
+        if kind == "refused":
+            err = StreamRefusedError(f"refused (code {code})")
+            err.code = code
+            stream.done.errback(err)
+        elif kind == "timeout":
+            stream.timed_out = True
+            stream.done.errback(DmsgError("did not answer within 8s"))
+        else:
+            stream.done.errback(DmsgError("the server closed the stream unanswered"))
+        return defer.succeed(stream)
+
+
+def _dial_outcome(outcome):
+    from skypty.dmsg.disc import client_entry
+
+    clock = task.Clock()
+    svc = client(clock)
+    session = FakeSession(outcome)
+    svc.sessions = {session.remote_pk: session}
+    peer, _ = generate_keypair()
+    entry = client_entry(peer, 0, 0, [session.remote_pk])
+    results = []
+    svc._dial_entry(entry, peer, 23, None).addBoth(results.append)
+    (failure,) = results
+    return peer, failure.value
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("outcome, reason, said", [
+    (("refused", 306), "refused", "refused the stream: nothing listens on its dmsg port 23 (check --port)"),
+    (("refused", 303), "peer-error", "refused the stream on dmsg port 23: the request is for another key"),
+    (("refused", 0), "peer-error", "refused the stream on dmsg port 23: refused without a reason"),
+    (("timeout", None), "timeout", "did not answer in time"),
+    (("closed", None), "no-answer", "did not answer over dmsg (it stopped, or lost its dmsg session)"),
+])
+def test_a_refusal_a_peer_error_a_timeout_and_no_route_are_told_apart(outcome, reason, said):
+    from skypty.client.errors import proxy_refusal
+
+    peer, err = _dial_outcome(outcome)
+    assert err.reason == reason
+    line = proxy_refusal(err.reason, str(err), peer.hex(), 23)
+    assert said in line, line
+    assert line.count(peer.hex()) == 1
+
+
+def test_a_closed_request_after_the_servers_window_counts_as_a_timeout():
+    """A skypty server closes an unanswered request when its 5 s window ends;
+    that is a timeout, not "no server has a session to the peer"."""
+    from skypty.dmsg.client import _Dial
+    from skypty.dmsg.session import STREAM_HANDSHAKE_TIMEOUT
+
+    clock = task.Clock()
+    for waited, timed_out in ((0.01, False), (STREAM_HANDSHAKE_TIMEOUT, True)):
+        stream = _Dial.__new__(_Dial)
+        stream._reactor, stream._sent_at, stream.timed_out = clock, clock.seconds(), False
+        stream.done = defer.Deferred()
+        stream.done.addErrback(lambda _: None)
+        stream.dst_pk = generate_keypair()[0]
+        clock.advance(waited)
+        try:
+            stream.connectionLost()
+        except Exception:  # the base class's own bookkeeping of a stream never opened
+            pass
+        assert stream.timed_out is timed_out

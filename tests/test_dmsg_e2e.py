@@ -117,6 +117,18 @@ def test_offline_peer_fails_fast_with_a_clear_error(net):
     assert time.monotonic() - start < 5
 
 
+def test_a_wrong_dmsg_port_says_check_port(net):
+    """#26 item 1: this used to print "did not answer over dmsg (it stopped, or
+    lost its dmsg session)" although b was up and logged "nothing listens"."""
+    network, a, b = net
+    start = time.monotonic()
+    r = a.client("exec", b.pk, "--port", "23", "--cliaddr", a.cli, "--", "true")
+    assert r.returncode == 1
+    assert r.stderr.decode() == (f"skypty-client: host {b.pk} refused the stream: nothing listens on its "
+                                 f"dmsg port 23 (check --port)\n")
+    assert time.monotonic() - start < 3  # told at once, not after a timeout
+
+
 def test_skynet_scheme_is_refused_clearly(net):
     network, a, b = net
     r = a.client("exec", b.pk, "--scheme", "skynet", "--cliaddr", a.cli, "--", "true")

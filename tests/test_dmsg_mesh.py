@@ -85,9 +85,9 @@ class MeshTests(unittest.TestCase):
             signed.to_json().replace(b'"serverType":"community"', b'"serverType":"official"')))
 
     @defer.inlineCallbacks
-    def server(self, peers=()):
+    def server(self, peers=(), factory_class=DmsgServerFactory):
         pk, sk = generate_keypair()
-        factory = DmsgServerFactory(reactor, sk)
+        factory = factory_class(reactor, sk)
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.addCleanup(factory.stop_peering)
@@ -148,6 +148,17 @@ class MeshTests(unittest.TestCase):
         self.assertEqual((self.s1.factory.relayed, self.s2.factory.relayed), (1, 1))
         inner.transport.loseConnection()
         yield until(lambda: self.s1.factory.relayed == self.s2.factory.relayed == 0, what="the bridges to close")
+
+    @defer.inlineCallbacks
+    def test_a_client_can_open_a_stream_to_itself(self):
+        """A Skywire visor checks every few minutes that it can make a dmsg
+        transport to itself, and exits after three failures: the server
+        bridges a client's stream back to that same client (#22)."""
+        a = yield self.client(self.s1)
+        inner = yield self.echo_through(a, a)
+        self.assertEqual(list(a.sessions), [self.s1.pk])
+        inner.transport.loseConnection()
+        yield until(lambda: self.s1.factory.relayed == 0, what="the bridge to close")
 
     @defer.inlineCallbacks
     def test_session_sockets_have_short_tcp_keepalive_on_both_sides(self):
@@ -257,7 +268,15 @@ class MeshTests(unittest.TestCase):
             yield server_side.open_stream(opener)
         yield until(lambda: all(o.lost for o in openers), what="every hostile stream to be refused")
         self.assertFalse(client_side.transport.disconnected)
-        self.assertTrue(all(o.data == b"" for o in openers))  # refused streams get no answer
+        self.assertTrue(all(o.data == b"" for o in openers[:-1]))  # malformed requests get no answer
+        # A sound request for a port nothing listens on gets a signed "no listener"
+        # (the reference's code 306), so the dialer can say "check --port" (#26).
+        from skypty.dmsg.session import EnvelopeReader
+
+        resp, _signed, sig, raw, _rest = EnvelopeReader().take_object(openers[-1].data, server_side.cipher,
+                                                                      T.StreamResponse)
+        bpk.verify(raw, sig)
+        self.assertEqual((resp.accepted, resp.err_code), (False, 306))
         good = DialStream(server_side, xsk, 40000, bpk, 22, Recorder(), timeout=5)
         good.reactor  # noqa: B018 (the server side has a reactor too)
         yield server_side.open_stream(good)
@@ -266,13 +285,148 @@ class MeshTests(unittest.TestCase):
         yield until(lambda: inner.data == b"accepted", what="a sound request after the hostile ones")
 
 
+    # -- a hostile network (#25 items 6 and 8) and a mixed mesh (#22) -------------------------
+
+    @defer.inlineCallbacks
+    def test_fake_server_entries_cannot_crowd_out_a_live_server(self):
+        """32 signed server entries pointing at 127.0.0.1:1 used to fill every
+        peer slot for good, so a real server registered later was never peered."""
+        from skypty.dmsg import server as server_module
+        from skypty.dmsg.disc import DiscoveryClient
+        from skypty.dmsg.server import MAX_PEERS, DmsgServerService
+
+        self.patch(server_module, "PEER_RETRY_MIN", 0.05)
+        self.patch(server_module, "PEER_RETRY_MAX", 0.2)
+        self.site.store.delete(self.s2.pk)  # the real server registers after the fakes
+        now = int(reactor.seconds() * 1e9)
+        for _ in range(MAX_PEERS):
+            pk, sk = generate_keypair()
+            self.site.store.put(server_entry(pk, 0, now, "127.0.0.1:1", 100).signed(sk))
+        svc = SimpleNamespace(discovery=DiscoveryClient(self.url, reactor), factory=self.s1.factory)
+        self.s1.factory.start_peering()
+        yield DmsgServerService._find_peers(svc)  # the discovery round: only fakes (and s1 itself)
+        self.assertEqual(len(self.s1.factory.links), MAX_PEERS)
+        yield self.register_server(self.s2)
+
+        deadline = time.monotonic() + 15
+        while True:
+            yield DmsgServerService._find_peers(svc)  # a later discovery round
+            link = self.s1.factory.links.get(self.s2.pk)
+            if link is not None and link.session is not None:
+                break
+            self.assertLess(time.monotonic(), deadline, "the live server never got a peer slot")
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertLessEqual(len(self.s1.factory.links), MAX_PEERS)
+
+    @defer.inlineCallbacks
+    def test_one_client_cannot_hold_every_relayed_stream(self):
+        from skypty.dmsg import server as server_module
+
+        self.patch(server_module, "MAX_RELAYED_PER_CLIENT", 2)
+        yield self.peer()
+        a = yield self.client(self.s1)
+        b = yield self.client(self.s2)
+        held = []
+        for _ in range(2):
+            held.append((yield self.echo_through(a, b)))
+        start = time.monotonic()
+        held.append((yield self.echo_through(a, b)))
+        # s1 refused at once (no timeout): a went to b's server itself, unrelayed.
+        self.assertLess(time.monotonic() - start, 3)
+        self.assertEqual(set(a.sessions), {self.s1.pk, self.s2.pk})
+        self.assertEqual(self.s1.factory.relayed_by, {("client", a.pk): 2})
+        c = yield self.client(self.s1)  # another client still gets through the same servers
+        yield self.echo_through(c, b)
+        self.assertEqual(list(c.sessions), [self.s1.pk])
+        for inner in held:
+            inner.transport.loseConnection()
+        yield until(lambda: self.s1.factory.relayed_by == {} or list(self.s1.factory.relayed_by) == [
+            ("client", c.pk)], what="a's shares to come back")
+
+    @defer.inlineCallbacks
+    def test_a_peer_that_lets_forwards_hang_costs_one_short_wait(self):
+        """A Go server that will not relay for us logs `dmsg error 302` and
+        leaves the forwarded stream open: the skypty server used to wait its
+        full 5 s, then the dialer fell back to a session of its own."""
+        from skypty.dmsg import server as server_module
+
+        self.patch(server_module.random, "shuffle", lambda seq: None)  # the silent peer is tried first
+        silent = self.silent_server()
+        self.s1.factory.add_peer(silent.pk, silent.address)
+        yield self.peer()
+        yield until(lambda: self.s1.factory.links[silent.pk].session is not None, what="the silent peer")
+        a = yield self.client(self.s1)
+        b = yield self.client(self.s2)
+        start = time.monotonic()
+        yield self.echo_through(a, b)
+        first = time.monotonic() - start
+        self.assertLess(first, server_module.PEER_HOP_TIMEOUT + 1.5)
+        self.assertIn(silent.pk, self.s1.factory.silent)
+        self.assertEqual(list(a.sessions), [self.s1.pk])  # s1 forwarded through s2 in the end
+        start = time.monotonic()
+        yield self.echo_through(a, b)
+        self.assertLess(time.monotonic() - start, 1.0)  # the silent peer is skipped now
+
+    def silent_server(self):
+        """A dmsg server that accepts sessions and streams and never answers them."""
+        pk, sk = generate_keypair()
+        factory = protocol.Factory()
+        factory.buildProtocol = lambda addr: DmsgSession(False, sk, None, lambda s, st: Recorder(), reactor)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return SimpleNamespace(pk=pk, sk=sk, address=f"127.0.0.1:{port.getHost().port}")
+
+
+    @defer.inlineCallbacks
+    def test_a_new_session_lets_the_handshakes_last_message_leave_alone(self):
+        """Reference servers before 2026 drop a session whose first bytes ride
+        behind the handshake's last message (dmsg error 203, "extra bytes"):
+        in the mixed mesh that was the Go server dropping skypty's fallback
+        session about 8 ms after it opened."""
+        strict = yield self.server(factory_class=StrictServerFactory)
+        a = yield self.client(self.s1)
+        b = yield self.client(strict)
+        yield self.echo_through(a, b)  # a opens a session of its own to b's (strict) server
+        self.assertEqual(set(a.sessions), {self.s1.pk, strict.pk})
+        self.assertEqual(strict.factory.dropped, 0)
+
+
+class StrictFramer:
+    """A handshake framer that, like the reference before 2026, fails the
+    session when bytes arrive behind the handshake's last message."""
+
+    def __init__(self, framer, session, factory):
+        self.framer, self.session, self.factory = framer, session, factory
+
+    def __getattr__(self, name):
+        return getattr(self.framer, name)
+
+    def take_rest(self):
+        rest = self.framer.take_rest()
+        if rest:
+            self.factory.dropped += 1
+            self.session.transport.abortConnection()
+            return b""
+        return rest
+
+
+class StrictServerFactory(DmsgServerFactory):
+    dropped = 0
+
+    def buildProtocol(self, addr):
+        session = super().buildProtocol(addr)
+        if session is not None:
+            session._framer = StrictFramer(session._framer, session, self)
+        return session
+
+
 def _ready_to(session, d):
     session.ready.addCallback(lambda s: d.called or d.callback(s))
     return session
 
 
 def _req(src_pk, dst_pk, src_port=49153, dst_port=22, **over):
-    from skypty.noise import NoiseHandshake
+    from skypty.wire.noise import NoiseHandshake
 
     fields = dict(timestamp=time.time_ns(), src_addr=T.Addr.cls(pk=src_pk, port=src_port),
                   dst_addr=T.Addr.cls(pk=dst_pk, port=dst_port), noise_msg=b"")
@@ -355,3 +509,37 @@ class IdleTests(unittest.TestCase):
         server, inner = self.build(keepalive=None)
         self.idle_for(180)
         self.assertTrue(inner.lost)
+
+
+def test_the_mesh_keeps_configured_and_live_peers_and_gives_dead_slots_away():
+    """update_discovered on a Clock, no sockets: links are not started."""
+    from skypty.dmsg import server as server_module
+
+    clock = task.Clock()
+    _, sk = generate_keypair()
+    pinned = generate_keypair()[0]
+    factory = DmsgServerFactory(clock, sk, peers=[(pinned, "127.0.0.1:9")])
+    fakes = {generate_keypair()[0]: "127.0.0.1:1" for _ in range(server_module.MAX_PEERS)}
+    factory.update_discovered(fakes)
+    assert len(factory.links) == server_module.MAX_PEERS and pinned in factory.links
+    live_pk = next(pk for pk in fakes if pk in factory.links)
+    factory.links[live_pk].session = SimpleNamespace(transport=None)  # connected
+    real = generate_keypair()[0]
+    factory.update_discovered({**fakes, real: "127.0.0.1:2"})
+    assert real not in factory.links  # full of peers not yet known to be dead
+    for pk, link in factory.links.items():
+        if pk != live_pk:
+            link.failures = server_module.PEER_DEAD_AFTER
+    factory.update_discovered({**fakes, real: "127.0.0.1:2"})
+    assert real in factory.links and live_pk in factory.links and pinned in factory.links
+    # Unlisted: the dead go, the connected and the configured stay.
+    factory.update_discovered({real: "127.0.0.1:3"})
+    assert set(factory.links) == {pinned, live_pk, real}
+    assert factory.links[real].address == "127.0.0.1:3"  # it moved
+    # A dead peer whose slot was given away is not taken back at once.
+    given_away = [pk for pk in fakes if pk in factory.evicted]
+    assert given_away
+    factory.update_discovered({real: "127.0.0.1:3"})  # room enough
+    assert not factory.add_peer(given_away[0], "127.0.0.1:1")
+    clock.advance(server_module.EVICTED_COOLDOWN + 1)
+    assert factory.add_peer(given_away[0], "127.0.0.1:1")

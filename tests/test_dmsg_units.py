@@ -7,7 +7,7 @@ import pytest
 from skypty.wire import gob
 from skypty.dmsg.session import DmsgError, EnvelopeCipher, object_hash, open_object, sign_object
 from skypty.keys import PublicKey, SecretKey
-from skypty.noise import FrameDecoder, FrameEncoder
+from skypty.wire.noise import FrameDecoder, FrameEncoder
 from skypty.wire import types as T
 from tests.test_disc import sign_with_nonce
 from tests.vectors import load
@@ -70,7 +70,7 @@ ML_KEM_768_KEY, ML_KEM_768_CIPHERTEXT = 1184, 1088  # the reference's payload si
 
 def _pq_handshake(pattern):
     from skypty.keys import generate_keypair
-    from skypty.noise import NoiseHandshake
+    from skypty.wire.noise import NoiseHandshake
 
     (ipk, isk), (rpk, rsk) = generate_keypair(), generate_keypair()
     init = NoiseHandshake(pattern, True, isk, rpk)
@@ -82,7 +82,7 @@ def _pq_handshake(pattern):
 def test_a_pq_offer_in_message_one_is_ignored(pattern):
     import os
 
-    from skypty.noise import HandshakeFramer, frame_handshake, pump_handshake
+    from skypty.wire.noise import HandshakeFramer, frame_handshake, pump_handshake
 
     init, resp = _pq_handshake(pattern)
     offer = init.write_message(os.urandom(ML_KEM_768_KEY))  # a current reference initiator

@@ -54,3 +54,28 @@ def test_fuse_extra_is_documented_with_its_install_command():
         with open(os.path.join(ROOT, doc)) as f:
             text = f.read()
         assert "apt install libfuse-dev pkg-config fuse3" in text and "pip install '.[fuse]'" in text, doc
+
+
+def test_guide_names_every_log_level():
+    from skypty.logs import LEVELS
+
+    with open(os.path.join(ROOT, "docs", "guide.md")) as f:
+        row = next(line for line in f if line.startswith("| `pty.log_level`"))
+    for name in LEVELS:
+        assert f"`{name}`" in row, name
+
+
+def test_architecture_names_every_module():
+    """Each module has a line (or a place on a line of its folder: `dir/a.py, b.py`)."""
+    with open(os.path.join(ROOT, "docs", "architecture.md")) as f:
+        lines = f.read().splitlines()
+    package = os.path.join(ROOT, "skypty")
+    for directory, _, files in os.walk(package):
+        for name in files:
+            if not name.endswith(".py") or name == "__init__.py":
+                continue
+            path = os.path.relpath(os.path.join(directory, name), ROOT)
+            folder = os.path.dirname(path) + "/"
+            assert any(line.startswith(path + " ") or (line.startswith(folder) and
+                                                     re.search(rf"(^|[ ,/]){re.escape(name)}[ ,]", line))
+                       for line in lines), path

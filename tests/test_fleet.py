@@ -260,6 +260,23 @@ def test_group_prints_one_block_per_host(fleet):
     assert re.search(r"== offline \(unreachable, \d+\.\d\ds\) ==\n", out)
 
 
+def test_stdin_without_stdin_flag_is_named_not_dropped_silently(fleet, tmp_path):
+    f = fleet
+    data = tmp_path / "data"
+    data.write_bytes(b"data\n")  # a file, not a pipe: its bytes are there before the client looks
+    e = env()
+    e["XDG_CONFIG_HOME"] = str(f.xdg)
+    with open(data, "rb") as stdin:
+        r = subprocess.run(CLIENT + ["exec", "a-tcp-0", "b-tcp-0", "-i", f.a.config_path, "--", "cat"],
+                           stdin=stdin, capture_output=True, env=e, cwd=f.a.dir, timeout=120)
+    assert r.returncode == 0
+    assert r.stderr.startswith(b"skypty-client: stdin is not sent to several hosts, or with --json "
+                               b"(--stdin sends it to each, up to 1 MiB)\n"), r.stderr
+    r = _client(f, "exec", "a-tcp-0", "b-tcp-0", "-i", f.a.config_path, "--stdin", "--", "cat", input=b"data\n")
+    assert r.returncode == 0 and b"stdin is not sent" not in r.stderr
+    assert sorted(r.stdout.splitlines()) == [b"a-tcp-0: data", b"b-tcp-0: data"]
+
+
 def test_many_hosts_need_the_command_after_dashes(fleet):
     r = _client(fleet, "exec", "a-tcp-0", "b-tcp-0", "uname", "-a")
     assert (r.returncode, r.stderr.decode()) == (

@@ -241,3 +241,22 @@ def test_hard_links_and_df(host, workdir, tmp_path):
         assert os.statvfs(m.mountpoint).f_blocks == os.statvfs(remote_dir).f_blocks  # statvfs@openssh.com
     finally:
         m.umount()
+
+
+def test_listings_have_dot_and_dot_dot(host, workdir, tmp_path):
+    remote_dir, remote_name = workdir
+    (remote_dir / "sub").mkdir()
+    (remote_dir / "sub" / "f").write_text("x")
+    m = Mounted(host, tmp_path / "mnt").mount(host.target, "--remote-root", remote_name)
+    try:
+        for directory, names in ((m.mountpoint, [".", "..", "sub"]), (m.mountpoint / "sub", [".", "..", "f"])):
+            r = subprocess.run(["ls", "-a1i", str(directory)], capture_output=True, timeout=30)
+            listed = dict(reversed(line.split()) for line in r.stdout.decode().splitlines())
+            assert r.returncode == 0 and sorted(listed) == names, r
+        # "." is the directory itself, ".." its parent (the root's parent: the root)
+        r = subprocess.run(["ls", "-a1i", str(m.mountpoint / "sub")], capture_output=True, timeout=30)
+        inodes = dict(reversed(line.split()) for line in r.stdout.decode().splitlines())
+        assert int(inodes["."]) == os.stat(m.mountpoint / "sub").st_ino
+        assert int(inodes[".."]) == os.stat(m.mountpoint).st_ino
+    finally:
+        m.umount()

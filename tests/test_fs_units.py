@@ -121,6 +121,38 @@ def test_failed_connects_are_not_retried_for_a_moment():
     assert len(attempts) == 2
 
 
+def test_a_host_refusal_reaches_the_mount_as_the_hosts_answer():
+    # Seen against a Skywire v1.3.28 dmsgpty-host (no SFTP service): fs mount said
+    # "cannot reach the host: host <pk> serves no files ..." although the host was reached.
+    from twisted.python.failure import Failure
+
+    from skypty.fs.errors import HostRefused
+    from skypty.fs.link import ReasonedGate
+    from skypty.fs.mount import start_failure_message
+    from skypty.wire import requestline
+
+    gate = ReasonedGate("dmsgpty/proxy?addr=x", SFTPClientProtocol(),
+                        lambda reason, text: f"host X serves no files ({reason})")
+    gate.makeConnection(StringTransport())
+    refused = []
+    gate.accepted.addErrback(refused.append)
+    gate.dataReceived(requestline.encode_rejection("no-sftp", "no SFTP service"))
+    assert refused[0].check(HostRefused)
+
+    clock = task.Clock()
+    link = SFTPLink(clock, lambda: defer.fail(refused[0].value), retry_after=1.0)
+    for _ in range(2):  # the first attempt, then the quick answer during retry_after
+        outcome = []
+        link.session().addErrback(outcome.append)
+        assert outcome[0].check(HostRefused)
+        assert start_failure_message(outcome[0], b"/") == "host X serves no files (no-sftp)"
+
+    unreachable = Failure(LinkDown("connection refused"))
+    assert start_failure_message(unreachable, b"/") == "cannot reach the host: connection refused"
+    missing = Failure(fx.SFTPError(fx.FX_NO_SUCH_FILE, "No such file"))
+    assert start_failure_message(missing, b"/srv") == "remote directory /srv does not exist"
+
+
 def test_a_lost_session_is_replaced_on_the_next_request():
     clock = task.Clock()
     sessions = []

@@ -73,6 +73,12 @@ def test_hosts_add_list_remove_write_the_documented_layout(tmp_path):
     r = run_client("hosts", "list", xdg=tmp_path)
     assert r.stdout.decode().splitlines()[1].split() == ["web1", K1, "10.0.0.1:2022", "tcp", "edge"]
     assert run_client("hosts", "list", "--names", xdg=tmp_path).stdout == b"web1\ndb\n@edge\n"
+    # list is the default: its options work without it
+    r = run_client("hosts", "--names", xdg=tmp_path)
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"web1\ndb\n@edge\n", b"")
+    r = run_client("hosts", "--nope", xdg=tmp_path)
+    assert (r.returncode, r.stderr) == (2, b"skypty-client hosts: unrecognized arguments: --nope "
+                                           b"(see skypty-client hosts --help)\n")
     r = run_client("hosts", "add", "db", K3, xdg=tmp_path)
     assert (r.returncode, r.stderr.decode()) == (
         1, f"skypty-client: db is already named (key {K2}); --force replaces it\n")

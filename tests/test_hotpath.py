@@ -12,7 +12,7 @@ from twisted.internet import abstract
 from skypty.client.transport import PlainChannel
 from skypty.wire import gob
 from skypty.wire import types as T
-from skypty.writenow import write_now
+from skypty.wire.writenow import write_now
 from tests.fuzz.strategies import GO_TYPES, values_of
 from tests.vectors import load
 

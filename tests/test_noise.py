@@ -7,11 +7,11 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from skypty.keys import SecretKey, generate_keypair
-from skypty.noise import (
+from skypty.wire.noise import (
     MAX_FRAME, MAX_PLAINTEXT, FrameDecoder, FrameEncoder, HandshakeFramer, NoiseError,
     NoiseHandshake, frame_handshake,
 )
-from skypty.noiseproto import NoiseFactory, connect_noise_xk
+from skypty.wire.noiseproto import NoiseFactory, connect_noise_xk
 from tests.vectors import load
 
 

@@ -1,5 +1,6 @@
 """Operating a host: the manhole (and its client), and the log lines for accepted and refused peers."""
 
+import io
 import os
 import re
 
@@ -35,7 +36,9 @@ def test_manhole_client_evaluates_against_the_live_host(host):
                                                      "--", "sleep", "30"], env=env(), timeout=20)
     try:
         wait_for(lambda: re.search(r"session \w+ started .*sleep 30", host.log()), what="the session")
+        seen = io.BytesIO()
         child = manhole(host.manhole)
+        child.logfile_read = seen
         child.expect_exact(">>> ")
         child.sendline("6 * 7")
         child.expect_exact("42")
@@ -47,6 +50,9 @@ def test_manhole_client_evaluates_against_the_live_host(host):
         child.expect(pexpect.EOF)
         child.close()
         assert child.exitstatus == 0
+        # the user's terminal is never reset or cleared; insert mode is undone at the end
+        assert b"\x1bc" not in seen.getvalue() and b"\x1b[2J" not in seen.getvalue()
+        assert seen.getvalue().rstrip(b"\r\n").endswith(b"\x1b[4l")
     finally:
         session.terminate(force=True)
 
@@ -62,6 +68,35 @@ def test_manhole_client_takes_the_path_from_the_config_and_piped_input(host):
     r = subprocess.run(CLIENT + ["manhole", os.path.join(host.dir, "nothing.sock")], capture_output=True,
                        env=env(), timeout=30)
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and b"cannot open the manhole" in r.stderr
+
+
+def test_piped_manhole_is_a_plain_line_prompt(host):
+    """Piped in and out: no escape codes, each result on a line of its own."""
+    import subprocess
+
+    from tests.hosts import CLIENT, env
+    script = b"1 + 1\n2 + 2\nfor i in range(2):\n  i\n\nprint('a')\n"
+    r = subprocess.run(CLIENT + ["manhole", host.manhole], input=script, capture_output=True, env=env(),
+                       timeout=30)
+    assert r.returncode == 0, r
+    assert b"\x1b" not in r.stdout and b"\r" not in r.stdout
+    assert r.stdout.splitlines() == [b">>> 1 + 1", b"2", b">>> 2 + 2", b"4", b">>> for i in range(2):",
+                                     b"...   i", b"... ", b"0", b"1", b">>> print('a')", b"a", b">>> "]
+
+
+def test_screen_filter_keeps_the_users_terminal():
+    from skypty.client.manhole import ScreenFilter
+
+    stream = b"\x1bc>>> \x1b[4h1+1\r\r\r\n2\r\r\r\n>>> x\x08\x1b[K\x07y\r\n\x1b]0;title\x07\x1bc"
+    # a terminal: everything but the full reset, split anywhere
+    screen = ScreenFilter(plain=False)
+    out = b"".join(screen.feed(stream[i:i + 1]) for i in range(len(stream))) + screen.end()
+    assert out == stream.replace(b"\x1bc", b"")
+    # plain: text and line ends only, ending on a line end
+    plain = ScreenFilter(plain=True)
+    out = b"".join(plain.feed(stream[i:i + 2]) for i in range(0, len(stream), 2)) + plain.end()
+    assert out == b">>> 1+1\n2\n>>> xy\n"
+    assert ScreenFilter(plain=True).end() == b""
 
 
 def test_telnet_core_answers_options_and_keeps_commands_off_the_screen():

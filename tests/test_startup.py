@@ -194,3 +194,47 @@ def test_live_pidfile(tmp_path, daemon):
     assert proc.returncode != 0 and len(lines) == 1, lines
     assert lines[0].startswith(f"skypty: --pidfile {pidfile}: twistd pid {os.getpid()} is running")
     assert open(pidfile).read() == str(os.getpid())
+
+
+def test_a_failed_first_start_removes_the_config_it_wrote(tmp_path, monkeypatch):
+    """The README's first start writes a config with a new identity; when that
+    start then fails (a busy port), the new file goes too, so the next try
+    does not silently run as the abandoned identity.  An existing config stays."""
+    import skypty.config
+    from skypty import tap
+
+    generate = skypty.config.generate_config_data
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        monkeypatch.setattr(skypty.config, "generate_config_data", lambda **kw: generate(
+            cli_address=str(tmp_path / "pty.sock"), ssh_listen=f"127.0.0.1:{port}", web_listen="",
+            discovery_port=free_port(), server_port=free_port()))
+        path = str(tmp_path / "new.json")
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        assert options.created and os.path.exists(path)
+        with pytest.raises(SystemExit) as info:
+            tap.makeService(options)
+        message = str(info.value)
+        assert f"127.0.0.1:{port}: Address already in use" in message
+        assert message.endswith(f"(the new config {path} it wrote was removed)") and "\n" not in message
+        assert not os.path.exists(path)
+        # the same failure with a config that was already there: kept
+        options = tap.Options()
+        options.parseOptions(["--config", path])  # written again: now it exists before the next start
+        options.created = False
+        with pytest.raises(SystemExit) as info:
+            tap.makeService(options)
+        assert "removed" not in str(info.value) and os.path.exists(path)
+
+
+def test_a_bad_log_level_on_a_first_start_removes_the_config_it_wrote(tmp_path):
+    path = str(tmp_path / "new.json")
+    proc = subprocess.run(TWISTD + ["-n", "--pidfile=", "skypty", "--config", path, "--log-level", "loud"],
+                          cwd=str(tmp_path), env=env(), capture_output=True, timeout=60)
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == 1 and lines[-1].startswith("skypty: --log-level: expected one of")
+    assert lines[-1].endswith(f"(the new config {path} it wrote was removed)")
+    assert not os.path.exists(path)

@@ -2,13 +2,18 @@
 
 Only the fixed ports and socket paths are swapped for free ones, because
 other tests and hosts share this machine; the commands (`skypty-client`,
-`twistd`, from PATH) are the guide's.
+`twistd`, from PATH) are the guide's.  PATH starts with two small scripts of
+those names that run this checkout with this interpreter: the tests need no
+installed skypty (scripts/install-test-deps installs none), and an installed
+one is not what is under test.
 """
 
 import os
 import re
+import shlex
 import signal
 import subprocess
+import sys
 
 from tests.hosts import REPO, env, free_port, wait_for
 
@@ -36,8 +41,28 @@ def localise(commands, tmp):
     return text.splitlines()
 
 
+CHECKOUT_COMMANDS = {
+    "skypty-client": [sys.executable, "-m", "skypty.client.main"],
+    "twistd": [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"],
+}
+
+
+def checkout_env(bin_dir):
+    """env() with `skypty-client` and `twistd` from this checkout first on PATH."""
+    os.makedirs(bin_dir, exist_ok=True)
+    for name, argv in CHECKOUT_COMMANDS.items():
+        path = os.path.join(bin_dir, name)
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\nexec " + " ".join(map(shlex.quote, argv)) + ' "$@"\n')
+        os.chmod(path, 0o755)
+    e = env()
+    e["PATH"] = bin_dir + os.pathsep + e.get("PATH", "")
+    return e
+
+
 def run(command, cwd, timeout=60):
-    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env(), capture_output=True, timeout=timeout)
+    environ = checkout_env(os.path.join(cwd, "bin"))
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=environ, capture_output=True, timeout=timeout)
 
 
 def pid_from(path):

@@ -36,7 +36,9 @@ from skypty.wire.rpc import RPCClientProtocol
 from tests.appserver_double import AppServerDouble
 from tests.hosts import env
 
-VISOR_APP = os.path.join(os.path.dirname(sys.executable), "skypty-visor-app")
+# What the `skypty-visor-app` console script runs, from this checkout (the
+# tests need no installed skypty; scripts/install-test-deps installs none).
+VISOR_APP = [sys.executable, "-m", "skypty.visorapp"]
 CLIENT = [sys.executable, "-m", "skypty.client.main"]
 PK_HEX = "02" + "11" * 32  # not checked as a point here: only parsing
 
@@ -305,6 +307,21 @@ class AppNetTests(unittest.TestCase):
         assert proc.hello_raw == encode_hello(proc.key) and proc.statuses == ["Running"]
 
     @defer.inlineCallbacks
+    def test_the_double_numbers_types_as_one_go_process(self):
+        # As the real visor (tests/vectors/gob_go121.json): ids from 64, drawn
+        # from one table for every app, so a later app's stream skips the ids
+        # an earlier one's types took.
+        peer_pk, _ = generate_keypair()
+        self.double.peer_listen("skynet", peer_pk, 7, protocol.Factory.forProtocol(Echo))
+        yield AppNetClientEndpoint(self.client, "skynet", peer_pk, 7).connect(protocol.Factory.forProtocol(Collector))
+        other = yield self.connect(self.visor_pk, "other")
+        yield other.set_detailed_status(V.STATUS_RUNNING)
+        first = {w.name: tid for tid, w in self.client.proto.rpc.core._dec._wire.items()}
+        second = {w.name: tid for tid, w in other.proto.rpc.core._dec._wire.items()}
+        assert first["Response"] == second["Response"] == 64 and first["DialResp"] == 65
+        assert second[""] not in first.values()  # struct{}: a fresh table would have reused 65
+
+    @defer.inlineCallbacks
     def test_an_unknown_proc_key_is_dropped(self):
         pc = parse_proc_config(self.double.add_proc(self.visor_pk, "other"))
         proto = AppServerProtocol("ab" * 16)
@@ -437,14 +454,12 @@ class VisorApp:
 
     @defer.inlineCallbacks
     def start(self):
-        if not os.path.exists(VISOR_APP):
-            raise AssertionError(f"{VISOR_APP} is missing: reinstall skypty (scripts/install-test-deps)")
         proc_config = self.double.add_proc(self.pk, self.name, args=["--config", self.config_path],
                                            work_dir=self.dir)
         environment = dict(env(), PROC_CONFIG=proc_config)
-        # as the launcher does: the binary itself, no shell, args from launcher.apps
-        self.transport = reactor.spawnProcess(self.process, VISOR_APP,
-                                              [VISOR_APP, "--config", self.config_path],
+        # as the launcher does: the program itself, no shell, args from launcher.apps
+        self.transport = reactor.spawnProcess(self.process, VISOR_APP[0],
+                                              VISOR_APP + ["--config", self.config_path],
                                               env=environment, path=self.dir)
         try:
             yield until(lambda: "Running" in self.proc().statuses or self.process.exit_code is not None,
@@ -720,3 +735,34 @@ def test_an_answer_read_after_our_write_failed_still_arrives_before_the_end():
     client.reads[0].callback(V.ReadResp.cls(b=requestline.REJECT, n=1, err=eof))
     assert events[0] == ("data", requestline.REJECT) and events[1][0] == "lost"
     assert client.closed_ids == [7]
+
+
+def test_a_reply_that_ends_the_connection_leaves_the_rest_of_its_chunk_alone():
+    # Seen with the real visor (skywire v1.3.28): on SIGINT the app closes its
+    # listeners, and the visor answers in one TCP chunk: CloseListener's reply,
+    # then the blocked Accept's error.  The reply that completes the stop lets
+    # the reactor shut down, which drops the connection inside dataReceived
+    # (failing every waiting call); the next reply of the chunk then raised
+    # KeyError out of dataReceived ("Unhandled Error" in the visor's app log).
+    from twisted.internet.testing import StringTransport
+    from twisted.python import failure
+
+    from skypty.wire.rpc import Method, RPCError, RPCServerConnection
+
+    client = RPCClientProtocol()
+    client.makeConnection(StringTransport())
+    closed = client.call("k.CloseListener", 1, gob.UINT16, gob.EMPTY)
+    accept = client.call("k.Accept", 1, gob.UINT16, V.AcceptResp)
+    closed.addCallback(lambda _: client.connectionLost(failure.Failure(error.ConnectionLost())))
+    accept_failures = []
+    accept.addErrback(accept_failures.append)
+
+    def refuse(_):
+        raise RPCError("listening on closed connection")
+
+    replies = []
+    server = RPCServerConnection({"k.CloseListener": Method(gob.UINT16, gob.EMPTY, lambda _: gob.EMPTY.cls()),
+                                  "k.Accept": Method(gob.UINT16, V.AcceptResp, refuse)}, replies.append)
+    server.data_received(client.transport.value())
+    client.dataReceived(b"".join(replies))  # both replies at once
+    assert closed.called and accept_failures and "connection closed" in str(accept_failures[0].value)

@@ -78,18 +78,22 @@ def test_an_oversized_content_length_is_refused_before_the_body_is_sent(host, wh
     assert closed and elapsed < 5
 
 
-def websocket(port, token):
+def websocket(port, token, as_page=False, expect=b"101"):
+    """A WebSocket with the token as a script sends it (?token=), or as the
+    page does (*as_page*: a subprotocol)."""
     key = base64.b64encode(os.urandom(16)).decode()
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall((f"GET /pty?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+    path, offer = ("/pty", f"Sec-WebSocket-Protocol: skypty, skypty.token.{token}\r\n") if as_page else (
+        f"/pty?token={token}", "")
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-               f"Origin: http://127.0.0.1:{port}\r\n\r\n").encode())
+               f"{offer}Origin: http://127.0.0.1:{port}\r\n\r\n").encode())
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = s.recv(4096)
         assert chunk, head
         head += chunk
-    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert head.startswith(b"HTTP/1.1 " + expect + b" "), head
     return s
 
 
@@ -128,7 +132,8 @@ def test_requests_are_served_while_100_clients_trickle(host, token):
     try:
         for i in range(100):
             port = host.web_port if i % 2 else host.discovery_port
-            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            # From 25 other addresses: one address may hold only its own share of pending slots.
+            s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(f"127.0.2.{i % 25 + 1}", 0))
             s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the end of the head
             tricklers.append(s)
         started = time.monotonic()
@@ -162,14 +167,17 @@ def test_dmsg_refusals_are_logged_with_the_proven_key(host):
 
 
 def test_the_log_file_is_0600_and_never_holds_the_token(host, token):
-    # a page visit with the token (cookie set), a bad guess, a WebSocket with it
+    # a page visit with the token, a bad guess, WebSockets with it (as a script
+    # and as the page sends it) and with a bad guess as the page would
     assert get(host.web_port, f"/pty?token={token}").startswith("HTTP/1.1 200")
     assert get(host.web_port, "/pty?token=guess" + "g" * 40).startswith("HTTP/1.1 403")
     websocket(host.web_port, token).close()
+    websocket(host.web_port, token, as_page=True).close()
+    websocket(host.web_port, "guessppp" + "p" * 40, as_page=True, expect=b"403").close()
     # (the access log line may be filtered out of the file by level; when written, it is redacted)
     wait_for(lambda: "refused 127.0.0.1:" in host.log(), timeout=10, what="the refusal line")
     log = host.log()
-    assert token not in log and "guessggg" not in log
+    assert token not in log and "guessggg" not in log and "guessppp" not in log
     assert stat.S_IMODE(os.stat(host.log_path).st_mode) == 0o600
     with open(host.dir + "/skywire-config.json.web-token") as f:
         assert f.read().strip() == token

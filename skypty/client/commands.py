@@ -4,134 +4,28 @@ import os
 import sys
 
 from skypty.client.cmdline import remote_argv
-from skypty.client.errors import ClientError, explain_rpc, not_whitelisted, proxy_refusal
-from skypty.client.identity import IdentityError, control_socket, resolve_secret_key
-from skypty.client.rpc import BlockingRPC, RejectedError, request_service
-from skypty.client.transport import TransportError, connect_control, connect_noise
+from skypty.client.errors import fail, usage_error
+from skypty.client.reach import (
+    DEFAULT_TCP_PORT, STDIN_LIMIT, exec_env, guarded, no_key_flags, open_control, open_direct,
+    open_remote_via_host, parse_pk, parse_pks, parse_target, read_stdin, timeout_ms,
+)
+from skypty.client.rpc import BlockingRPC
+from skypty.client.transport import TransportError
 from skypty.errors import SkyptyError
 from skypty.wire import requestline
 from skypty.wire import types as T
 from skypty.wire.rpc import RPCError
 
-DEFAULT_TCP_PORT = 2022
-STDIN_LIMIT = 1024 * 1024
 EXIT_TIMEOUT = 124
-PROXY_ANSWER_TIMEOUT = 60.0
-EXIT_USAGE = 2
 
 
-def fail(message, code=1):
-    sys.stderr.write(f"skypty-client: {message}\n")
-    return code
-
-
-def usage_error(message):
-    return ClientError(message, EXIT_USAGE)
-
-
-def parse_pk(text, what="public key", names=True):
-    """A 66-hex key, or (*names*) a host name from hosts.toml -> PublicKey."""
-    from skypty.keys import InvalidKey, PublicKey
-
-    if names and len(text) != 66:  # a host name (skypty.client.hosts); keys pay nothing for this
-        from skypty.client.hosts import resolve_pk
-
-        text = resolve_pk(text, what)
-    try:
-        return PublicKey.from_hex(text)
-    except InvalidKey as e:
-        raise SkyptyError(f"{what} {text!r}: {e}") from None
-
-
-def parse_target(text, default_port):
-    """'PK@HOST[:PORT]' (or a host name with an addr) -> (pk, host, port)."""
-    pk_text, at, address = text.partition("@")
-    if not at and len(text) != 66:
-        from skypty.client.hosts import resolve_address
-
-        pk_text, host, port = resolve_address(text, default_port)
-        return parse_pk(pk_text, "host key"), host, port
-    if not at or not address:
-        raise SkyptyError(f"expected PK@HOST[:PORT], got {text!r}")
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port = address.partition(":")
-    if port and not port.isdigit():
-        raise SkyptyError(f"bad port in {text!r}")
-    # In PK@HOST the part before the @ is a key, never a name.
-    return parse_pk(pk_text, "host key", names=False), host, int(port) if port else default_port
-
-
-def timeout_ms(args):
-    from skypty.durations import DurationError, parse_duration  # not skypty.config: attrs is slow to import
-
-    try:
-        return int(parse_duration(args.timeout, "--timeout") * 1000)
-    except DurationError as e:
-        raise SkyptyError(str(e)) from None
-
-
-def no_key_flags(args, what):
-    """The control socket speaks as the local host: a key of our own would be ignored."""
-    for flag, given in (("--sk", getattr(args, "sk", None)), ("--no-visor-key", getattr(args, "no_visor_key", False))):
-        if given:
-            raise usage_error(f"{flag} has no effect on {what}: the local host's control socket "
-                              "acts with that host's own key (pick the host with -i CONFIG or --cliaddr)")
-
-
-# -- channels -----------------------------------------------------------------------
-
-def open_direct(pk, host, port, args, uri=requestline.PTY):
-    sk = resolve_secret_key(args)
-    channel = connect_noise(host, port, pk, sk)
-    try:
-        return channel, request_service(channel, uri)
-    except RejectedError as e:
-        channel.close()
-        if e.closed:  # after a good handshake, a Noise TCP host hangs up on strangers
-            raise ClientError(not_whitelisted(pk.hex(), sk.public_key.hex())) from None
-        raise ClientError(f"host {pk.hex()} refused {uri} (that service is off there)") from None
-
-
-def open_control(args, uri):
-    network, address = control_socket(args)
-    channel = connect_control(network, address)
-    try:
-        return channel, request_service(channel, uri)
-    except RejectedError as e:
-        channel.close()
-        raise ClientError(f"the local host at {address} refused {uri}" + (f": {e.text}" if e.text else "")) from None
-
-
-def open_remote_via_host(args, pk):
-    network, address = control_socket(args)
-    channel = connect_control(network, address)
-    uri = requestline.proxy_uri(pk.hex(), args.port)
-    if getattr(args, "scheme", None):  # the local host dials skynet then dmsg, unless pinned
-        uri += f"&scheme={args.scheme}"
-    # The local host bounds each transport's dial itself (skynet 5 s, dmsg
-    # 30 s): wait for its answer longer than the connect timeout.
-    channel.settimeout(PROXY_ANSWER_TIMEOUT)
-    try:
-        return channel, request_service(channel, uri)
-    except RejectedError as e:
-        channel.close()
-        raise ClientError(proxy_refusal(e.reason, e.text, pk.hex(), args.port)) from None
-
-
-def _exec_env():
-    return [f"{k}={os.environ[k]}" for k in ("TERM", "LANG", "LC_ALL") if os.environ.get(k)]
-
-
-def run_exec(channel, early, command, timeout, stdin=b""):
+def run_exec(channel, early, command, timeout, stdin=b"", rpc=None):
     """pty.Exec on an accepted channel; mirrors the exit code.  A host without
     pty.Exec runs the command on a pty instead (skypty.client.classic)."""
-    rpc = BlockingRPC(channel, early)
+    rpc = rpc or BlockingRPC(channel, early)
     channel.settimeout(timeout / 1000.0 + 30)
     out, err = sys.stdout.buffer, sys.stderr.buffer
-    req = T.CommandExecReq.cls(name=command[0], arg=list(command[1:]), env=_exec_env(), stdin=stdin,
+    req = T.CommandExecReq.cls(name=command[0], arg=list(command[1:]), env=exec_env(), stdin=stdin,
                                timeout_ms=timeout)
     try:
         result = rpc.call("pty.Exec", req, T.CommandExecReq, T.CommandExecResult)
@@ -140,7 +34,7 @@ def run_exec(channel, early, command, timeout, stdin=b""):
             raise
         from skypty.client.classic import run_exec_on_pty
 
-        return run_exec_on_pty(rpc, channel, command, timeout, stdin, out, err, _exec_env())
+        return run_exec_on_pty(rpc, channel, command, timeout, stdin, out, err, exec_env())
     out.write(result.stdout)
     out.flush()
     err.write(result.stderr)
@@ -156,29 +50,78 @@ def run_exec(channel, early, command, timeout, stdin=b""):
     return result.exit_code & 0xFF if result.exit_code >= 0 else 1
 
 
-def _read_stdin(args):
-    if not getattr(args, "stdin", False):
-        return b""
-    data = sys.stdin.buffer.read(STDIN_LIMIT + 1)
-    if len(data) > STDIN_LIMIT:
-        raise SkyptyError("stdin is larger than 1 MiB")
-    return data
+def stdin_is_input():
+    """Is our stdin something to stream to the command, as ssh would: a pipe,
+    a file or a socket?  Not a terminal (nobody piped anything) and not
+    another character device such as /dev/null (nothing to send)."""
+    import stat
+
+    try:
+        return not stat.S_ISCHR(os.fstat(0).st_mode)
+    except OSError:  # stdin closed
+        return False
 
 
-def guarded(fn):
-    """Turn every expected failure into one clear line and its exit code."""
-    def run(args, parser):
+def stdin_has_data():
+    """Bytes wait on stdin now (a pipe's or socket's FIONREAD, a file's rest),
+    without reading them: for a warning only, never for a decision."""
+    import fcntl
+    import stat
+    import struct
+    import termios
+
+    try:
+        mode = os.fstat(0).st_mode
+        if stat.S_ISREG(mode):
+            return os.fstat(0).st_size > os.lseek(0, 0, os.SEEK_CUR)
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            return struct.unpack("i", fcntl.ioctl(0, termios.FIONREAD, b"\0" * 4))[0] > 0
+    except OSError:
+        pass
+    return False
+
+
+def run_exec_streaming(channel, early, command, timeout):
+    """The command with our stdin streamed to it (ssh's `host cmd < input`):
+    pty.StartPiped, our stdin chunk by chunk, our EOF its EOF; its stdout and
+    stderr stay apart; --timeout stops it.  A host without pty.StartPiped
+    gets stdin whole (up to 1 MiB) in pty.Exec instead."""
+    import time
+
+    from skypty.client.interactive import Link, _pump_pipes
+
+    link = Link(lambda: (channel, early))
+    req = T.CommandReq.cls(name=command[0], arg=list(command[1:]), env=exec_env())
+    try:
+        link.rpc.call("pty.StartPiped", req, T.CommandReq, T.EMPTY)
+    except RPCError as e:
+        if "can't find method" not in str(e) and "can't find service" not in str(e):
+            raise
+        stdin = sys.stdin.buffer.read(STDIN_LIMIT + 1)
+        if len(stdin) > STDIN_LIMIT:
+            raise SkyptyError("stdin is larger than 1 MiB (this host takes stdin whole: "
+                              "it has no pty.StartPiped)") from None
+        return run_exec(channel, None, command, timeout, stdin, rpc=link.rpc)
+
+    def timed_out():
         try:
-            return fn(args, parser)
-        except ClientError as e:
-            return fail(str(e), e.code)
-        except RPCError as e:
-            return fail(explain_rpc(str(e), getattr(args, "attach", None)) or str(e))
-        except (TransportError, IdentityError, SkyptyError, OSError) as e:
-            if isinstance(e, TimeoutError) or e.__class__.__name__ == "timeout":
-                return fail("timed out waiting for the host")
-            return fail(str(e) or e.__class__.__name__)
-    return run
+            link.rpc.call("pty.Stop", T.EMPTY.cls(), T.EMPTY, T.EMPTY)
+        except (RPCError, TransportError, OSError):
+            pass  # ending the connection ends the command too
+        channel.close()
+        sys.stderr.write(f"[timed out after {timeout}ms]\n")
+        sys.stderr.flush()
+        return EXIT_TIMEOUT
+
+    return _pump_pipes(link, deadline=time.monotonic() + timeout / 1000.0, on_deadline=timed_out)
+
+
+def run_one_shot(channel, early, command, timeout, args):
+    """exec / `shell PK@HOST -- CMD`: stdin streamed when there is one to stream
+    (see stdin_is_input), else the one-round-trip pty.Exec; --stdin: read whole."""
+    if not getattr(args, "stdin", False) and stdin_is_input():
+        return run_exec_streaming(channel, early, command, timeout)
+    return run_exec(channel, early, command, timeout, read_stdin(args))
 
 
 def _want_pty(args):
@@ -199,6 +142,9 @@ def cmd_exec(args, parser):
     if len(args.targets) > 1 or args.json or target.startswith("@"):
         from skypty.client.fleet import cmd_fleet_exec
 
+        if not args.stdin and stdin_has_data():
+            sys.stderr.write("skypty-client: stdin is not sent to several hosts, or with --json "
+                             "(--stdin sends it to each, up to 1 MiB)\n")
         return cmd_fleet_exec(args)
     if len(target) != 66:  # a name or PK@HOST[:PORT] (skypty.client.hosts)
         from skypty.client.hosts import resolve_target
@@ -217,7 +163,7 @@ def cmd_exec(args, parser):
     else:
         no_key_flags(args, "exec without --via")
         channel, early = open_remote_via_host(args, pk)
-    return run_exec(channel, early, remote_argv(args.command), timeout_ms(args), _read_stdin(args))
+    return run_one_shot(channel, early, remote_argv(args.command), timeout_ms(args), args)
 
 
 @guarded
@@ -227,11 +173,12 @@ def cmd_shell(args, parser):
     command = remote_argv(args.command) if args.command else None
     if command and want_pty is None and not args.attach:  # ssh's "host cmd", captured
         channel, early = open_direct(pk, host, port, args)
-        return run_exec(channel, early, command, timeout_ms(args), b"")
+        return run_one_shot(channel, early, command, timeout_ms(args), args)
     from skypty.client.interactive import interactive
 
     return interactive(lambda: open_direct(pk, host, port, args), attach=args.attach, command=command,
-                       want_pty=want_pty, escape=args.escape, label=f"{host}:{port}")
+                       want_pty=want_pty, escape=args.escape, label=f"{host}:{port}",
+                       predict=predict_mode(args, args.target))
 
 
 @guarded
@@ -250,7 +197,25 @@ def cmd_start(args, parser):
         label = "the local host"
     command = remote_argv(args.command) if args.command else None
     return interactive(opener, attach=args.attach, command=command, want_pty=want_pty,
-                       escape=args.escape, label=label)
+                       escape=args.escape, label=label, predict=predict_mode(args, args.pk))
+
+
+def predict_mode(args, target):
+    """--predict, else the host's `predict` in hosts.toml, else $SKYPTY_PREDICT, else auto."""
+    if args.predict:
+        return args.predict
+    if target and "@" not in target and len(target) != 66:  # a host name
+        from skypty.client.hosts import load_hosts
+
+        entry = load_hosts().get(target)
+        if entry is not None and entry.predict:
+            return entry.predict
+    env = os.environ.get("SKYPTY_PREDICT", "")
+    if env in ("auto", "always", "never"):
+        return env
+    if env:
+        raise SkyptyError(f"$SKYPTY_PREDICT={env!r}: expected auto, always or never")
+    return "auto"
 
 
 def _whitelist_rpc(args, verb="this verb"):
@@ -282,26 +247,25 @@ def cmd_whitelist(args, parser):
             raise
         # An older host: the keys without where they come from.
         entries = [(pk, "") for pk in rpc.call("whitelist.Whitelist", T.EMPTY.cls(), T.EMPTY, T.PubKeys)]
+    from skypty.client.textsafe import safe
+
     for pk, label in entries:
-        print(f"{pk.hex()}  {label}".rstrip())
+        print(f"{pk.hex()}  {safe(label)}".rstrip())
     return 0
 
 
-def parse_pks(texts):
-    """Keys, host names and @groups -> PublicKeys, each once."""
-    if any(len(t) != 66 for t in texts):
-        from skypty.client.hosts import resolve_pks
+def _change_whitelist(args, verb, method, if_listed, if_not_listed, change_listed):
+    """Add or remove keys, and say for each key what it did (or that it did nothing).
 
-        texts = resolve_pks(texts)
-    return list(dict.fromkeys(parse_pk(k) for k in texts))
-
-
-def _change_whitelist(args, verb, method, if_listed, if_not_listed):
-    """Add or remove keys, and say for each key what it did (or that it did nothing)."""
+    Only the keys that change are sent: a reference host refuses a whole
+    WhitelistAdd when one key is already there ("skipping append ... Already
+    exists"), and a no-op should succeed on every host."""
     keys = parse_pks(args.pks)
     rpc = _whitelist_rpc(args, verb)
     before = _current_whitelist(rpc)
-    rpc.call(method, keys, T.PubKeys, T.EMPTY)
+    changing = [pk for pk in keys if (pk in before) == change_listed]
+    if changing:
+        rpc.call(method, changing, T.PubKeys, T.EMPTY)
     for pk in keys:
         print((if_listed if pk in before else if_not_listed).format(pk=pk.hex()))
     return 0
@@ -310,13 +274,29 @@ def _change_whitelist(args, verb, method, if_listed, if_not_listed):
 @guarded
 def cmd_whitelist_add(args, parser):
     return _change_whitelist(args, "whitelist-add", "whitelist.WhitelistAdd",
-                             "{pk} was already whitelisted (nothing changed)", "added {pk}")
+                             "{pk} was already whitelisted (nothing changed)", "added {pk}",
+                             change_listed=False)
 
 
 @guarded
 def cmd_whitelist_remove(args, parser):
     return _change_whitelist(args, "whitelist-remove", "whitelist.WhitelistRemove",
-                             "removed {pk}", "{pk} was not on the whitelist (nothing to remove)")
+                             "removed {pk}", "{pk} was not on the whitelist (nothing to remove)",
+                             change_listed=True)
+
+
+def session_table(rows):
+    """pty.Sessions rows -> the lines `list --sessions` prints."""
+    if not rows:
+        return ["no sessions"]
+    from skypty.client.textsafe import safe  # every column is the host's word
+
+    lines = [f"{'ID':<16}  {'OWNER':<17}  {'STATE':<12} COMMAND"]
+    for s in rows:
+        state = "attached" if s.attached else f"idle {s.idle_seconds}s"
+        command = safe(s.command) or "(login shell)"  # started without a command: the host's shell
+        lines.append(f"{safe(s.id):<16}  {safe(s.owner[:16])}…  {state:<12} {command}")
+    return lines
 
 
 @guarded
@@ -325,13 +305,7 @@ def cmd_list(args, parser):
         no_key_flags(args, "list")
         channel, early = open_control(args, requestline.PTY)
         rows = BlockingRPC(channel, early).call("pty.Sessions", T.EMPTY.cls(), T.EMPTY, T.SessionList)
-        if not rows:
-            print("no sessions")
-            return 0
-        print(f"{'ID':<16}  {'OWNER':<17}  {'STATE':<12} COMMAND")
-        for s in rows:
-            state = "attached" if s.attached else f"idle {s.idle_seconds}s"
-            print(f"{s.id:<16}  {s.owner[:16]}…  {state:<12} {s.command}")
+        print("\n".join(session_table(rows)))
         return 0
     peers = _whitelist_rpc(args, "list").call("host.Peers", T.EMPTY.cls(), T.EMPTY, T.PubKeys)
     for pk in peers:
@@ -341,6 +315,9 @@ def cmd_list(args, parser):
 
 def _web_url(args):
     url = _whitelist_rpc(args, args.verb).call("host.WebURL", T.EMPTY.cls(), T.EMPTY, T.STRING)
+    if not url.startswith(("http://", "https://")) or not url.isprintable() or " " in url:
+        # printed, and handed to a browser: only a plain web address
+        raise SkyptyError(f"the host answered a web address that is not one: '{url}'")  # fail() escapes it
     if args.visor:
         base, _, query = url.partition("?")
         url = f"{base}/{parse_pk(args.visor).hex()}?{query}"

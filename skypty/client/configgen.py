@@ -32,6 +32,10 @@ def check_options(args):
                 parse_listen(value, option)
             except ConfigError as e:
                 return f"{e} (\"\" turns a listener off)" if option in ("--ssh-listen", "--web-listen") else str(e)
+    manhole = getattr(args, "manhole", "")
+    if manhole and not (manhole.startswith("unix:/") or manhole.startswith("/")):
+        return (f"--manhole: expected a unix socket such as unix:/run/skypty-manhole.sock, got {manhole!r} "
+                "(the manhole is a Python prompt inside the host: keep it on a 0600 unix socket)")
     if not 0 < args.dmsg_port < 65536:
         return f"--dmsg-port: must be between 1 and 65535, got {args.dmsg_port}"
     for pk in args.whitelist:
@@ -48,6 +52,11 @@ def check_options(args):
     if args.network and args.network not in NETWORKS:
         return f"--network: expected one of {', '.join(NETWORKS)}, got {args.network!r}"
     return None
+
+
+def _manhole_endpoint(value):
+    """'/run/x.sock' -> 'unix:/run/x.sock' (a Twisted endpoint, as pty.manhole wants)."""
+    return "unix:" + value if value.startswith("/") else value
 
 
 def cmd_gen(args):
@@ -69,7 +78,7 @@ def cmd_gen(args):
             embedded_discovery=args.embedded_discovery, embedded_server=args.embedded_server,
             server_address=args.server_address or "", dmsg_port=args.dmsg_port,
             whitelist=tuple(dict.fromkeys(pk.lower() for pk in args.whitelist)),
-            persistent_sessions=args.persistent_sessions)
+            persistent_sessions=args.persistent_sessions, manhole=_manhole_endpoint(args.manhole))
     except OSError as e:
         return fail(f"cannot write {args.output}: {e.strerror}")
     pty, dmsg = config.pty, config.dmsg
@@ -78,7 +87,8 @@ def cmd_gen(args):
     sys.stderr.write(
         f"wrote {args.output} (pk {config.pk.hex()}): control socket {pty.cli_address}, "
         f"noise tcp {pty.ssh_listen or 'off'}, web {pty.web_listen or 'off'}, "
-        f"dmsg port {pty.dmsg_port} on {network}\n")
+        f"dmsg port {pty.dmsg_port} on {network}"
+        + (f", manhole {pty.manhole}" if pty.manhole else "") + "\n")
     return 0
 
 

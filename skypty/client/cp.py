@@ -17,9 +17,18 @@ temporary name in its destination directory (``.NAME.skypty-XXXXXXXX.part``)
 and renamed over the final name only once complete.  A failed file, Ctrl-C
 or SIGTERM removes the temporary file; only SIGKILL can leave one behind.
 
+What a host lists is not trusted.  A name must be one plain entry of its
+directory (``check_name``); locally every directory below DST is held open
+and entries are made relative to it with O_NOFOLLOW, so nothing is written
+through a symlink, whoever made it.  ``-r`` walks depth first and copies
+as it goes, holding one page of each directory on the path (``Held``):
+memory does not grow with the tree, and ``--max-depth``/``--max-entries``
+end endless trees and directories.
+
 This verb runs a Twisted reactor (only this verb imports Twisted).
 """
 
+import errno
 import os
 import posixpath
 import re
@@ -115,8 +124,9 @@ def _resolve_name(name):
 
 
 def temp_name(final_name, token):
-    """Hidden, recognisable, and short enough for NAME_MAX."""
-    return f".{final_name[:200]}.skypty-{token}.part"
+    """Hidden, recognisable, and short enough for NAME_MAX (255 bytes, not characters)."""
+    head = final_name.encode("utf-8", "surrogateescape")[:200].decode("utf-8", "surrogateescape")
+    return f".{head}.skypty-{token}.part"
 
 
 def human(n):
@@ -159,10 +169,51 @@ def final_mode(src_mode, preserve, umask):
     return stat.S_IMODE(src_mode) if preserve else stat.S_IMODE(src_mode) & ~umask & 0o777
 
 
+# -- names from a listing (pure) ---------------------------------------------------------------------
+
+class UnsafeName(CopyError):
+    """A listed name that is not one plain entry of its directory."""
+
+    def __init__(self, name):
+        super().__init__(f"refused the name '{name}' from the host's listing: not a plain file name "
+                         "(it could reach outside the destination)")
+        self.name = name
+
+
+SELF_AND_PARENT = (".", "..")  # listed by most servers, never copied
+
+
+def check_name(name):
+    """*name* (one entry of a listing) -> itself if it names exactly one
+    entry inside its directory; else UnsafeName.  ``.`` and ``..`` are
+    refused here too: the walk skips them before asking."""
+    if not name or "/" in name or "\0" in name or name in SELF_AND_PARENT:
+        raise UnsafeName(name)
+    return name
+
+
 # -- the two sides (Deferred APIs) -----------------------------------------------------------------
+#
+# A source side lists and reads (stat, opendir -> pages, readlink, open_read).
+# A destination side works in directories it holds: ``top`` opens one the user
+# named, ``mkdir`` makes (or reuses) one entry of a held directory and holds it;
+# files and links are made by name inside a held directory.  Locally a held
+# directory is an open fd and every name is resolved against it with
+# O_NOFOLLOW: nothing is ever written through a symlink below the destination.
+
+LISTING_PAGE = 256  # local entries per page
+
 
 def _attrs_of(st):
     return {"permissions": st.st_mode, "size": st.st_size, "atime": int(st.st_atime), "mtime": int(st.st_mtime)}
+
+
+class LocalDir:
+    def __init__(self, fd, path):
+        self.fd, self.path = fd, path
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 class LocalSide:
@@ -171,7 +222,7 @@ class LocalSide:
     remote = False
 
     def __init__(self):
-        self.temps = set()  # temporary files still to remove if we stop
+        self.temps = set()  # (LocalDir, name) of temporary files still to remove if we stop
 
     def _d(self, fn, *args):
         from twisted.internet import defer
@@ -181,56 +232,98 @@ class LocalSide:
         except OSError as e:
             return defer.fail(e)
 
+    # as a source
+
     def stat(self, path, follow=True):
         return self._d(lambda: _attrs_of(os.stat(path) if follow else os.lstat(path)))
 
-    def listdir(self, path):
-        def entries():
-            with os.scandir(path) as it:
-                return [(e.name, _attrs_of(e.stat(follow_symlinks=False))) for e in it]
-        return self._d(entries)
+    def opendir(self, path):
+        return self._d(LocalLister, path)
 
     def readlink(self, path):
         return self._d(os.readlink, path)
 
-    def mkdir(self, path, mode):
-        def make():
-            try:
-                os.mkdir(path, mode)
-            except FileExistsError:
-                if not os.path.isdir(path):
-                    raise
-        return self._d(make)
-
-    def set_attrs(self, path, mode=None, times=None):
-        def apply():
-            if mode is not None:
-                os.chmod(path, mode)
-            if times is not None:
-                os.utime(path, times)
-        return self._d(apply)
-
-    def symlink(self, target, final, token):
-        def make():
-            tmp = self.join(self.dirname(final) or ".", temp_name(self.basename(final), token))
-            os.symlink(target, tmp)
-            try:
-                os.replace(tmp, final)
-            except OSError:
-                os.unlink(tmp)
-                raise
-        return self._d(make)
-
     def open_read(self, path):
         return self._d(LocalReader, path)
 
-    def create_temp(self, final, token):
-        return self._d(LocalWriter, self, final, token)
+    # as the destination
+
+    def show(self, parent, name):
+        return os.path.join(parent.path, name)
+
+    def top(self, path):
+        """A directory the user named (followed like any path they type)."""
+        return self._d(lambda: LocalDir(os.open(path, _DIR_FLAGS), path))
+
+    def mkdir(self, parent, name, mode):
+        def make():
+            try:
+                os.mkdir(name, mode, dir_fd=parent.fd)
+            except FileExistsError:  # cp -r merges into a directory already there
+                st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    raise OSError(errno.ELOOP, "a symbolic link is in the way (not followed)") from None
+                if not stat.S_ISDIR(st.st_mode):
+                    raise
+            # O_NOFOLLOW: a link swapped in since is refused, not entered
+            return LocalDir(os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent.fd), self.show(parent, name))
+        return self._d(make)
+
+    def finish_dir(self, held, mode, times):
+        def apply():
+            os.fchmod(held.fd, mode)
+            if times is not None:
+                os.utime(held.fd, times)
+        return self._d(apply)
+
+    def release(self, held):
+        if held.fd is not None:
+            os.close(held.fd)
+            held.fd = None
+
+    def symlink(self, parent, name, target, token):
+        def make():
+            tmp = temp_name(name, token)
+            os.symlink(target, tmp, dir_fd=parent.fd)
+            try:
+                os.replace(tmp, name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+            except OSError:
+                os.unlink(tmp, dir_fd=parent.fd)
+                raise
+        return self._d(make)
+
+    def create_temp(self, parent, name, token):
+        return self._d(LocalWriter, self, parent, name, token)
+
+
+class LocalLister:
+    def __init__(self, path):
+        self.it = os.scandir(path)
+
+    def page(self):
+        """-> Deferred[list of (name, attrs)], None at the end."""
+        from twisted.internet import defer
+
+        out = []
+        try:
+            for entry in self.it:
+                try:
+                    out.append((entry.name, _attrs_of(entry.stat(follow_symlinks=False))))
+                except FileNotFoundError:  # gone since it was listed
+                    continue
+                if len(out) >= LISTING_PAGE:
+                    break
+        except OSError as e:
+            return defer.fail(e)
+        return defer.succeed(out or None)
+
+    def close(self):
+        self.it.close()
 
 
 class LocalReader:
     def __init__(self, path):
-        self.fd = os.open(path, os.O_RDONLY)
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
     def read(self, offset, length):
         from twisted.internet import defer
@@ -248,11 +341,15 @@ class LocalReader:
 
 
 class LocalWriter:
-    def __init__(self, side, final, token):
-        self.side, self.final = side, final
-        self.tmp = os.path.join(os.path.dirname(final) or ".", temp_name(os.path.basename(final), token))
-        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        side.temps.add(self.tmp)
+    """A temporary file in a held directory, renamed over its name in that
+    same directory: created O_EXCL|O_NOFOLLOW, so never through a link."""
+
+    def __init__(self, side, parent, name, token):
+        self.side, self.parent, self.name = side, parent, name
+        self.tmp = temp_name(name, token)
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                          dir_fd=parent.fd)
+        side.temps.add((parent, self.tmp))
 
     def write(self, offset, data):
         from twisted.internet import defer
@@ -275,8 +372,8 @@ class LocalWriter:
                 os.utime(self.fd, times)
             os.close(self.fd)
             self.fd = None
-            os.replace(self.tmp, self.final)
-            self.side.temps.discard(self.tmp)
+            os.replace(self.tmp, self.name, src_dir_fd=self.parent.fd, dst_dir_fd=self.parent.fd)
+            self.side.temps.discard((self.parent, self.tmp))
             return defer.succeed(None)
         except OSError as e:
             return defer.fail(e)
@@ -288,15 +385,20 @@ class LocalWriter:
             os.close(self.fd)
             self.fd = None
         try:
-            os.unlink(self.tmp)
+            os.unlink(self.tmp, dir_fd=self.parent.fd)
         except FileNotFoundError:
             pass
-        self.side.temps.discard(self.tmp)
+        self.side.temps.discard((self.parent, self.tmp))
         return defer.succeed(None)
 
 
 def _b(path):
     return path.encode("utf-8", "surrogateescape")
+
+
+class RemoteDir:
+    def __init__(self, path):
+        self.path = path
 
 
 class RemoteSide:
@@ -308,18 +410,36 @@ class RemoteSide:
         self.fs, self.link = fs, fs.link
         self.temps = set()
 
+    # as a source
+
     def stat(self, path, follow=True):
         return self.link.call(lambda c: c.getAttrs(_b(path), 1 if follow else 0))
 
-    def listdir(self, path):
-        d = self.fs.listdir(_b(path))
-        return d.addCallback(lambda entries: [(n.decode("utf-8", "surrogateescape"), a) for n, a in entries])
+    def opendir(self, path):
+        d = self.link.call(lambda c: c.openDirectory(_b(path)))
+        return d.addCallback(lambda directory: RemoteLister(self.link, directory))
 
     def readlink(self, path):
         return self.fs.readlink(_b(path)).addCallback(lambda t: t.decode("utf-8", "surrogateescape"))
 
-    def mkdir(self, path, mode):
+    def open_read(self, path):
+        from twisted.conch.ssh import filetransfer as fx
+
+        d = self.fs.open(_b(path), fx.FXF_READ)
+        return d.addCallback(lambda opened: RemoteReader(self.link, opened[0]))
+
+    # as the destination (names come from this machine's listings)
+
+    def show(self, parent, name):
+        return posixpath.join(parent.path, name)
+
+    def top(self, path):
+        return _succeed(RemoteDir(path))
+
+    def mkdir(self, parent, name, mode):
         from twisted.internet import defer
+
+        path = self.show(parent, name)
 
         @defer.inlineCallbacks
         def make():
@@ -329,32 +449,30 @@ class RemoteSide:
                 attrs = yield self.stat(path)  # an existing directory is fine (cp -r merges)
                 if not stat.S_ISDIR(attrs.get("permissions", 0)):
                     raise
+            return RemoteDir(path)
         return make()
 
-    def set_attrs(self, path, mode=None, times=None):
-        attrs = {}
-        if mode is not None:
-            attrs["permissions"] = mode
+    def finish_dir(self, held, mode, times):
+        attrs = {"permissions": mode}
         if times is not None:
             attrs["atime"], attrs["mtime"] = int(times[0]), int(times[1])
-        return self.fs.setstat(_b(path), attrs)
+        return self.fs.setstat(_b(held.path), attrs)
 
-    def symlink(self, target, final, token):
-        tmp = self.join(self.dirname(final) or ".", temp_name(self.basename(final), token))
+    def release(self, held):
+        pass
+
+    def symlink(self, parent, name, target, token):
+        final = self.show(parent, name)
+        tmp = posixpath.join(parent.path, temp_name(name, token))
         d = self.fs.symlink(_b(target), _b(tmp))
         d.addCallback(lambda _: self.fs.rename(_b(tmp), _b(final)))
         return d
 
-    def open_read(self, path):
+    def create_temp(self, parent, name, token):
         from twisted.conch.ssh import filetransfer as fx
 
-        d = self.fs.open(_b(path), fx.FXF_READ)
-        return d.addCallback(lambda opened: RemoteReader(self.link, opened[0]))
-
-    def create_temp(self, final, token):
-        from twisted.conch.ssh import filetransfer as fx
-
-        tmp = self.join(self.dirname(final) or ".", temp_name(self.basename(final), token))
+        final = self.show(parent, name)
+        tmp = posixpath.join(parent.path, temp_name(name, token))
         flags = fx.FXF_WRITE | fx.FXF_CREAT | fx.FXF_EXCL
         d = self.fs.open(_b(tmp), flags, {"permissions": 0o600})
 
@@ -362,6 +480,46 @@ class RemoteSide:
             self.temps.add(tmp)
             return RemoteWriter(self, final, tmp, result[0])
         return d.addCallback(opened)
+
+
+class RemoteLister:
+    """One READDIR at a time: a page (<= skypty.fs.replies.MAX_NAMES entries)
+    is all that is held of a remote directory."""
+
+    def __init__(self, link, directory):
+        self.link, self.directory = link, directory
+        self.ended = False
+
+    def page(self):
+        if self.ended:
+            return _succeed(None)
+
+        def got(found):  # skypty.fs.replies.Names: decoded as the walk takes them
+            return _Page(((name.decode("utf-8", "surrogateescape"), attrs) for name, _, attrs in found),
+                         len(found))
+
+        def at_end(failure):
+            failure.trap(EOFError)
+            self.ended = True
+            return None
+        return self.link.call(lambda c: self.directory.read()).addCallbacks(got, at_end)
+
+    def close(self):
+        if self.link.connected:
+            self.directory.close().addErrback(lambda _: None)
+
+
+class _Page:
+    """Entries of one listing page, taken one at a time."""
+
+    def __init__(self, entries, count):
+        self.entries, self.count = iter(entries), count
+
+    def __len__(self):
+        return self.count
+
+    def __iter__(self):
+        return self.entries
 
 
 class RemoteReader:
@@ -395,7 +553,10 @@ class RemoteWriter:
     def commit(self, mode, times):
         fs = self.side.fs
         d = self._close()
-        d.addCallback(lambda _: self.side.set_attrs(self.tmp, mode, times))
+        attrs = {"permissions": mode}
+        if times is not None:
+            attrs["atime"], attrs["mtime"] = int(times[0]), int(times[1])
+        d.addCallback(lambda _: fs.setstat(_b(self.tmp), attrs))
         d.addCallback(lambda _: fs.rename(_b(self.tmp), _b(self.final)))
         d.addCallback(lambda _: self.side.temps.discard(self.tmp))
         return d
@@ -479,12 +640,40 @@ def pump(reader, writer, size, on_bytes, should_stop, window=WINDOW, chunk=CHUNK
 
 # -- the copy ------------------------------------------------------------------------------------------
 
-@dataclass
+MAX_DEPTH = 64  # directory levels below a source (--max-depth)
+MAX_ENTRIES = 100_000  # entries of one directory (--max-entries)
+
+
+@dataclass(eq=False)
 class Job:
-    kind: str  # "dir", "file" or "link"
+    kind: str  # "file" or "link"
     src: str
-    dst: str
+    parent: "Held"  # the destination directory it goes into
+    name: str
     attrs: dict
+
+
+@dataclass(eq=False)
+class Held:
+    """A destination directory the copy holds, and the source directory
+    being walked into it.  It gets its own mode (and times) once its walk
+    is over and nothing under it is still being copied; then it is let go.
+    Only directories on the walk's path (and the few with a file still in
+    flight) are held: memory does not grow with the tree."""
+
+    ref: object  # the side's handle (an fd locally)
+    display: str
+    parent: "Held" = None
+    attrs: dict = None  # None: the user's directory, whose mode is not ours to set
+    src: str = None
+    depth: int = 0
+    lister: object = None
+    page: object = None  # an iterator over the page being walked
+    seen: int = 0  # entries listed so far (--max-entries)
+    dots: int = 0
+    pending: int = 0  # files, links and subdirectories under way inside
+    walked: bool = False
+    settled: bool = False
 
 
 def describe(failure_or_error):
@@ -509,26 +698,45 @@ def is_link_failure(failure):
 
 
 class Copier:
-    def __init__(self, src, dst, preserve, recursive, progress, err=sys.stderr):
+    """Walks each source depth first and copies as it goes: one page of
+    each directory on the path is held, never a whole listing."""
+
+    def __init__(self, src, dst, preserve, recursive, progress, err=sys.stderr, max_depth=MAX_DEPTH,
+                 max_entries=MAX_ENTRIES):
         self.src, self.dst = src, dst  # sides
         self.preserve, self.recursive = preserve, recursive
         self.progress = progress
         self.err = err
+        self.max_depth, self.max_entries = max_depth, max_entries
         self.umask = _umask()
         self.failures = 0
         self.stopping = False
         self.fatal = None
+        self.running = 0  # files, links and directory modes under way
+        self._idle = []
+        self._slots = None
 
-    def warn(self, path, why):
-        self.failures += 1
+    def say(self, path, why):
+        from skypty.client.textsafe import safe
+
         self.progress.clear()
-        self.err.write(f"skypty-client: cp: {path}: {why}\n")
+        self.err.write(f"skypty-client: cp: {safe(path)}: {safe(why)}\n")
         self.err.flush()
 
-    # planning
+    def warn(self, path, why):
+        """A failure: said now, exit 1 at the end."""
+        self.failures += 1
+        self.say(path, why)
 
-    def plan(self, sources, dst_path):
+    def note(self, path, why):
+        """Said, but not a failure (a special file skipped)."""
+        self.say(path, why)
+
+    def copy(self, sources, dst_path):
+        """-> Deferred fired when every source is copied (or failed)."""
         from twisted.internet import defer
+
+        self._slots = defer.DeferredSemaphore(FILES_AT_ONCE)
 
         @defer.inlineCallbacks
         def run():
@@ -539,89 +747,238 @@ class Copier:
             into_dir = dst_attrs is not None and stat.S_ISDIR(dst_attrs.get("permissions", 0))
             if len(sources) > 1 and not into_dir:
                 raise CopyError(f"{dst_path}: not a directory (copying {len(sources)} sources into it)")
-            jobs = []
+            self.progress.start(0)
             for path in sources:
+                if self.stopping or self.fatal is not None:
+                    break
                 try:
-                    attrs = yield self.src.stat(path)
+                    yield self.copy_source(path, dst_path, into_dir)
                 except Exception as e:
-                    if is_link_failure(e):
+                    if not is_link_failure(e):
                         raise
-                    self.warn(path, describe(e))
-                    continue
-                name = self.src.basename(path.rstrip("/")) or path
-                target = self.dst.join(dst_path, name) if into_dir else dst_path
-                if stat.S_ISDIR(attrs["permissions"]):
-                    if not self.recursive:
-                        self.warn(path, "is a directory (not copied; use -r)")
-                        continue
-                    yield self.walk(path, target, attrs, jobs)
-                elif stat.S_ISREG(attrs["permissions"]):
-                    jobs.append(Job("file", path, target, attrs))
-                else:
-                    self.warn(path, "not a regular file or directory (not copied)")
-            return jobs
+                    self.fatal, self.stopping = self.fatal or e, True  # a lost link stops the copy
+            yield self.idle()
+            if self.fatal is not None:
+                raise self.fatal
         return run()
 
-    def walk(self, src, dst, attrs, jobs):
+    def copy_source(self, path, dst_path, into_dir):
         from twisted.internet import defer
 
         @defer.inlineCallbacks
         def run():
-            jobs.append(Job("dir", src, dst, attrs))
             try:
-                entries = yield self.src.listdir(src)
+                attrs = yield self.src.stat(path)
             except Exception as e:
                 if is_link_failure(e):
                     raise
-                self.warn(src, describe(e))
+                self.warn(path, describe(e))
                 return
-            for name, a in sorted(entries, key=lambda entry: entry[0]):
-                mode = a.get("permissions", 0)
-                s, d = self.src.join(src, name), self.dst.join(dst, name)
-                if stat.S_ISDIR(mode):
-                    yield self.walk(s, d, a, jobs)
-                elif stat.S_ISREG(mode):
-                    jobs.append(Job("file", s, d, a))
-                elif stat.S_ISLNK(mode):
-                    jobs.append(Job("link", s, d, a))
+            mode = attrs.get("permissions", 0)
+            if stat.S_ISDIR(mode) and not self.recursive:
+                self.warn(path, "is a directory (not copied; use -r)")
+                return
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                self.warn(path, "not a regular file or directory (not copied)")
+                return
+            if into_dir:
+                parent_path, name = dst_path, self.src.basename(path.rstrip("/"))
+            else:
+                trimmed = dst_path.rstrip("/") or dst_path
+                parent_path, name = self.dst.dirname(trimmed) or ".", self.dst.basename(trimmed)
+            merge = name in ("",) + SELF_AND_PARENT  # `cp -r host:/ DIR`, `host:.`: into DIR itself
+            if merge and not stat.S_ISDIR(mode):
+                self.warn(dst_path, "Is a directory")
+                return
+            try:
+                top = yield self.dst.top(dst_path if merge else parent_path)
+            except Exception as e:
+                if is_link_failure(e):
+                    raise
+                self.warn(dst_path if merge else self.dst.join(parent_path, name), describe(e))
+                return
+            held = Held(top, dst_path if merge else parent_path)
+            try:
+                if stat.S_ISREG(mode):
+                    yield self.start(Job("file", path, held, name, attrs))
+                elif merge:
+                    held.src = path
+                    yield self.walk(held)
                 else:
-                    self.warn(s, "not a regular file, directory or symlink (not copied)")
+                    root = yield self.enter(held, name, path, attrs, 0)
+                    if root is not None:
+                        yield self.walk(root)
+            finally:
+                held.walked = True
+                self.settle(held)
         return run()
 
-    # doing
+    # walking
 
-    def run(self, jobs):
+    def enter(self, parent, name, src, attrs, depth):
+        """Make (or reuse) the destination directory *name* in *parent* and
+        open *src* for listing -> Deferred[Held], or None (said why)."""
         from twisted.internet import defer
 
         @defer.inlineCallbacks
-        def go():
-            self.progress.start(sum(j.attrs.get("size", 0) for j in jobs if j.kind == "file"))
-            made = []
-            for job in (j for j in jobs if j.kind == "dir"):
-                if self.stopping:
-                    break
-                try:  # owner rwx while we fill it; its own mode comes at the end
-                    yield self.dst.mkdir(job.dst, 0o700)
-                    made.append(job)
-                except Exception as e:
-                    if is_link_failure(e):
-                        raise
-                    self.warn(job.dst, describe(e))
-            semaphore = defer.DeferredSemaphore(FILES_AT_ONCE)
-            work = [semaphore.run(self.one, job) for job in jobs if job.kind != "dir"]
-            yield defer.DeferredList(work)
-            if self.fatal is not None:
-                raise self.fatal
-            for job in reversed(made):  # deepest first: a read-only parent must come last
-                if self.stopping:
-                    break
-                times = (job.attrs["atime"], job.attrs["mtime"]) if self.preserve else None
-                try:
-                    yield self.dst.set_attrs(job.dst, final_mode(job.attrs["permissions"], self.preserve,
-                                                                 self.umask), times)
-                except Exception as e:
-                    self.warn(job.dst, describe(e))
-        return go()
+        def run():
+            try:  # owner rwx while we fill it; its own mode comes when it is done
+                ref = yield self.dst.mkdir(parent.ref, name, 0o700)
+            except Exception as e:
+                if is_link_failure(e):
+                    raise
+                self.warn(self.dst.show(parent.ref, name), describe(e))
+                return None
+            held = Held(ref, self.dst.show(parent.ref, name), parent, attrs, src, depth)
+            parent.pending += 1
+            return held
+        return run()
+
+    def walk(self, root):
+        """Depth first, iteratively: the stack is the path from *root*."""
+        from twisted.internet import defer
+
+        @defer.inlineCallbacks
+        def run():
+            stack = [root]
+            try:
+                while stack and not self.stopping and self.fatal is None:
+                    here = stack[-1]
+                    if here.lister is None:
+                        try:
+                            here.lister = yield self.src.opendir(here.src)
+                        except Exception as e:
+                            if is_link_failure(e):
+                                raise
+                            self.warn(here.src, describe(e))
+                            self._leave(stack)
+                            continue
+                    entry = next(here.page, None) if here.page is not None else None
+                    if entry is None:
+                        try:
+                            page = yield here.lister.page()
+                        except Exception as e:
+                            if is_link_failure(e):
+                                raise
+                            self.warn(here.src, describe(e))
+                            page = None
+                        if page is None:
+                            self._leave(stack)
+                            continue
+                        here.page = iter(page)
+                        here.seen += 0 if len(page) else 1  # endless empty pages end too
+                        continue
+                    name, attrs = entry
+                    here.dots += name in SELF_AND_PARENT
+                    here.seen += 0 if name in SELF_AND_PARENT and here.dots <= 2 else 1  # those two are free
+                    if here.seen > self.max_entries:
+                        self.warn(here.src, f"more than {self.max_entries} entries: the rest is not copied "
+                                            "(--max-entries N allows more)")
+                        self._leave(stack)
+                        continue
+                    if name in SELF_AND_PARENT:
+                        continue
+                    try:
+                        check_name(name)
+                    except UnsafeName as e:
+                        self.warn(here.src, str(e))
+                        continue
+                    path = self.src.join(here.src, name)
+                    mode = attrs.get("permissions", 0)
+                    if stat.S_ISDIR(mode):
+                        if here.depth >= self.max_depth:
+                            self.warn(path, f"more than {self.max_depth} levels below the source: not copied "
+                                            "(--max-depth N allows more)")
+                            continue
+                        child = yield self.enter(here, name, path, attrs, here.depth + 1)
+                        if child is not None:
+                            stack.append(child)
+                    elif stat.S_ISREG(mode):
+                        yield self.start(Job("file", path, here, name, attrs))
+                    elif stat.S_ISLNK(mode):
+                        yield self.start(Job("link", path, here, name, attrs))
+                    else:
+                        self.note(path, "not a regular file, directory or symlink (skipped)")
+            finally:
+                while stack:
+                    self._leave(stack)
+        return run()
+
+    def _leave(self, stack):
+        here = stack.pop()
+        if here.lister is not None:
+            here.lister.close()
+        here.lister, here.page = None, None
+        here.walked = True
+        self.settle(here)
+
+    def settle(self, held):
+        """Once *held* is walked and nothing inside is under way: its mode,
+        then let it go, then maybe its parent."""
+        if held.settled or not held.walked or held.pending:
+            return
+        held.settled = True
+        if held.attrs is None or self.stopping or self.fatal is not None:
+            self._let_go(held)
+            return
+        times = (held.attrs["atime"], held.attrs["mtime"]) if self.preserve and "mtime" in held.attrs else None
+        mode = final_mode(held.attrs.get("permissions", 0o700), self.preserve, self.umask)
+        self._busy()
+        d = self.dst.finish_dir(held.ref, mode, times)
+
+        def failed(failure):
+            if is_link_failure(failure):
+                self.fatal = self.fatal or failure.value
+            else:
+                self.warn(held.display, describe(failure))
+        d.addErrback(failed)
+        d.addBoth(lambda _: (self._let_go(held), self._done()))
+
+    def _let_go(self, held):
+        self.dst.release(held.ref)
+        if held.parent is not None:
+            held.parent.pending -= 1
+            self.settle(held.parent)
+
+    # doing
+
+    def start(self, job):
+        """Wait for a free slot, then set *job* going -> Deferred (the wait)."""
+        d = self._slots.acquire()
+
+        def go(_):
+            job.parent.pending += 1
+            if job.kind == "file":
+                self.progress.expect(job.attrs.get("size", 0))
+            self._busy()
+            done = self.one(job)
+
+            def finished(_):
+                self._slots.release()
+                job.parent.pending -= 1
+                self.settle(job.parent)
+                self._done()
+            done.addBoth(finished)
+        return d.addCallback(go)
+
+    def _busy(self):
+        self.running += 1
+
+    def _done(self):
+        self.running -= 1
+        if self.running == 0:
+            waiters, self._idle = self._idle, []
+            for w in waiters:
+                w.callback(None)
+
+    def idle(self):
+        from twisted.internet import defer
+
+        if self.running == 0:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._idle.append(d)
+        return d
 
     def one(self, job):
         from twisted.internet import defer
@@ -634,7 +991,10 @@ class Copier:
             try:
                 if job.kind == "link":
                     target = yield self.src.readlink(job.src)
-                    yield self.dst.symlink(target, job.dst, token)
+                    try:
+                        yield self.dst.symlink(job.parent.ref, job.name, target, token)
+                    except Exception as e:
+                        raise AtDestination(self.dst.show(job.parent.ref, job.name), e) from None
                 else:
                     yield self.copy_file(job, token)
             except Interrupted:
@@ -661,16 +1021,18 @@ class Copier:
             reader = yield self.src.open_read(job.src)
             try:
                 try:
-                    writer = yield self.dst.create_temp(job.dst, token)
+                    writer = yield self.dst.create_temp(job.parent.ref, job.name, token)
                 except Exception as e:
-                    raise AtDestination(job.dst, e) from None
+                    raise AtDestination(self.dst.show(job.parent.ref, job.name), e) from None
                 try:
-                    yield pump(reader, writer, job.attrs["size"], self.progress.add, lambda: self.stopping)
-                    times = (job.attrs["atime"], job.attrs["mtime"]) if self.preserve else None
+                    yield pump(reader, writer, job.attrs.get("size", 0), self.progress.add, lambda: self.stopping)
+                    times = (job.attrs["atime"], job.attrs["mtime"]) if self.preserve and "mtime" in job.attrs \
+                        else None
                     try:
-                        yield writer.commit(final_mode(job.attrs["permissions"], self.preserve, self.umask), times)
+                        yield writer.commit(final_mode(job.attrs.get("permissions", 0o600), self.preserve,
+                                                       self.umask), times)
                     except Exception as e:
-                        raise AtDestination(job.dst, e) from None
+                        raise AtDestination(self.dst.show(job.parent.ref, job.name), e) from None
                 except BaseException:
                     yield writer.discard()
                     raise
@@ -704,7 +1066,11 @@ class Progress:
             from twisted.internet import task
 
             self.loop = task.LoopingCall(self.draw)
-            self.loop.start(PROGRESS_EVERY)
+            self.loop.start(PROGRESS_EVERY, now=False)  # once the first file's size is known
+
+    def expect(self, n):
+        """A recursive copy learns its total as it walks."""
+        self.total += n
 
     def add(self, n):
         self.done += n
@@ -752,58 +1118,25 @@ def _connector(reactor, target, args, timeout, sk):
         from skypty.fs.link import noise_tcp_connector
 
         return noise_tcp_connector(reactor, target.host, target.port, sk, pk, timeout)
-    from skypty.client.commands import no_key_flags
+    from skypty.client.reach import no_key_flags
     from skypty.client.identity import control_socket
 
     no_key_flags(args, "cp through the local host (PK:PATH, or a name without an address)")
     network, address = control_socket(args)
-    return _control_connector(reactor, network, address, pk, args.port, target.scheme, timeout)
+    from skypty.client.errors import proxy_refusal
+    from skypty.client.transport import foreign_control_socket
+    from skypty.fs.link import control_socket_connector
 
-
-def _control_connector(reactor, network, address, pk, port, scheme, timeout):
-    """skypty.fs.link.control_socket_connector, with the name's --scheme pinned."""
-    from twisted.internet import protocol
-    from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
-
-    from skypty.fs.link import ServiceGate, SFTPClientProtocol
-    from skypty.wire import requestline
-
-    uri = requestline.proxy_uri(pk.hex(), port, service="sftp") + (f"&scheme={scheme}" if scheme else "")
-
-    class ReasonedGate(ServiceGate):
-        """The local host says why it could not reach the peer: keep its words."""
-
-        def dataReceived(self, data):
-            if not self._open and data[:1] not in (b"", requestline.ACCEPT) and not self.accepted.called:
-                from skypty.client.errors import parse_rejection, proxy_refusal
-                from skypty.fs.errors import LinkDown
-
-                reason, text = parse_rejection(data[1:])
-                self.transport.loseConnection()
-                self.accepted.errback(LinkDown(proxy_refusal(reason, text, pk.hex(), port)))
-                return
-            super().dataReceived(data)
-
-    def connect():
-        sftp = SFTPClientProtocol()
-        gate = ReasonedGate(uri, sftp)
-        if network == "unix":
-            endpoint = UNIXClientEndpoint(reactor, address, timeout=timeout)
-        else:
-            host, _, tcp_port = address.rpartition(":")
-            endpoint = HostnameEndpoint(reactor, host.strip("[]") or "127.0.0.1", int(tcp_port), timeout=timeout)
-        d = endpoint.connect(protocol.Factory.forProtocol(lambda: gate))
-        d.addCallback(lambda _: gate.accepted)
-        d.addCallback(lambda _: sftp.ready)
-        return d
-    return connect
+    explain = lambda reason, text: proxy_refusal(reason, text, pk.hex(), args.port)  # noqa: E731
+    return control_socket_connector(reactor, network, address, pk, args.port, timeout, explain,
+                                    vet=foreign_control_socket, scheme=target.scheme)
 
 
 # -- the verb -------------------------------------------------------------------------------------------
 
 def split_paths(words, resolve=None):
     """-> (sources, destination) as Locations, checked for one remote side."""
-    from skypty.client.commands import usage_error
+    from skypty.client.errors import usage_error
 
     if len(words) < 2:
         raise usage_error("cp needs a source and a destination: skypty-client cp [-r] [-p] SRC... DST")
@@ -821,7 +1154,7 @@ def split_paths(words, resolve=None):
 
 
 def cmd_cp(args, parser):
-    from skypty.client.commands import guarded
+    from skypty.client.reach import guarded
 
     return guarded(_cmd_cp)(args, parser)
 
@@ -852,7 +1185,9 @@ def _cmd_cp(args, parser):
     remote_side, local_side = RemoteSide(RemoteFS(link)), LocalSide()
     src, dst_side = (remote_side, local_side) if not dst.remote else (local_side, remote_side)
     progress = Progress(sys.stderr, sys.stderr.isatty() and not args.quiet)
-    copier = Copier(src, dst_side, args.preserve, args.recursive, progress)
+    copier = Copier(src, dst_side, args.preserve, args.recursive, progress,
+                    max_depth=getattr(args, "max_depth", MAX_DEPTH),
+                    max_entries=getattr(args, "max_entries", MAX_ENTRIES))
     outcome = {"code": 0, "signal": None}
 
     def stop(signum):
@@ -872,14 +1207,15 @@ def _cmd_cp(args, parser):
     def main():
         try:
             yield link.session()  # a host we cannot reach is one clear line, before any work
-            jobs = yield copier.plan([s.path for s in sources], dst.path)
-            yield copier.run(jobs)
+            yield copier.copy([s.path for s in sources], dst.path)
             progress.finish(copier.failures == 0 and outcome["signal"] is None)
             outcome["code"] = 1 if copier.failures else 0
         except Exception as e:
             progress.finish(False)
             outcome["code"] = 1
-            sys.stderr.write(f"skypty-client: cp: {_top_error(e, remote, sk)}\n")
+            from skypty.client.textsafe import safe
+
+            sys.stderr.write(f"skypty-client: cp: {safe(_top_error(e, remote, sk))}\n")
         finally:
             if remote_side.temps:  # interrupted: take our temporary files away
                 yield defer.DeferredList([remote_side.fs.remove(_b(t)) for t in list(remote_side.temps)])
@@ -898,12 +1234,13 @@ def _cmd_cp(args, parser):
 
 
 def _remove_local(side):
-    for tmp in list(side.temps):
+    for held, tmp in list(side.temps):
         try:
-            os.unlink(tmp)
+            if held.fd is not None:
+                os.unlink(tmp, dir_fd=held.fd)
         except OSError:
             pass
-        side.temps.discard(tmp)
+        side.temps.discard((held, tmp))
 
 
 def _top_error(e, remote, sk):

@@ -104,7 +104,9 @@ def notices(result):
     if result.stderr_truncated:
         out.append(b"[skypty: stderr truncated at 16 MiB]\n")
     if result.error is not None:
-        out.append(f"skypty-client: {result.error}\n".encode())
+        from skypty.client.textsafe import safe  # a host's words, from its error
+
+        out.append(f"skypty-client: {safe(result.error)}\n".encode())
     return b"".join(out)
 
 
@@ -114,10 +116,12 @@ def seconds(ms):
 
 def summary(results):
     """The table printed after a fleet run (host order as given)."""
+    from skypty.client.textsafe import safe
+
     rows = [("HOST", "EXIT", "TIME", "TIMED OUT", "ERROR")]
     for r in results:
         rows.append((r.target.label, "-" if r.exit_code is None else str(r.exit_code),
-                     seconds(r.duration_ms), "yes" if r.timed_out else "no", r.error or ""))
+                     seconds(r.duration_ms), "yes" if r.timed_out else "no", safe(r.error or "")))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
     ok = sum(r.ok for r in results)
@@ -195,7 +199,7 @@ def _connect(target, plan, slot):
             if e.closed:
                 raise SkyptyError(not_whitelisted(target.pk, plan.sk.public_key.hex())) from None
             raise SkyptyError(f"host {target.pk} refused {uri} (that service is off there)") from None
-        raise SkyptyError(proxy_refusal(e.reason, e.text, target.pk, plan.dmsg_port)) from None
+        raise SkyptyError(proxy_refusal(e.reason, e.text, target.pk, plan.dmsg_port, closed=e.closed)) from None
 
 
 def _exec(channel, early, plan, result):
@@ -348,10 +352,10 @@ class Printer:
 
 def make_plan(args, targets):
     from skypty.client.cmdline import remote_argv
-    from skypty.client.commands import _exec_env, _read_stdin, no_key_flags, timeout_ms
+    from skypty.client.reach import exec_env, no_key_flags, read_stdin, timeout_ms
     from skypty.durations import DurationError, parse_duration
 
-    from skypty.client.commands import PROXY_ANSWER_TIMEOUT
+    from skypty.client.reach import PROXY_ANSWER_TIMEOUT
     from skypty.client.transport import CONNECT_TIMEOUT
 
     # Unless told, as for one host: 10 s to connect directly; the local host
@@ -363,7 +367,7 @@ def make_plan(args, targets):
         except DurationError as e:
             raise SkyptyError(str(e)) from None
     plan = Plan(command=remote_argv(args.command), timeout_ms=timeout_ms(args), connect_timeout=connect_timeout,
-                proxy_timeout=proxy_timeout, stdin=_read_stdin(args), env=_exec_env(), dmsg_port=args.port)
+                proxy_timeout=proxy_timeout, stdin=read_stdin(args), env=exec_env(), dmsg_port=args.port)
     if any(t.direct for t in targets):
         from skypty.client.identity import resolve_secret_key
 
@@ -381,7 +385,7 @@ def fleet_targets(args):
 
     targets = expand_targets(args.targets)
     if args.via:  # one host, reached directly
-        from skypty.client.commands import usage_error
+        from skypty.client.errors import usage_error
 
         if len(targets) != 1 or targets[0].direct:
             raise usage_error("--via takes one host given by PK; with many hosts use PK@HOST[:PORT] each")
@@ -409,7 +413,7 @@ def cmd_fleet_exec(args):
     import skypty.client.classic  # noqa: F401
     import skypty.client.errors  # noqa: F401
     import skypty.client.rpc  # noqa: F401
-    import skypty.noise  # noqa: F401
+    import skypty.wire.noise  # noqa: F401
 
     results = [None] * len(targets)
 

@@ -11,7 +11,8 @@ import os
 import select
 import sys
 
-from skypty.client.commands import DEFAULT_TCP_PORT, fail, guarded, open_direct, parse_pk, parse_target
+from skypty.client.errors import fail
+from skypty.client.reach import DEFAULT_TCP_PORT, guarded, open_direct, parse_pk, parse_target
 from skypty.client.identity import control_socket, resolve_secret_key
 from skypty.errors import SkyptyError
 from skypty.wire import requestline
@@ -87,14 +88,20 @@ def mount(args):
     job = Mount(connect, mountpoint, name, remote_root=root, read_only=args.ro,
                 attr_ttl=_duration(args.attr_ttl, "--attr-ttl"), entry_ttl=_duration(args.entry_ttl, "--entry-ttl"),
                 dir_ttl=_duration(args.dir_ttl, "--dir-ttl"), timeout=timeout)
-    return run_mount(job, args.foreground, args.log)
+    from skypty.client.textsafe import safe
+
+    return run_mount(job, args.foreground, args.log, printable=safe)
 
 
 def _via_local_host(args, pk, timeout):
+    from skypty.client.errors import proxy_refusal
+    from skypty.client.transport import foreign_control_socket
     from skypty.fs.link import control_socket_connector
 
     network, address = control_socket(args)
-    return lambda reactor: control_socket_connector(reactor, network, address, pk, args.port, timeout)
+    explain = lambda reason, text: proxy_refusal(reason, text, pk.hex(), args.port)  # noqa: E731
+    return lambda reactor: control_socket_connector(reactor, network, address, pk, args.port, timeout, explain,
+                                                    vet=foreign_control_socket)
 
 
 def umount(args):

@@ -21,7 +21,8 @@ from skypty.errors import SkyptyError
 
 DEFAULT_TCP_PORT = 2022
 TRANSPORTS = ("tcp", "dmsg", "skynet")
-FIELDS = ("key", "addr", "transport", "groups")
+FIELDS = ("key", "addr", "transport", "groups", "predict")
+PREDICT_MODES = ("auto", "always", "never")
 MAX_FILE_BYTES = 1024 * 1024
 
 # Names never contain ':' '@' '/' (they would clash with NAME:PATH, @group,
@@ -57,6 +58,7 @@ class HostEntry:
     addr: str = None  # "host:port" of the Noise TCP port
     transport: str = None  # None: tcp when addr is set, else the local host's choice
     groups: tuple = ()
+    predict: str = None  # local echo prediction for shells on this host (None: the default)
 
     @property
     def direct(self):
@@ -109,7 +111,7 @@ def check_addr(text, what="addr"):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def make_entry(name, key, addr=None, transport=None, groups=()):
+def make_entry(name, key, addr=None, transport=None, groups=(), predict=None):
     """A validated HostEntry (the one place every rule lives)."""
     check_name(name)
     where = f"host {name}: "
@@ -123,7 +125,9 @@ def make_entry(name, key, addr=None, transport=None, groups=()):
     if isinstance(groups, str) or not all(isinstance(g, str) for g in groups):
         raise HostsError(f"{where}groups: expected a list of names, e.g. [\"edge\"]")
     groups = tuple(dict.fromkeys(check_name(g, "group name") for g in groups))
-    return HostEntry(name, key, addr, transport, groups)
+    if predict is not None and predict not in PREDICT_MODES:
+        raise HostsError(f"{where}predict {predict!r}: expected one of {', '.join(PREDICT_MODES)}")
+    return HostEntry(name, key, addr, transport, groups, predict)
 
 
 def parse_hosts(text, path="hosts.toml"):
@@ -149,7 +153,7 @@ def parse_hosts(text, path="hosts.toml"):
             raise HostsError(f"{path}: host {name}: no key")
         try:
             hosts[name] = make_entry(name, table["key"], table.get("addr"), table.get("transport"),
-                                     table.get("groups", ()))
+                                     table.get("groups", ()), table.get("predict"))
         except HostsError as e:
             raise HostsError(f"{path}: {e}") from None
     return hosts
@@ -171,6 +175,8 @@ def render_hosts(hosts):
             out.append(f"transport = {_toml_string(entry.transport)}\n")
         if entry.groups:
             out.append(f"groups = [{', '.join(_toml_string(g) for g in entry.groups)}]\n")
+        if entry.predict is not None:
+            out.append(f"predict = {_toml_string(entry.predict)}\n")
     return "".join(out)
 
 
@@ -409,7 +415,7 @@ def _print_table(hosts, out):
 
 
 def cmd_hosts(args, parser):
-    from skypty.client.commands import fail
+    from skypty.client.errors import fail
 
     out = sys.stdout
     try:
@@ -430,7 +436,8 @@ def cmd_hosts(args, parser):
                 if addr is not None:
                     raise HostsError("give the address once: PK@HOST:PORT or --addr, not both")
                 addr = address
-            entry = make_entry(args.name, key, addr, args.transport, args.group or ())
+            entry = make_entry(args.name, key, addr, args.transport, args.group or (),
+                               getattr(args, "predict", None))
 
             def add(hosts):
                 if entry.name in hosts and not args.force:

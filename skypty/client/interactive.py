@@ -25,7 +25,7 @@ import termios
 import time
 import tty
 
-from skypty.client.errors import ClientError, explain_rpc
+from skypty.client.errors import ClientError, explain_rpc, raise_if_revoked
 from skypty.client.escape import DISCONNECT, SHOW_HELP, EscapeFilter
 from skypty.client.rpc import BlockingRPC, RejectedError
 from skypty.client.transport import TransportError
@@ -39,6 +39,7 @@ RECONNECT_GIVE_UP = 120.0
 LOST_PREFIX = "dmsgpty: output lost: "
 EXIT_ESCAPED = 255  # "~." (ssh's code for a connection it closed)
 CTRL_D = b"\x04"
+MAX_UNANSWERED_WRITES = 4096  # keystrokes kept for their acknowledgement (predictive echo)
 
 
 def terminal_size(fd):
@@ -60,8 +61,84 @@ def _env():
 
 
 def _say(text):
-    sys.stderr.write(f"\r\n[skypty: {text}]\r\n")
+    from skypty.client.textsafe import safe  # reasons can carry the host's words
+
+    line = f"\r\n[skypty: {safe(text)}]\r\n"
+    _local_line(line)
+    sys.stderr.write(line)
     sys.stderr.flush()
+
+
+_echo = []  # the running session's LocalEcho, if it predicts
+
+
+def _local_line(text):
+    """Our own text is about to reach the terminal: predictions off it first,
+    and the emulator told (it must see all the terminal sees)."""
+    if _echo:
+        out = _echo[0].core.local_output(text.encode(), time.monotonic())
+        if out:
+            sys.stdout.buffer.write(out)
+            sys.stdout.buffer.flush()
+
+
+class LocalEcho:
+    """The read loop's side of skypty.client.predict: which read method
+    (skypty's pty.ReadFlagged carries the pty's echo modes; a reference host
+    has only pty.Read), the write acknowledgements (RTT samples and the
+    predictions' deadlines)."""
+
+    def __init__(self, mode, rows, cols):
+        from skypty.client.predict import Predictor
+
+        self.core = Predictor(rows, cols, mode)
+        self.flagged = True  # False once the host says it has no pty.ReadFlagged
+        self.reading_flagged = False  # the read in flight is a pty.ReadFlagged
+        self.writes = {}  # pty.Write seq -> (batch, sent at)
+
+    def read_method(self):
+        """The method of the next read: the flagged one only while predicting,
+        so a session that does not predict (auto on a fast path) reads as ever."""
+        self.reading_flagged = self.flagged and self.core.active
+        if not self.reading_flagged:
+            self.core.set_flags(0)  # no news of the tty's modes from here on
+        return "pty.ReadFlagged" if self.reading_flagged else "pty.Read"
+
+    def new_link(self, now):
+        """A new connection: the old one's writes will never be acknowledged."""
+        self.writes.clear()
+        self.core.forget_keys(now)
+
+    def output(self, value, now):
+        """A read's reply -> (the host's bytes, the bytes for the terminal)."""
+        if self.reading_flagged:
+            if not value:
+                return value, value
+            self.core.set_flags(value[0])
+            value = value[1:]
+        return value, self.core.host_output(value, now)
+
+    def read_refused(self, error):
+        """True when *error* says the host has no pty.ReadFlagged (then pty.Read it is)."""
+        if self.reading_flagged and _missing(error):
+            self.flagged = False
+            return True
+        return False
+
+    def sent(self, seq, data, now):
+        if len(self.writes) >= MAX_UNANSWERED_WRITES:  # a host that never answers them: forget them
+            self.new_link(now)
+        out, batch = self.core.keys(data, now)
+        self.writes[seq] = (batch, now)
+        return out
+
+    def replies(self, results, now):
+        out = []
+        for seq in [s for s in self.writes if s in results]:
+            batch, sent = self.writes.pop(seq)
+            out.append(self.core.rtt_sample(now - sent, now))
+            self.core.acked(batch, now)
+        return b"".join(out)
 
 
 def _missing(error):
@@ -132,7 +209,8 @@ def exit_status(link):
         link.channel.close()
 
 
-def interactive(opener, attach=None, command=None, want_pty=None, escape=b"~", label="the host"):
+def interactive(opener, attach=None, command=None, want_pty=None, escape=b"~", label="the host",
+                predict="never"):
     """Run a shell or command; -> our exit code.
 
     *want_pty*: True (-t), False (-T) or None (a pty when stdin is a terminal).
@@ -144,10 +222,11 @@ def interactive(opener, attach=None, command=None, want_pty=None, escape=b"~", l
         use_pty = True  # a persistent session is a pty
     if not use_pty:
         return piped(opener, command)
-    return _on_pty(opener, attach, command, is_tty, escape if is_tty else None, label)
+    return _on_pty(opener, attach, command, is_tty, escape if is_tty else None, label,
+                   predict=predict if is_tty else "never")
 
 
-def _on_pty(opener, attach, command, is_tty, escape, label, link=None, ctrl_d_at_eof=False):
+def _on_pty(opener, attach, command, is_tty, escape, label, link=None, ctrl_d_at_eof=False, predict="never"):
     stdin_fd, stdout = sys.stdin.fileno(), sys.stdout.buffer
     size_fd = stdin_fd if is_tty else sys.stdout.fileno()
     rows, cols = terminal_size(size_fd)
@@ -155,7 +234,9 @@ def _on_pty(opener, attach, command, is_tty, escape, label, link=None, ctrl_d_at
         link = Link(opener)
     sid, offset = _start(link, command, rows, cols, attach)
     if sid and not attach:
-        sys.stderr.write(f"[skypty: session {sid}; reattach with --attach {sid}]\r\n")
+        from skypty.client.textsafe import safe  # the id is the host's
+
+        sys.stderr.write(f"[skypty: session {safe(sid)}; reattach with --attach {safe(sid)}]\r\n")
         sys.stderr.flush()
 
     wake_r, wake_w = os.pipe()
@@ -176,9 +257,16 @@ def _on_pty(opener, attach, command, is_tty, escape, label, link=None, ctrl_d_at
         # connected is still in the input queue, and it is the user's.
         tty.setraw(stdin_fd, termios.TCSANOW)
     keys = EscapeFilter(escape)
+    echo = LocalEcho(predict, rows, cols) if predict in ("auto", "always") else None
+    if echo is not None:
+        _echo[:] = [echo]
     try:
         while True:
-            kind, value = _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof)
+            if echo is not None:
+                echo.new_link(time.monotonic())
+            kind, value = _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, echo)
+            if echo is not None:  # nothing predicted may stay on the screen
+                _show(stdout, echo.core.clear(time.monotonic()))
             if kind == "ended":
                 return exit_status(link)
             if kind == "escaped":
@@ -198,6 +286,7 @@ def _on_pty(opener, attach, command, is_tty, escape, label, link=None, ctrl_d_at
         if saved is not None:
             termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
         signal.signal(signal.SIGWINCH, old_handler)
+        _echo.clear()
         os.close(wake_r)
         os.close(wake_w)
 
@@ -246,13 +335,15 @@ def _reconnect(opener, sid):
     return None
 
 
-def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof):
+def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, echo=None):
     """Drive one link until the shell ends, the link drops or the user escapes.
     -> ('ended', None) | ('escaped', None) | ('dropped', bytes of output received so far).
 
     Every keystroke passes through here twice (the key, then its echo), so
     the loop does little per turn: one poll() on fds registered once, and
-    the Read reply written out before the next pty.Read is sent."""
+    the Read reply written out before the next pty.Read is sent.  With
+    *echo* (LocalEcho), keystrokes are also shown at once (predicted) and the
+    host's output is reconciled with them on its way to the terminal."""
     rpc, channel = link.rpc, link.channel
     results = rpc.results
     pending = getattr(channel, "pending", None)
@@ -262,7 +353,7 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof):
     poller.register(wake_r, select.POLLIN)
     poller.register(stdin_fd, select.POLLIN)
     stdin_open = True
-    read_seq = rpc.start("pty.Read", READ_SIZE, T.INT, T.BYTES)
+    read_seq = rpc.start(echo.read_method() if echo else "pty.Read", READ_SIZE, T.INT, T.BYTES)
     next_ping = time.monotonic() + PING_INTERVAL
     try:
         while True:
@@ -272,27 +363,46 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof):
                 value = results.pop(read_seq, results)
                 if value is not results:
                     if not isinstance(value, RPCError):
-                        stdout.write(value)
+                        if echo is not None:
+                            value, shown = echo.output(value, time.monotonic())
+                            stdout.write(shown)
+                        else:
+                            stdout.write(value)
                         stdout.flush()
                         offset += len(value)
+                    elif echo is not None and echo.read_refused(value):
+                        pass  # a host without pty.ReadFlagged: pty.Read from now on
                     elif str(value).startswith(LOST_PREFIX):
                         lost = int(str(value)[len(LOST_PREFIX):].split()[0])
                         _say(f"{lost} bytes of output were lost (this client fell behind)")
                         offset += lost
                     else:
+                        raise_if_revoked(value)
                         return ("ended", None)
-                    read_seq = rpc.start("pty.Read", READ_SIZE, T.INT, T.BYTES)
+                    read_seq = rpc.start(echo.read_method() if echo else "pty.Read", READ_SIZE, T.INT, T.BYTES)
                 if results:
+                    if echo is not None and echo.writes:
+                        _show(stdout, echo.replies(results, time.monotonic()))
                     results.clear()  # writes, pings, resizes: the read tells us when it ends
             if resized:
                 resized.clear()
                 rows, cols = terminal_size(stdin_fd)
                 rpc.start("pty.SetPtySize", T.WinSize.cls(rows=rows, cols=cols), T.WinSize, T.EMPTY)
+                if echo is not None:
+                    _show(stdout, echo.core.resize(rows, cols, time.monotonic()))
             now = time.monotonic()
             if now >= next_ping:
                 rpc.start("pty.Ping", T.EMPTY.cls(), T.EMPTY, T.EMPTY)
                 next_ping = now + PING_INTERVAL
-            for fd, _ in poller.poll(max(0.0, next_ping - now) * 1000 + 1):
+            wake_at = next_ping
+            if echo is not None:
+                deadline = echo.core.next_deadline()
+                if deadline is not None:
+                    if deadline <= now:
+                        _show(stdout, echo.core.tick(now))
+                    else:
+                        wake_at = min(wake_at, deadline)
+            for fd, _ in poller.poll(max(0.0, wake_at - now) * 1000 + 1):
                 if fd == channel_fd:
                     if not rpc.pump():
                         channel.close()
@@ -307,9 +417,12 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof):
                         continue
                     data, actions = keys.feed(data)
                     if data:
-                        rpc.start("pty.Write", data, T.BYTES, T.INT)
+                        seq = rpc.start("pty.Write", data, T.BYTES, T.INT)
+                        if echo is not None:
+                            _show(stdout, echo.sent(seq, data, time.monotonic()))
                     if actions:
                         if SHOW_HELP in actions:
+                            _local_line("\r\n" + keys.help_text())
                             sys.stderr.write("\r\n" + keys.help_text())
                             sys.stderr.flush()
                         if DISCONNECT in actions:
@@ -319,6 +432,12 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof):
     except (OSError, TransportError):
         channel.close()
         return ("dropped", offset)
+
+
+def _show(stdout, data):
+    if data:
+        stdout.write(data)
+        stdout.flush()
 
 
 # -- no terminal: pipes, as ssh without -t -------------------------------------------------
@@ -341,7 +460,8 @@ def piped(opener, command):
     return _pump_pipes(link)
 
 
-def _pump_pipes(link):
+def _pump_pipes(link, deadline=None, on_deadline=None):
+    """-> the exit code; at *deadline* (time.monotonic()), on_deadline()'s."""
     rpc, channel = link.rpc, link.channel
     stdin_fd = sys.stdin.fileno()
     out, err = sys.stdout.buffer, sys.stderr.buffer
@@ -356,6 +476,7 @@ def _pump_pipes(link):
                 value = rpc.results.pop(seq)
                 method, sink = reads.pop(seq)
                 if isinstance(value, RPCError):
+                    raise_if_revoked(value)
                     continue  # EOF on that stream
                 sink.write(value)
                 sink.flush()
@@ -365,7 +486,12 @@ def _pump_pipes(link):
             if not reads:
                 break
             watch = [channel] + ([stdin_fd] if stdin_open else [])
-            ready, _, _ = select.select(watch, [], [], PING_INTERVAL)
+            wait = PING_INTERVAL
+            if deadline is not None:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    return on_deadline()
+            ready, _, _ = select.select(watch, [], [], min(wait, PING_INTERVAL))
             if stdin_open and stdin_fd in ready:
                 data = os.read(stdin_fd, 65536)
                 if data:

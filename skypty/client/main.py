@@ -92,6 +92,10 @@ def _terminal_options(parser, tty_help):
     parser.add_argument("-e", dest="escape", metavar="CHAR", type=_escape_char, default=b"~",
                         help="escape character at the start of a line (default ~: ~. disconnects, "
                              "~? lists the escapes); ^X for a control key; none turns it off")
+    parser.add_argument("--predict", choices=("auto", "always", "never"), default=None,
+                        help="show typed characters before the host echoes them (as mosh does): auto "
+                             "(default) does above ~30 ms round trip; also `predict` in hosts.toml "
+                             "and $SKYPTY_PREDICT")
 
 
 def _command_arg(parser, required):
@@ -276,6 +280,11 @@ def build_parser(only=None):
     p.add_argument("--port", type=int, default=22, metavar="N", help="the host's dmsg port, for PK:PATH (default 22)")
     p.add_argument("--timeout", default="30s", metavar="DURATION",
                    help="a request unanswered this long fails the copy (default 30s)")
+    # limits on what a host's listing can make -r do (the values are skypty.client.cp's)
+    p.add_argument("--max-depth", type=_positive_int, default=64, metavar="N",
+                   help="with -r: directories nested more than N levels below a source are not copied (default 64)")
+    p.add_argument("--max-entries", type=_positive_int, default=100_000, metavar="N",
+                   help="with -r: a directory with more than N entries is copied only up to N (default 100000)")
     _identity_options(p, pkg_flags=("--pkg",))  # -p is --preserve, as for scp
     _cli_options(p)
 
@@ -292,6 +301,8 @@ def build_parser(only=None):
     ha.add_argument("--transport", choices=("tcp", "dmsg", "skynet"),
                     help="how to reach it (default: tcp with --addr, else through the local host)")
     ha.add_argument("--group", metavar="G", action="append", help="put it in group G (repeatable)")
+    ha.add_argument("--predict", choices=("auto", "always", "never"),
+                    help="local echo prediction for shells on it (default auto)")
     ha.add_argument("--force", action="store_true", help="replace an existing NAME")
     hr = hs.add_parser("remove", help="forget names")
     hr.add_argument("names", metavar="NAME", nargs="+")
@@ -313,8 +324,9 @@ def build_parser(only=None):
                                   "another host's, --network a public Skywire deployment.")
     g.add_argument("-o", "--output", default="skywire-config.json", help="file to write (default ./skywire-config.json)")
     g.add_argument("--force", action="store_true", help="overwrite an existing file")
-    g.add_argument("--ssh-listen", default=":2022", metavar="ADDR",
-                   help='Noise TCP port, e.g. ":2022" (default) or 127.0.0.1:2022; "" = off')
+    g.add_argument("--ssh-listen", default="127.0.0.1:2022", metavar="ADDR",
+                   help='Noise TCP port (default 127.0.0.1:2022, this machine only); ":2022" = every '
+                        'interface; "" = off')
     g.add_argument("--web-listen", default="127.0.0.1:8080", metavar="ADDR",
                    help='the web terminal (default 127.0.0.1:8080); "" = off')
     g.add_argument("--cli-address", default="/tmp/pty.sock", metavar="PATH",
@@ -324,6 +336,9 @@ def build_parser(only=None):
                    help="let this public key in (repeatable)")
     g.add_argument("--persistent-sessions", action="store_true",
                    help="a dropped link detaches the shell instead of ending it")
+    g.add_argument("--manhole", default="", metavar="unix:PATH",
+                   help="serve the debugging manhole on this unix socket (mode 0600); "
+                        "`skypty-client manhole -i CONFIG` then finds it (default: none)")
     net = g.add_argument_group("dmsg network (one of)").add_mutually_exclusive_group()
     net.add_argument("--embedded", action="store_true",
                      help="run a local discovery and dmsg server inside the host (the default)")
@@ -435,6 +450,10 @@ def _main(argv):
     if not args.verb:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.verb == "hosts" and args.hosts_verb is None and unknown:
+        # `hosts --names`: list is the default sub-verb, so its options work without it
+        at = argv.index("hosts") + 1
+        args, unknown = parser.parse_known_args(argv[:at] + ["list"] + argv[at:])
     if args.verb == "exec" and command is None and (unknown or len(args.targets) > 1):
         # `exec web1 uname -a`: the words after the hosts are a command without --.
         from skypty.client.hosts import looks_like_target
@@ -452,15 +471,35 @@ def _main(argv):
         return EXIT_USAGE
     if takes_command and (unknown or args.command):
         return _command_needs_dashes(argv, args, unknown)
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:  # the verb's own --help, not the top-level usage
+        sys.stderr.write(f"skypty-client {args.verb}: unrecognized arguments: {' '.join(unknown)} "
+                         f"(see skypty-client {args.verb} --help)\n")
+        return EXIT_USAGE
     if command is not None and takes_command:
         args.command = command
     return _run_verb(args, parser)
 
 
+def _bad_secret_key(args):
+    """A malformed --sk is a usage error (exit 2), found before anything connects."""
+    text = getattr(args, "sk", None)
+    if not text:
+        return None
+    from skypty.keys import InvalidKey, SecretKey
+
+    try:
+        SecretKey.from_hex(text)
+    except InvalidKey as e:
+        return f"--sk: {e}"
+    return None
+
+
 def _run_verb(args, parser):
     module, func = VERBS[args.verb]
+    problem = _bad_secret_key(args)
+    if problem:
+        sys.stderr.write(f"skypty-client: {problem}\n")
+        return EXIT_USAGE
     try:
         # __import__, not importlib.import_module: the importlib package (and the
         # warnings module it loads) is ~1 ms of start-up this does not need.

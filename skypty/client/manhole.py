@@ -7,6 +7,9 @@ host's option requests (window size yes, line mode no) and keeps the telnet
 commands off the screen.  Nothing but the standard library: no socat.
 
 Ctrl-D on an empty line leaves; Ctrl-C interrupts the line being typed.
+The user's terminal is never reset (a host's ESC c is dropped).  When stdin
+or stdout is not a terminal it is a plain line-oriented prompt: lines go as
+typed, and the screen comes without escape codes, one line per line.
 """
 
 import os
@@ -99,6 +102,73 @@ class TelnetClient:
         return bytes(screen), bytes(reply)
 
 
+ESC, CSI_START, OSC_START, BEL, BS, CR, LF = 0x1B, 0x5B, 0x5D, 0x07, 0x08, 0x0D, 0x0A
+MAX_SEQUENCE = 64  # a longer "escape sequence" is not one: let it go
+
+
+class ScreenFilter:
+    """The host's screen bytes -> ours, sans I/O.
+
+    Always dropped: ESC c, the full reset (it clears the user's screen and
+    scrollback settings).  *plain*: every escape sequence is dropped too, a
+    line end (CR... LF) becomes LF, and other carriage returns, backspaces
+    and bells (the line editor's cursor work) go; what is left is text."""
+
+    def __init__(self, plain):
+        self.plain = plain
+        self._sequence = bytearray()  # an escape sequence being read
+        self._cr = False  # a CR seen, waiting for what follows
+        self.last = LF  # the last byte given out (plain: to end the output on a line end)
+
+    def feed(self, data):
+        out = bytearray()
+        for byte in data:
+            if self._sequence:
+                self._sequence.append(byte)
+                if self._complete() or len(self._sequence) > MAX_SEQUENCE:
+                    sequence, self._sequence = bytes(self._sequence), bytearray()
+                    if not self.plain and sequence != b"\x1bc":
+                        out += sequence
+                continue
+            if byte == ESC:
+                self._sequence.append(byte)
+                continue
+            if not self.plain:
+                out.append(byte)
+                continue
+            if byte == CR:
+                self._cr = True
+                continue
+            if byte == LF:
+                self._cr = False
+                out.append(LF)
+                continue
+            self._cr = False
+            if byte in (BEL, BS):
+                continue
+            out.append(byte)
+        if out:
+            self.last = out[-1]
+        return bytes(out)
+
+    def _complete(self):
+        seq = self._sequence
+        if len(seq) < 2:
+            return False
+        kind = seq[1]
+        if kind == CSI_START:  # ESC [ params final (0x40-0x7E)
+            return len(seq) > 2 and 0x40 <= seq[-1] <= 0x7E
+        if kind == OSC_START:  # ESC ] text BEL, or ESC ] text ESC \
+            return seq[-1] == BEL or seq[-2:] == b"\x1b\\"
+        if kind in b"()#%":  # ESC ( B and friends: one more byte
+            return len(seq) == 3
+        return True  # ESC c, ESC 7, ESC E ...
+
+    def end(self):
+        """Plain output ends on a line end (the last prompt has none)."""
+        return b"\n" if self.plain and self.last != LF else b""
+
+
 def socket_path(value):
     """'unix:/run/x.sock:mode=600' or '/run/x.sock' -> '/run/x.sock'."""
     if not value.startswith("unix:"):
@@ -122,6 +192,16 @@ def _terminal_size(fd):
 def relay(sock, stdin_fd, stdout_fd, interactive):
     """Pass keys to the host and its screen to ours until the host hangs up."""
     core = TelnetClient(_terminal_size(stdin_fd) if interactive else (80, 24))
+    screen_filter = ScreenFilter(plain=not interactive)
+    try:
+        _relay(sock, stdin_fd, stdout_fd, interactive, core, screen_filter)
+    finally:
+        tail = screen_filter.end()
+        if tail:
+            os.write(stdout_fd, tail)
+
+
+def _relay(sock, stdin_fd, stdout_fd, interactive, core, screen_filter):
     resized = []
     if interactive:
         signal.signal(signal.SIGWINCH, lambda *_: resized.append(True))
@@ -155,6 +235,7 @@ def relay(sock, stdin_fd, stdout_fd, interactive):
                 return
             screen, reply = core.receive(data)
             send(reply)
+            screen = screen_filter.feed(screen)
             if screen:
                 os.write(stdout_fd, screen)
         if stdin_fd in readable:
@@ -183,8 +264,9 @@ def cmd_manhole(args, parser):
         section = (data.get("pty") or data.get("dmsgpty") or {}) if isinstance(data, dict) else {}
         path = section.get("manhole") if isinstance(section, dict) else None
         if not path:
-            return _fail(f"{config} has no pty.manhole: give the manhole's PATH, or start the host "
-                         f"with --manhole unix:PATH")
+            return _fail(f"{config} has no pty.manhole: give the manhole's PATH (the host's "
+                         f"--manhole unix:PATH), or write one into the config (config gen --manhole "
+                         f"unix:PATH, or \"manhole\": \"unix:PATH\" in its pty section) and restart the host")
     if not isinstance(path, str) or (":" in path.split("/")[0] and not path.startswith("unix:")):
         return _fail(f"{path}: only a unix socket manhole can be opened here (unix:PATH)")
     path = socket_path(path)
@@ -194,8 +276,16 @@ def cmd_manhole(args, parser):
     except OSError as e:
         return _fail(f"cannot open the manhole at {path}: {e.strerror} "
                      f"(is the host running with --manhole unix:{path}?)")
+    from skypty.client.transport import ForeignSocketError, check_socket_owner
+
+    try:
+        check_socket_owner(sock, path, "the manhole", "pty.manhole")  # what is typed here is for the host alone
+    except ForeignSocketError as e:
+        sock.close()
+        return _fail(str(e))
     stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
-    interactive = os.isatty(stdin_fd)
+    # The line editor needs a terminal on both ends; else a plain line prompt.
+    interactive = os.isatty(stdin_fd) and os.isatty(stdout_fd)
     if interactive:
         import termios
         import tty
@@ -211,7 +301,7 @@ def cmd_manhole(args, parser):
         sock.close()
         if interactive:
             termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
-            os.write(stdout_fd, b"\r\n")
+            os.write(stdout_fd, b"\x1b[4l\r\n")  # the line editor's insert mode off; nothing else reset
     return _fail(problem) if problem else 0
 
 

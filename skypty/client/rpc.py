@@ -22,8 +22,6 @@ REASON_WAIT = 2.0  # how long a reason may trail the reject byte
 
 def request_service(channel, uri):
     """Send the request line; return once the host accepted (else raise)."""
-    from skypty.client.errors import parse_rejection
-
     channel.send(requestline.encode_request(uri))
     answer = b""
     while not answer:
@@ -39,7 +37,7 @@ def request_service(channel, uri):
                                 closed=True)
     if answer[:1] != requestline.ACCEPT:
         rest = _rest_of_reason(channel, answer[1:])
-        reason, text = parse_rejection(rest)
+        reason, text = requestline.parse_rejection(rest)
         raise RejectedError(f"the host refused {uri}" + (f": {text}" if text else ""),
                             reason=reason, text=text)
     return answer[1:]  # anything the host pipelined behind the accept byte

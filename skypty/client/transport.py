@@ -13,7 +13,9 @@ interactive shell, where the loop has already selected.
 """
 
 import _socket  # socket.py's C core: see connect_unix
+import os
 import select
+import sys
 
 from skypty.errors import SkyptyError
 
@@ -125,6 +127,63 @@ def _recv_exact(sock, n):
     return out
 
 
+class ForeignSocketError(TransportError):
+    """The control socket is held by another user: not our host."""
+
+
+def user_name(uid):
+    """'uid 65534 (nobody)', or 'uid 65534' when it has no name."""
+    import pwd
+
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def socket_peer(sock, path):
+    """(pid, uid) of the process that listens behind a connected unix socket
+    (the kernel's SO_PEERCRED, fixed when it called listen()); pid is None
+    where only the file's owner can be read."""
+    peercred = getattr(_socket, "SO_PEERCRED", None)
+    if peercred is None:  # not Linux: the socket file's owner is the next best witness
+        return None, os.stat(path).st_uid
+    cred = sock.getsockopt(_socket.SOL_SOCKET, peercred, 12)  # struct ucred {pid, uid, gid}
+    return int.from_bytes(cred[0:4], sys.byteorder), int.from_bytes(cred[4:8], sys.byteorder)
+
+
+def check_socket_owner(sock, path, what="the control socket", setting="pty.cli_address, or --cliaddr here"):
+    """The control socket gives whoever answers it our commands (sudo
+    passwords typed into a shell included): it must be our own host or
+    root's.  In a shared directory such as /tmp another user can bind the
+    path first; refuse that before a byte is sent."""
+    pid, uid = socket_peer(sock, path)
+    me = os.geteuid()
+    if uid in (me, 0):
+        return
+    held = f"{user_name(uid)}, pid {pid}" if pid else user_name(uid)
+    trusted = "root" if me == 0 else f"you ({user_name(me)}) or root"
+    raise ForeignSocketError(
+        f"refusing {what} {path}: it is held by {held}, not by {trusted}; another "
+        f"user may be impersonating the host (stop that process, and give the host a socket in "
+        f"a directory only you can write: {setting})")
+
+
+def foreign_control_socket(transport):
+    """For a Twisted transport (cp, fs mount): the refusal, if it is a unix
+    socket another user listens on; else None (Noise connections are TCP and
+    prove the host by its key)."""
+    get_handle = getattr(transport, "getHandle", None)
+    sock = get_handle() if get_handle is not None else None
+    if getattr(sock, "family", None) != _socket.AF_UNIX:
+        return None
+    try:
+        check_socket_owner(sock, sock.getpeername())
+    except ForeignSocketError as e:
+        return str(e)
+    return None
+
+
 def connect_unix(path, timeout=CONNECT_TIMEOUT):
     # A bare _socket.socket: everything a channel uses is in the C object,
     # and `import socket` (its enums, selectors) was ~4 ms of a one-shot
@@ -133,9 +192,13 @@ def connect_unix(path, timeout=CONNECT_TIMEOUT):
     sock.settimeout(timeout)
     try:
         sock.connect(path)
+        check_socket_owner(sock, path)
     except FileNotFoundError:
         sock.close()
         raise TransportError(f"no host is listening on {path} (is `twistd skypty` running?)") from None
+    except ForeignSocketError:
+        sock.close()
+        raise
     except OSError as e:
         sock.close()
         raise TransportError(f"cannot connect to {path}: {e.strerror or e}") from None
@@ -163,7 +226,7 @@ def connect_noise(host, port, remote_pk, local_sk, timeout=CONNECT_TIMEOUT):
     import socket
     import struct
 
-    from skypty.noise import NoiseError, NoiseHandshake, frame_handshake
+    from skypty.wire.noise import NoiseError, NoiseHandshake, frame_handshake
 
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     sock = connect_tcp(host, port, timeout)
@@ -193,8 +256,50 @@ def connect_noise(host, port, remote_pk, local_sk, timeout=CONNECT_TIMEOUT):
     return NoiseChannel(sock, encoder, decoder, remote_pk)
 
 
+def _proc_net_address(family, address):
+    """An (ip, port) as /proc/net/tcp[6] spells it: the address's 32-bit
+    words in host byte order, in hex, then the port."""
+    import socket
+    import struct
+
+    packed = socket.inet_pton(family, address[0])
+    words = struct.unpack(f"={len(packed) // 4}I", packed)
+    return "".join(f"{w:08X}" for w in words) + f":{address[1]:04X}"
+
+
+def tcp_peer_uid(sock):
+    """The uid owning the other end of a TCP connection when that end is on
+    this machine (its accepted socket is in /proc/net/tcp[6] with the
+    listener's uid); None when it is not found there (another machine)."""
+    family = sock.family
+    theirs = _proc_net_address(family, sock.getpeername()), _proc_net_address(family, sock.getsockname())
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 7 and (fields[1], fields[2]) == theirs:
+                        return int(fields[7])
+        except OSError:
+            continue
+    return None
+
+
 def connect_control(network, address, timeout=CONNECT_TIMEOUT):
     if network == "unix":
         return connect_unix(address, timeout)
     host, _, port = address.rpartition(":")
-    return PlainChannel(connect_tcp(host.strip("[]") or "127.0.0.1", int(port), timeout))
+    sock = connect_tcp(host.strip("[]") or "127.0.0.1", int(port), timeout)
+    # A tcp control socket on loopback can be squatted like a unix one (another
+    # user listens on the port first): the same rule, from /proc/net/tcp.
+    uid = tcp_peer_uid(sock)
+    if uid is not None and uid not in (os.geteuid(), 0):
+        sock.close()
+        me = os.geteuid()
+        trusted = "root" if me == 0 else f"you ({user_name(me)}) or root"
+        raise ForeignSocketError(
+            f"refusing the control socket tcp {address}: it is held by {user_name(uid)}, not by {trusted}; "
+            f"another user may be impersonating the host (stop that process, or give the host another "
+            f"pty.cli_address)")
+    return PlainChannel(sock)

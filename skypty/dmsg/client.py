@@ -10,6 +10,12 @@ A dial tries, as the current reference does: the sessions to servers the
 peer also uses; then every other session (a current server forwards the
 request one hop to a peer server that has the destination); then a new
 session to one of the peer's own servers.
+
+A failed dial says what happened (issue #26): the peer refused because
+nothing listens on the port (``refused``), refused for another reason
+(``peer-error``, with the reference's code in words), a server took the
+request and nobody answered in time (``timeout``), or every server closed
+it unanswered, i.e. none has a session to the peer (``no-answer``).
 """
 
 import itertools
@@ -21,10 +27,11 @@ from twisted.logger import Logger
 
 from skypty.dmsg.disc import DiscoveryClient, DiscoveryError, EntryKeeper, EntryNotFound, client_entry
 from skypty.dmsg.errors import (
-    DialError, DiscoveryUnavailable, NoAnswer, NoSharedServer, NotInDiscovery, NotWhitelisted, StreamRefused,
+    DialError, DialTimeout, DiscoveryUnavailable, NoAnswer, NoSharedServer, NotInDiscovery, NotWhitelisted,
+    PeerRefused, StreamRefused, stream_error,
 )
 from skypty.dmsg.session import STREAM_HANDSHAKE_TIMEOUT, DmsgSession
-from skypty.dmsg.stream import AcceptStream, DialStream, StreamRefusedError
+from skypty.dmsg.stream import NO_LISTENER, AcceptStream, DialStream, StreamRefusedError
 from skypty.wire import requestline
 
 RETRY_MIN, RETRY_MAX = 1.0, 60.0
@@ -37,6 +44,36 @@ MAX_PEER_ENTRIES = 4096
 MAX_NEW_SESSIONS = 2     # new sessions to the peer's servers for one dial
 DIAL_TIMEOUT = ATTEMPT_TIMEOUT  # the old name
 EPHEMERAL_PORTS = (49152, 65535)
+
+
+class _Dial(DialStream):
+    """A DialStream that remembers whether the request ran out of time: we
+    gave up waiting, or the server closed it only when its own handshake
+    window had passed (nobody answered it there either).  A close well
+    inside that window is a server saying "not here"."""
+
+    timed_out = False
+    _sent_at = None
+
+    def connectionMade(self):
+        self._sent_at = self.reactor.seconds() if self.reactor is not None else None
+        super().connectionMade()
+
+    def _timed_out(self):
+        self.timed_out = True
+        super()._timed_out()
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        if not self.done.called and self._sent_at is not None:
+            waited = self.reactor.seconds() - self._sent_at
+            self.timed_out = waited >= 0.9 * STREAM_HANDSHAKE_TIMEOUT
+        super().connectionLost(reason)
+
+
+class _Failures(list):
+    """Why each attempt of one dial failed; ``timeouts`` counts the waits."""
+
+    timeouts = 0
 
 
 def _host_port(address):
@@ -170,7 +207,9 @@ class DmsgClientService(service.Service):
             session = DmsgSession(True, self.sk, server_pk, self._incoming, self.reactor, on_lost=self._lost)
             ep = endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=10)
             yield endpoints.connectProtocol(ep, session)
-            yield session.ready
+            yield session.ready  # fires once the handshake's last message has left alone (session.SETTLE_MIN)
+            if session.transport is None or session.transport.disconnected:
+                return "the server closed the session right after the handshake"
             self.sessions[server_pk] = session
             self.log.info("dmsg session to server {pk} at {addr}", pk=server_pk.hex(), addr=address)
             if not self.keeper._running:
@@ -245,7 +284,7 @@ class DmsgClientService(service.Service):
         shared = [self.sessions[s] for s in delegated if s in self.sessions]
         others = [s for k, s in self.sessions.items() if k not in delegated]
         random.shuffle(others)
-        tried, failures = 0, []
+        tried, failures = 0, _Failures()
         for session in (shared + others)[:MAX_EXISTING_TRIES]:
             tried += 1
             result = yield self._attempt(session, pk, port, inner, failures)
@@ -263,22 +302,35 @@ class DmsgClientService(service.Service):
         if not tried:
             raise NoSharedServer(f"{pk.hex()} shares no dmsg server with this host, and none of its "
                                  "servers could be reached" + (f" ({'; '.join(failures)})" if failures else ""))
-        raise NoAnswer(f"{pk.hex()} is not reachable over dmsg (offline, or no server forwards to it): "
+        if failures.timeouts:
+            raise DialTimeout("a dmsg server took the request and nobody answered it: "
+                              + "; ".join(failures[-3:]))
+        raise NoAnswer(f"{pk.hex()} is not reachable over dmsg (no server we reach has a session to it): "
                        + "; ".join(failures[-3:]))
 
     @defer.inlineCallbacks
     def _attempt(self, session, pk, port, inner, failures):
         """One stream request through one session; -> inner, or None (failure noted)."""
-        stream = DialStream(session, self.sk, next(self._ports), pk, port, inner, timeout=ATTEMPT_TIMEOUT)
+        stream = _Dial(session, self.sk, next(self._ports), pk, port, inner, timeout=ATTEMPT_TIMEOUT)
         try:
             yield session.open_stream(stream)
             result = yield stream.done
-        except StreamRefusedError:
-            # The peer itself answered no: another server will not change that.
-            raise StreamRefused(f"{pk.hex()} refused the stream on dmsg port {port} "
-                                "(nothing listens there)") from None
+        except StreamRefusedError as e:
+            # The peer itself answered no (signed): another server will not change that.
+            if e.code == NO_LISTENER:
+                raise StreamRefused(f"{pk.hex()} refused the stream: nothing listens on its dmsg port "
+                                    f"{port}") from None
+            raise PeerRefused(f"{pk.hex()} refused the stream on dmsg port {port}: "
+                              f"{stream_error(e.code)}") from None
         except Exception as e:
-            failures.append(f"via {session.remote_pk.hex()[:16]}…: {e}")
+            if stream.timed_out:
+                failures.timeouts += 1
+                why = "no answer in time"
+            elif "unanswered" in str(e):
+                why = "closed unanswered (not connected there)"
+            else:
+                why = str(e).replace(pk.hex(), "the peer")
+            failures.append(f"via {session.remote_pk.hex()[:16]}…: {why}")
             return None
         return result
 
@@ -319,32 +371,6 @@ class DmsgClientService(service.Service):
             if pk != self.pk and pk not in self.sessions:
                 out.append(pk)
         return out
-
-    # -- the pty service of a remote host --
-    @defer.inlineCallbacks
-    def proxy_service(self, pk_hex, port, uri=requestline.PTY):
-        """For ``dmsgpty/proxy``: a protocol relaying the caller to one of
-        pk's services (its pty service, or skypty's sftp)."""
-        from skypty.keys import PublicKey
-
-        pk = PublicKey.from_hex(pk_hex)
-        remote = yield self._request(pk, port, uri)
-        return Relay(remote)
-
-    @defer.inlineCallbacks
-    def remote_pty(self, pk, port):
-        from skypty.host.proxy import RemotePtyAvatar
-
-        remote = yield self._request(pk, port)
-        return RemotePtyAvatar(remote)
-
-    @defer.inlineCallbacks
-    def _request(self, pk, port, uri=requestline.PTY):
-        """Dial pk:port (through the dmsg client endpoint) and ask for a service."""
-        remote = RequestedService(uri, own_pk=self.pk, peer_pk=pk)
-        yield DmsgClientEndpoint(self, pk, port).connect(protocol.Factory.forProtocol(lambda: remote))
-        yield remote.accepted
-        return remote
 
 
 class RequestedService(protocol.Protocol):

@@ -351,14 +351,16 @@ class DiscoveryClient:
             http = HTTPClient(Agent(reactor, pool=pool))
         self.http = http
 
-    async def _request(self, method, path, body=None):
+    async def _request(self, method, path, body=None, headers=None, root=False):
         from twisted.internet import defer
 
         kwargs = {"timeout": self.timeout}
         if body is not None:
             kwargs["data"] = body
             kwargs["headers"] = {b"Content-Type": [b"application/json"]}
-        url = self.base + path
+        if headers:
+            kwargs.setdefault("headers", {}).update({k: [v] for k, v in headers.items()})
+        url = (self.base[: -len("/dmsg-discovery")] if root else self.base) + path
         chunks, size = [], [0]
 
         def collect(data):
@@ -423,8 +425,26 @@ class DiscoveryClient:
     def post_entry(self, entry):
         return self._deferred(self._request("POST", "/entry/", entry.to_json()))
 
-    def delete_entry(self, entry):
-        return self._deferred(self._request("DELETE", "/entry", entry.to_json()))
+    def delete_entry(self, entry, sk):
+        """Delete *entry* (ours: *sk* is its key's).  A bare entry is no proof
+        (it is public), so the request carries the reference httpauth's
+        proof: a fresh nonce from the discovery, signed with the body."""
+        async def run():
+            pk = sk.public_key
+            content = await self._request("GET", "/security/nonces/" + pk.hex(), root=True)
+            try:
+                nonce = parse_json(content)["next_nonce"]
+                if isinstance(nonce, bool) or not isinstance(nonce, int) or not 0 <= nonce <= MAX_UINT64:
+                    raise TypeError
+            except (EntryError, KeyError, TypeError):
+                raise DiscoveryError("discovery sent a bad nonce") from None
+            body = entry.to_json()
+            payload_nonce = str(nonce).encode()
+            proof = {b"SW-Public": pk.hex().encode(), b"SW-Nonce": payload_nonce,
+                     b"SW-Sig": sk.sign(body + payload_nonce).hex().encode()}
+            return await self._request("DELETE", "/entry", body, headers=proof)
+
+        return self._deferred(run())
 
     def _entries(self, path):
         async def run():

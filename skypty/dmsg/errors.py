@@ -24,8 +24,9 @@ class NoSharedServer(DialError):
 
 
 class NoAnswer(DialError):
-    """The peer is registered but did not answer the stream request in time,
-    or its server closed the stream (stopped peer)."""
+    """The peer is registered, but every server we asked closed the request
+    unanswered: none of them has a session to it (it stopped, or lost its
+    dmsg session)."""
 
     reason = "no-answer"
 
@@ -40,3 +41,35 @@ class NotWhitelisted(DialError):
     """The peer's pty service answered the request line with the reject byte."""
 
     reason = "not-whitelisted"
+
+
+class PeerRefused(DialError):
+    """The peer answered and refused the stream for another reason than a
+    free port (the reference's error code, in words)."""
+
+    reason = "peer-error"
+
+
+class DialTimeout(DialError):
+    """A server took the request and nobody answered it in time (a slow or
+    stuck path, not a host that is simply gone)."""
+
+    reason = "timeout"
+
+
+# The reference's stream error codes, in words (what a refusal's ErrCode means).
+STREAM_ERRORS = {
+    300: "the request's signature is invalid",
+    301: "the request's timestamp is not newer than the last one",
+    302: "the request's source key is not the session's (a server that does not relay)",
+    303: "the request is for another key",
+    304: "the request's source port is invalid",
+    305: "the request's destination port is invalid",
+    306: "nothing listens on that dmsg port",
+    307: "the server has no session to the destination",
+    352: "refused without a reason",
+}
+
+
+def stream_error(code):
+    return STREAM_ERRORS.get(code, f"dmsg error {code}" if code else "refused without a reason")

@@ -13,6 +13,25 @@ request that came *from* a peer is never forwarded again, so nothing loops.
 Sessions between servers are ordinary dmsg sessions (XK, yamux); a session
 from a key this server counts as a peer may carry requests on other keys'
 behalf.
+
+A hostile network (issue #25) and a mixed mesh (issue #22):
+
+* a peer's hop gets ``PEER_HOP_TIMEOUT``, not the whole 5 s: a peer that
+  neither answers nor closes the stream (a reference server that will not
+  relay for us: it logs ``dmsg error 302`` and keeps the stream open) costs
+  one short wait, and is then skipped for ``SILENT_PEER_COOLDOWN``; a peer
+  that closes the stream (a current reference server's "not here") is
+  passed over at once;
+* peer slots go to servers that answer: a discovered peer that failed
+  ``PEER_DEAD_AFTER`` dials in a row gives its slot to the next candidate
+  discovery lists, and a discovered peer gone from discovery (and not
+  connected) is dropped;
+  so signed entries pointing nowhere cannot crowd out live servers
+  (configured ``--peer`` links are kept whatever happens);
+* relayed streams are charged when they are routed, to the source key
+  (``MAX_RELAYED_PER_CLIENT``) and, for a peer's requests, to the peer
+  (``MAX_RELAYED_PER_PEER``), so no one client holds the whole
+  ``MAX_RELAYED``.
 """
 
 import random
@@ -35,8 +54,15 @@ MAX_PEER_TRIES = 8            # peers asked for one request, one after another
 MAX_RELAYED = 1024            # concurrent bridges carried for peers or through them
 MAX_PEERS = 32
 MAX_EARLY = 256 * 1024        # bytes a dialer may send before its stream is spliced
+MAX_RELAYED_PER_CLIENT = 64  # ... of which one source key may hold
+MAX_RELAYED_PER_PEER = MAX_RELAYED // 2  # ... and one peer server's requests
 PEER_RETRY_MIN, PEER_RETRY_MAX = 5.0, 60.0
 PEER_DISCOVERY_INTERVAL = 60.0
+PEER_HOP_TIMEOUT = 1.5        # a peer server answers for its client in milliseconds
+SILENT_PEER_COOLDOWN = 600.0  # a peer that let a forward hang is skipped this long
+PEER_DEAD_AFTER = 3           # failed dials in a row before a discovered peer's slot is given away
+EVICTED_COOLDOWN = 600.0      # a peer whose slot was given away is not taken back before this
+MAX_REMEMBERED = 4096
 PING_MARKER = b"\x00\x00"
 
 
@@ -49,16 +75,13 @@ class Bridge:
     """Two spliced streams; closes both when no byte crossed either way for
     *idle_timeout* seconds (None: never)."""
 
-    def __init__(self, server, origin, forward, relayed):
+    def __init__(self, server, origin, forward):
         self.server, self.origin, self.forward = server, origin, forward
-        self.relayed = relayed
         self.reactor = server.reactor
         self.timeout = server.idle_timeout
         self.last = self.reactor.seconds()
         self._call = None
         self.closed = False
-        if relayed:
-            server.relayed += 1
         if self.timeout:
             self._call = self.reactor.callLater(self.timeout, self._check)
 
@@ -84,8 +107,6 @@ class Bridge:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
-        if self.relayed:
-            self.server.relayed -= 1
 
 
 class ServerStream(protocol.Protocol):
@@ -102,6 +123,8 @@ class ServerStream(protocol.Protocol):
         self.forward = None       # the ForwardStream being tried
         self.candidates = []      # sessions still to try
         self.via_peers = False
+        self.charges = ()         # relay shares this stream holds (released when it closes)
+        self._hop = None          # the current peer hop's deadline
         self._early = b""         # bytes after the request, held until the splice
         self._deadline = None
         self._head = b""          # the first two bytes: a ping marker, or an envelope's length
@@ -113,6 +136,12 @@ class ServerStream(protocol.Protocol):
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
+        self._stop_hop()
+
+    def _stop_hop(self):
+        if self._hop is not None and self._hop.active():
+            self._hop.cancel()
+        self._hop = None
 
     def _timed_out(self):
         self._deadline = None
@@ -181,25 +210,38 @@ class ServerStream(protocol.Protocol):
             return
         session = self.candidates.pop(0)
         self.state = "forwarding"
-        self.forward = ForwardStream(self, session)
-        d = session.open_stream(self.forward)
-        d.addErrback(lambda f: self.forward_failed(self.forward, f.getErrorMessage()))
+        forward = self.forward = ForwardStream(self, session)
+        if self.via_peers:
+            self._hop = self.server.reactor.callLater(PEER_HOP_TIMEOUT, self._hop_timed_out, forward)
+        d = session.open_stream(forward)
+        d.addErrback(lambda f: self.forward_failed(forward, f.getErrorMessage()))
+
+    def _hop_timed_out(self, forward):
+        self._hop = None
+        if forward is not self.forward or self.state != "forwarding":
+            return
+        self.server.peer_silent(forward.session.remote_pk)
+        self.forward_failed(forward, f"no answer within {PEER_HOP_TIMEOUT:g}s")
+        if forward.transport is not None:
+            forward.transport.abortConnection()
 
     def forward_failed(self, forward, why):
         if forward is not self.forward or self.state != "forwarding":
             return
+        self._stop_hop()
         self.log.debug("forwarding to {pk} failed: {why}", pk=forward.session.remote_pk.hex(), why=why)
         self.forward = None
         self.try_next()
 
     def forwarded(self, response_signed, forward):
         self._stop_deadline()
+        if self.via_peers:
+            self.server.peer_answered(forward.session.remote_pk)
         self.transport.write(self.session.cipher.seal(response_signed))
         self.partner = forward
         self.state = "spliced"
         forward.partner = self
-        relayed = self.session.is_peer or forward.session.is_peer
-        self.bridge = forward.bridge = Bridge(self.server, self, forward, relayed)
+        self.bridge = forward.bridge = Bridge(self.server, self, forward)
         self.transport.registerProducer(forward.transport, True)
         forward.transport.registerProducer(self.transport, True)
         early, self._early = self._early, b""
@@ -208,6 +250,7 @@ class ServerStream(protocol.Protocol):
 
     def connectionLost(self, reason=protocol.connectionDone):
         self._stop_deadline()
+        self.server.release(self)
         if self.bridge is not None:
             self.bridge.stop()
         if self.partner is not None and self.partner.transport is not None:
@@ -278,6 +321,9 @@ class PeerLink:
         self._call = None
         self._running = False
         self._failing = False
+        self.pinned = False   # configured (--peer): never given away
+        self.failures = 0     # dials failed in a row
+        self.ever_up = False
 
     def start(self):
         self._running = True
@@ -313,14 +359,23 @@ class PeerLink:
                 self.log.warn("dmsg peer server {pk} at {addr} unreachable ({err}); retrying",
                               pk=self.pk.hex(), addr=self.address, err=e)
             self._failing = True
+            self.failures += 1
+            if self.failures == PEER_DEAD_AFTER:
+                server.peer_died(self)
             self._schedule(self.backoff)
             self.backoff = min(self.backoff * 1.5, PEER_RETRY_MAX)
             return
         if not self._running:
             session.transport.loseConnection()
             return
+        if session.transport is None or session.transport.disconnected:
+            self._failing, self.failures = True, self.failures + 1
+            self._schedule(self.backoff)
+            return
         self.session = session
         self._failing = False
+        self.failures = 0
+        self.ever_up = True
         self.backoff = PEER_RETRY_MIN
         self.log.info("peered with dmsg server {pk} at {addr}", pk=self.pk.hex(), addr=self.address)
 
@@ -329,6 +384,11 @@ class PeerLink:
             self.session = None
             self.log.info("dmsg peer session to {pk} lost; redialing", pk=self.pk.hex())
             self._schedule(PEER_RETRY_MIN)
+
+    @property
+    def dead(self):
+        """Not connected, and the last PEER_DEAD_AFTER dials failed."""
+        return self.session is None and self.failures >= PEER_DEAD_AFTER
 
 
 class DmsgServerFactory(protocol.Factory):
@@ -344,22 +404,139 @@ class DmsgServerFactory(protocol.Factory):
         self.peer_keys = set()
         self.links = {}  # peer pk -> PeerLink
         self.relayed = 0
+        self.relayed_by = {}  # ("client" | "peer", pk) -> relayed streams charged to it
+        self.silent = {}      # peer pk -> until when it is skipped for forwards
+        self.answered = set()  # peers that carried a forward for us
+        self.evicted = {}     # peer pk -> when its slot was given away
+        self.discovered = {}  # pk -> address, as discovery last listed the servers
         self._peering = False
         for pk, address in peers:
-            self.add_peer(pk, address)
+            self.add_peer(pk, address, pinned=True)
 
     # -- the mesh --
-    def add_peer(self, pk, address):
-        """Count pk as a peer server, and keep a session to it at *address*."""
-        if pk == self.pk or pk in self.links or len(self.links) >= MAX_PEERS:
-            return
+    def add_peer(self, pk, address, pinned=False):
+        """Count pk as a peer server, and keep a session to it at *address*.
+        -> whether it has a link now.  A full mesh gives a dead discovered
+        peer's slot to a new one; configured (pinned) peers always fit."""
+        if pk == self.pk:
+            return False
+        link = self.links.get(pk)
+        if link is not None:
+            link.pinned = link.pinned or pinned
+            if link.address != address and not link.pinned:
+                link.address = address  # the server moved: dial it there from now on
+            return True
+        if not pinned:
+            gone = self.evicted.get(pk)
+            if gone is not None and self.reactor.seconds() - gone < EVICTED_COOLDOWN:
+                return False
+            if len(self.links) >= MAX_PEERS and not self._give_away_a_dead_slot():
+                return False
         self.peer_keys.add(pk)
         link = self.links[pk] = PeerLink(self, pk, address)
+        link.pinned = pinned
         existing = self.sessions.get(pk)
         if existing is not None:
             existing.is_peer = True
         if self._peering:
             link.start()
+        return True
+
+    def _give_away_a_dead_slot(self):
+        # (A peer we cannot dial but that keeps a session to us is alive.)
+        dead = [link for link in self.links.values()
+                if not link.pinned and link.dead and link.pk not in self.sessions]
+        if not dead:
+            return False
+        victim = max(dead, key=lambda link: (not link.ever_up, link.failures))
+        self.drop_peer(victim.pk, cooldown=True)
+        self.log.info("gave dmsg peer slot of {pk} ({addr}, {n} failed dials) to another server",
+                      pk=victim.pk.hex(), addr=victim.address, n=victim.failures)
+        return True
+
+    def drop_peer(self, pk, cooldown=False):
+        """Forget a peer; with *cooldown* (it was dead), discovery's listing of
+        it is ignored for EVICTED_COOLDOWN seconds."""
+        link = self.links.pop(pk, None)
+        if link is None:
+            return
+        link.stop()
+        self.peer_keys.discard(pk)
+        self.answered.discard(pk)
+        session = self.sessions.get(pk)
+        if session is not None:
+            session.is_peer = False
+        if not cooldown:
+            return
+        self.evicted[pk] = self.reactor.seconds()
+        if len(self.evicted) > MAX_REMEMBERED:
+            del self.evicted[next(iter(self.evicted))]
+
+    def update_discovered(self, servers):
+        """*servers*: {pk: address} as discovery lists them now.  Discovered
+        peers no longer listed and not connected are dropped; new ones get
+        free or dead slots, servers never given away before first."""
+        self.discovered = dict(servers)
+        # A live peer stays until its session ends (a discovery that restarts
+        # empty must not cut the streams it carries); a dead unlisted one goes.
+        for pk in [pk for pk, link in self.links.items()
+                   if not link.pinned and pk not in servers and link.session is None]:
+            self.drop_peer(pk)
+        for pk, link in self.links.items():
+            if not link.pinned and pk in servers:
+                link.address = servers[pk]  # the server moved: dial it there from now on
+        fresh = [pk for pk in servers if pk not in self.links]
+        random.shuffle(fresh)
+        fresh.sort(key=lambda pk: pk in self.evicted)
+        for pk in fresh:
+            self.add_peer(pk, servers[pk])
+
+    def peer_died(self, link):
+        """A discovered peer keeps failing: if discovery listed a server we
+        have no slot for, give it this one now rather than at the next round."""
+        if not link.pinned and any(pk not in self.links and pk != self.pk for pk in self.discovered):
+            self.reactor.callLater(0, self.update_discovered, self.discovered)
+
+    def peer_silent(self, pk):
+        self.silent[pk] = self.reactor.seconds() + SILENT_PEER_COOLDOWN
+        self.answered.discard(pk)
+        if len(self.silent) > MAX_REMEMBERED:
+            del self.silent[next(iter(self.silent))]
+        self.log.info("dmsg peer server {pk} let a forwarded request hang; not forwarding to it for "
+                      "{t:.0f}s (a server that does not relay for us)", pk=pk.hex(), t=SILENT_PEER_COOLDOWN)
+
+    def peer_answered(self, pk):
+        self.silent.pop(pk, None)
+        self.answered.add(pk)
+
+    # -- relay shares --
+    def charge(self, origin, keys):
+        """Charge a relayed stream to *keys*; -> None, or why not."""
+        if self.relayed >= MAX_RELAYED:
+            return "too many relayed streams"
+        for key in keys:
+            limit = MAX_RELAYED_PER_CLIENT if key[0] == "client" else MAX_RELAYED_PER_PEER
+            if self.relayed_by.get(key, 0) >= limit:
+                return f"{key[1].hex()} holds its share of relayed streams ({limit})"
+        self.relayed += 1
+        for key in keys:
+            self.relayed_by[key] = self.relayed_by.get(key, 0) + 1
+        origin.charges = tuple(keys) or (None,)
+        return None
+
+    def release(self, origin):
+        charges, origin.charges = origin.charges, ()
+        if not charges:
+            return
+        self.relayed -= 1
+        for key in charges:
+            if key is None:
+                continue
+            left = self.relayed_by[key] - 1
+            if left:
+                self.relayed_by[key] = left
+            else:
+                del self.relayed_by[key]
 
     def start_peering(self):
         self._peering = True
@@ -379,6 +556,12 @@ class DmsgServerFactory(protocol.Factory):
                 out[pk] = session
         sessions = list(out.values())
         random.shuffle(sessions)  # spread the first tries over the peers
+        now = self.reactor.seconds()
+        for pk in [pk for pk, until in self.silent.items() if until <= now]:
+            del self.silent[pk]
+        # Peers that carried forwards before go first; peers that let one hang, not at all.
+        sessions = [s for s in sessions if s.remote_pk not in self.silent]
+        sessions.sort(key=lambda s: s.remote_pk not in self.answered)
         return sessions
 
     def route(self, origin):
@@ -391,17 +574,23 @@ class DmsgServerFactory(protocol.Factory):
         if dst == self.pk:
             return origin.refuse("request addressed to the server itself", level="info")
         local = self.sessions.get(dst)
-        if local is not None and local is not session:
-            if session.is_peer and self.relayed >= MAX_RELAYED:
-                return origin.refuse("too many relayed streams")
+        src = ("client", req.src_addr.pk)
+        # A client's stream to itself is bridged back over its own session:
+        # a visor checks that it can reach itself and exits if it cannot.
+        if local is not None and not (local is session and session.is_peer):
+            if session.is_peer:
+                why = self.charge(origin, [src, ("peer", session.remote_pk)])
+                if why is not None:
+                    return origin.refuse(why)
             origin.candidates = [local]
         elif session.is_peer:
             # Hop limit: a peer's request is for our own clients only.
             return origin.refuse(f"{dst.hex()} is not connected here (not forwarding a peer's request)",
                                  level="debug")
         else:
-            if self.relayed >= MAX_RELAYED:
-                return origin.refuse("too many relayed streams")
+            why = self.charge(origin, [src])
+            if why is not None:
+                return origin.refuse(why)
             origin.via_peers = True
             origin.candidates = [s for s in self.peer_sessions()
                                  if s.remote_pk != session.remote_pk][:MAX_PEER_TRIES]
@@ -487,5 +676,4 @@ class DmsgServerService(service.MultiService):
             entries = yield self.discovery.all_servers()
         except DiscoveryError:
             return  # the entry keeper already says discovery is down
-        for entry in entries:
-            self.factory.add_peer(entry.static, entry.server.address)
+        self.factory.update_discovered({entry.static: entry.server.address for entry in entries})

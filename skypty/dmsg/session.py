@@ -13,8 +13,8 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from skypty.errors import ProtocolError
-from skypty.netopts import enable_keepalive
-from skypty.noise import (
+from skypty.wire.netopts import enable_keepalive
+from skypty.wire.noise import (
     MAX_PLAINTEXT, TAG, HandshakeFramer, NoiseError, NoiseHandshake, frame_handshake, pump_handshake,
 )
 from skypty.wire import gob
@@ -26,6 +26,14 @@ HANDSHAKE_TIMEOUT = 10.0
 STREAM_HANDSHAKE_TIMEOUT = 5.0
 SIG_LEN = 65
 REPLAY_WINDOW = 4096
+# The reference server (dmsg v1.3.28, session_common.go initServer) drops a
+# session, without a word, when yamux bytes arrive in the same read as the
+# last handshake message (ErrSessionHandshakeExtraBytes).  A client that
+# opens a stream as soon as its session is up wrote both in one segment, so
+# the initiator sends message 3 alone and becomes ready about one handshake
+# round trip later (bounded): by then the server has read message 3.
+SETTLE_MIN = 0.01
+SETTLE_MAX = 0.25
 
 
 class DmsgError(ProtocolError):
@@ -189,12 +197,15 @@ class DmsgSession(protocol.Protocol):
         self.remote_pk = remote_pk
         self.ready = defer.Deferred()
         self._timeout = None
+        self._settle = None
+        self._first_sent = None
 
     def connectionMade(self):
         nodelay(self.transport)
         enable_keepalive(self.transport)  # a black-holed link is noticed within about a minute
         self._timeout = self.reactor.callLater(HANDSHAKE_TIMEOUT, self._timed_out)
         if self.initiator:
+            self._first_sent = self.reactor.seconds()
             self.transport.write(frame_handshake(self.handshake.write_message()))
 
     def _timed_out(self):
@@ -223,9 +234,17 @@ class DmsgSession(protocol.Protocol):
                                    reactor=self.reactor)
         self.yamux.makeConnection(self.transport)
         rest = self._framer.take_rest()
-        self.ready.callback(self)
+        if self.initiator:  # message 3 goes out alone (see SETTLE_MIN)
+            rtt = self.reactor.seconds() - self._first_sent
+            self._settle = self.reactor.callLater(min(max(rtt, SETTLE_MIN), SETTLE_MAX), self._settled)
+        else:
+            self.ready.callback(self)
         if rest:
             self.yamux.dataReceived(rest)
+
+    def _settled(self):
+        self._settle = None
+        self.ready.callback(self)
 
     def open_stream(self, proto):
         return self.yamux.open_stream(proto)
@@ -233,6 +252,9 @@ class DmsgSession(protocol.Protocol):
     def connectionLost(self, reason=protocol.connectionDone):
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
+        if self._settle is not None and self._settle.active():
+            self._settle.cancel()
+            self._settle = None
         if self.yamux is not None:
             self.yamux.connectionLost(reason)
         if not self.ready.called:

@@ -21,7 +21,7 @@ from skypty.dmsg.session import (
 )
 from skypty.errors import ProtocolError
 from skypty.keys import InvalidKey
-from skypty.noise import NoiseError, NoiseHandshake
+from skypty.wire.noise import NoiseError, NoiseHandshake
 from skypty.wire import types as T
 
 KEEPALIVE_INTERVAL = 30.0
@@ -162,7 +162,13 @@ class KKStream(protocol.Protocol):
 
 
 class StreamRefusedError(DmsgError):
-    """The destination answered the request and said no."""
+    """The destination answered the request and said no; ``code`` is the
+    reference's error code it gave (0: none)."""
+
+    code = 0
+
+
+NO_LISTENER = 306  # the reference's "request has no associated listener"
 
 
 class DialStream(KKStream):
@@ -218,7 +224,9 @@ class DialStream(KKStream):
             if bytes(resp.req_hash) != object_hash(self.signed):
                 raise DmsgError("stream response answers another request")
             if not resp.accepted:
-                raise StreamRefusedError(f"{self.dst_pk.hex()} refused the stream (code {resp.err_code})")
+                refused = StreamRefusedError(f"{self.dst_pk.hex()} refused the stream (code {resp.err_code})")
+                refused.code = resp.err_code
+                raise refused
             self.hs.read_message(resp.noise_msg)  # a payload (a PQ ciphertext) is ignored
             encoder, decoder = self.hs.split()
         except (ProtocolError, InvalidKey) as e:
@@ -270,6 +278,11 @@ class AcceptStream(KKStream):
                 raise DmsgError("stream request for another key")
             factory = self.listeners.get(req.dst_addr.port)
             if factory is None:
+                # Say so, signed (the reference's code 306), so the dialer can tell
+                # "wrong port" from "host gone" instead of waiting on a bare close.
+                no = T.StreamResponse.cls(req_hash=list(object_hash(signed)), accepted=False,
+                                          err_code=NO_LISTENER, noise_msg=b"")
+                self.transport.write(self.session.cipher.seal(sign_object(self.sk, no, T.StreamResponse)))
                 raise DmsgError(f"nothing listens on dmsg port {req.dst_addr.port}")
             hs = NoiseHandshake("KK", False, self.sk, req.src_addr.pk)
             hs.read_message(req.noise_msg)  # a payload (a PQ offer) is ignored: classical answer

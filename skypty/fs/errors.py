@@ -39,6 +39,11 @@ class LinkDown(ConnectionError):
     """The host cannot be reached right now (the mount answers EIO)."""
 
 
+class HostRefused(LinkDown):
+    """The host (or the local host on its behalf) answered and said no: the
+    message is the whole reason, not a failure to reach it."""
+
+
 def is_generic_failure(exc):
     """FX_FAILURE whose message names no errno (OpenSSH's plain "Failure")."""
     return (isinstance(exc, fx.SFTPError) and exc.code == fx.FX_FAILURE

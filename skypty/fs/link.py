@@ -19,8 +19,9 @@ from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import HostnameEndpoint, ProcessEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
 
-from skypty.fs.errors import LinkDown, is_generic_failure
-from skypty.sftppackets import Cork, PacketCutter, pack
+from skypty.fs import replies
+from skypty.fs.errors import HostRefused, LinkDown, is_generic_failure
+from skypty.wire.sftppackets import Cork, PacketCutter, pack
 from skypty.wire.sftp import QuietLogger
 from skypty.wire import requestline
 
@@ -30,6 +31,9 @@ log = Logger()
 # page; OpenSSH caps packets at 256 KiB.  A server sending more is hostile.
 MAX_REPLY_PACKET = 1024 * 1024
 _DATA_HEAD = struct.Struct("!LL")  # request id, data length
+# A listing is held whole (the mount caches it): a host listing without end
+# would take all memory.  Past this many entries the directory is refused.
+MAX_LISTING = 1_000_000
 _WRITE_HEAD = struct.Struct("!LBL")  # length, FXP_WRITE, request id
 _OFFSET_AND_SIZE = struct.Struct("!QL")
 
@@ -107,6 +111,57 @@ class SFTPClientProtocol(fx.FileTransferClient):
         # conch's ClientFile.setAttrs sends FSTAT by mistake; this is FSETSTAT.
         return self._sendRequest(fx.FXP_FSETSTAT, handle + self._packAttributes(attrs))
 
+    # NAME, ATTRS and STATUS through skypty.fs.replies: conch's parsers trust
+    # the host's lengths and raise on non-ASCII texts (the request then hung).
+
+    def _answer(self, data, parse):
+        """-> (the asked request's Deferred, parsed reply), or None when
+        there is nothing to answer (an unknown id) or the reply was bad
+        (that request fails and the session is dropped)."""
+        if len(data) < 4:
+            abort(self.transport)
+            return None
+        pending = self.openRequests.pop(replies.request_id(data), None)
+        if pending is None:
+            return None
+        try:
+            return pending, parse(data)
+        except replies.BadReply as e:
+            pending.errback(LinkDown(f"the host sent a malformed SFTP reply ({e}); dropped the session"))
+            abort(self.transport)
+            return None
+
+    def packet_NAME(self, data):
+        answer = self._answer(data, replies.parse_name)
+        if answer is not None:
+            answer[0].callback(answer[1][1])
+
+    def packet_ATTRS(self, data):
+        answer = self._answer(data, replies.parse_attrs_reply)
+        if answer is not None:
+            answer[0].callback(answer[1][1])
+
+    def packet_HANDLE(self, data):
+        answer = self._answer(data, replies.parse_handle)
+        if answer is not None:
+            answer[0].callback(answer[1][1])
+
+    packet_DATA = packet_HANDLE  # only a DATA too short for the direct path in dataReceived comes here
+
+    def packet_STATUS(self, data):
+        answer = self._answer(data, replies.parse_status)
+        if answer is None:
+            return
+        d, (_, code, message, lang) = answer
+        if code == fx.FX_OK:
+            d.callback((message, lang))
+        elif code == fx.FX_EOF:
+            d.errback(EOFError(message))
+        elif code == fx.FX_OP_UNSUPPORTED:
+            d.errback(NotImplementedError(message))
+        else:  # any bytes: printed through skypty.client.textsafe
+            d.errback(fx.SFTPError(code, message.decode("utf-8", "surrogateescape"), lang))
+
 
 class _ClientFile(fx.ClientFile):
     def writeChunk(self, offset, chunk):
@@ -117,12 +172,18 @@ class ServiceGate(protocol.Protocol):
     """Sends a request line; once the host accepts, the stream belongs to
     *inner* (``accepted`` fires), else ``accepted`` fails with the reason."""
 
-    def __init__(self, uri, inner):
+    def __init__(self, uri, inner, vet=None):
         self.uri, self.inner = uri, inner
+        self.vet = vet  # transport -> a refusal (another user's control socket: not one byte) or None
         self.accepted = defer.Deferred()
         self._open = False
 
     def connectionMade(self):
+        refusal = self.vet(self.transport) if self.vet is not None else None
+        if refusal is not None:
+            self.accepted.errback(HostRefused(refusal))
+            self.transport.abortConnection()
+            return
         self.transport.write(requestline.encode_request(self.uri))
 
     def dataReceived(self, data):
@@ -133,7 +194,7 @@ class ServiceGate(protocol.Protocol):
             return
         if data[:1] != requestline.ACCEPT:
             self.transport.loseConnection()
-            self.accepted.errback(LinkDown("not authorized: the host rejected the request"))
+            self.accepted.errback(HostRefused("not authorized: the host rejected the request"))
             return
         self._open = True
         self.inner.makeConnection(self.transport)
@@ -145,7 +206,7 @@ class ServiceGate(protocol.Protocol):
         if self._open:
             self.inner.connectionLost(reason)
         elif not self.accepted.called:
-            self.accepted.errback(LinkDown("not authorized: the host closed the connection "
+            self.accepted.errback(HostRefused("not authorized: the host closed the connection "
                                            "(this key is not on its whitelist, or it serves no SFTP)"))
 
 
@@ -165,7 +226,7 @@ def abort(transport):
 
 def noise_tcp_connector(reactor, host, port, local_sk, remote_pk, timeout):
     """A direct Noise XK connection to ``host:port`` (the host's ssh_listen)."""
-    from skypty.noiseproto import connect_noise_xk
+    from skypty.wire.noiseproto import connect_noise_xk
 
     def connect():
         sftp = SFTPClientProtocol()
@@ -179,14 +240,35 @@ def noise_tcp_connector(reactor, host, port, local_sk, remote_pk, timeout):
     return connect
 
 
-def control_socket_connector(reactor, network, address, remote_pk, port, timeout):
+class ReasonedGate(ServiceGate):
+    """The local host says why it could not reach the peer (the reject byte,
+    then "reason-word: text"); *explain*(reason, text) words it for the user
+    (the client's, so this layer needs none of the client's vocabulary)."""
+
+    def __init__(self, uri, inner, explain, vet=None):
+        super().__init__(uri, inner, vet)
+        self.explain = explain
+
+    def dataReceived(self, data):
+        if not self._open and data[:1] not in (b"", requestline.ACCEPT) and not self.accepted.called:
+            reason, text = requestline.parse_rejection(data[1:])
+            self.transport.loseConnection()
+            self.accepted.errback(HostRefused(self.explain(reason, text)))
+            return
+        super().dataReceived(data)
+
+
+def control_socket_connector(reactor, network, address, remote_pk, port, timeout, explain, vet=None,
+                             scheme=None):
     """Through the local host, which dials the peer over dmsg
-    (``dmsgpty/proxy?...&service=sftp``)."""
-    uri = requestline.proxy_uri(remote_pk.hex(), port, service="sftp")
+    (``dmsgpty/proxy?...&service=sftp``; ``&scheme=`` pins a transport);
+    *explain*(reason, text) words the local host's refusal, *vet*(transport)
+    refuses a control socket before a byte is sent (see ServiceGate)."""
+    uri = requestline.proxy_uri(remote_pk.hex(), port, service="sftp") + (f"&scheme={scheme}" if scheme else "")
 
     def connect():
         sftp = SFTPClientProtocol()
-        gate = ServiceGate(uri, sftp)
+        gate = ReasonedGate(uri, sftp, explain, vet)
         if network == "unix":
             endpoint = UNIXClientEndpoint(reactor, address, timeout=timeout)
         else:
@@ -242,6 +324,7 @@ class SFTPLink:
         self.generation = 0  # bumped per session: SFTP handles die with theirs
         self.extensions = {}
         self.last_error = None
+        self._last_error_class = LinkDown
         self._client = None
         self._waiters = None
         self._down_until = 0.0
@@ -261,7 +344,7 @@ class SFTPLink:
             self._waiters.append(waiter)
             return waiter
         if self.reactor.seconds() < self._down_until:
-            return defer.fail(LinkDown(self.last_error or "the host is unreachable"))
+            return defer.fail(self._last_error_class(self.last_error or "the host is unreachable"))
         self._waiters = [waiter]
         d = defer.maybeDeferred(self._connect)
         d.addTimeout(self.timeout, self.reactor)
@@ -281,11 +364,13 @@ class SFTPLink:
 
     def _down(self, failure):
         self.last_error = describe(failure)
+        # a refusal stays one (the mount words it as the host's answer, not as "cannot reach")
+        self._last_error_class = HostRefused if failure.check(HostRefused) else LinkDown
         self._down_until = self.reactor.seconds() + self.retry_after
         log.warn("cannot reach the host: {why}", why=self.last_error)
         waiters, self._waiters = self._waiters, None
         for w in waiters:
-            w.errback(LinkDown(self.last_error))
+            w.errback(self._last_error_class(self.last_error))
 
     def _lost(self, client):
         if self._client is client:
@@ -376,7 +461,7 @@ class RemoteFS:
     def listdir(self, path):
         """-> [(name, attrs)] without '.' and '..'."""
         directory = yield self.link.call(lambda c: c.openDirectory(path))
-        entries = []
+        entries, listed = [], 0
         try:
             # READDIRs go two at a time: a directory that fits in one page
             # (and the EOF that ends it) costs one round trip, not two.
@@ -389,7 +474,12 @@ class RemoteFS:
                         found.trap(EOFError)
                         done = True
                     elif not done:
-                        entries.extend((name, attrs) for name, _, attrs in found if name not in (b".", b".."))
+                        entries.extend((name, attrs) for name, _, attrs in found if _plain(name))
+                        listed += len(found) or 1  # empty pages without end count too
+                if listed > MAX_LISTING:
+                    log.warn("{path}: the host listed more than {n} entries; refused",
+                             path=path.decode("utf-8", "backslashreplace"), n=MAX_LISTING)
+                    raise OSError(errno.EIO, f"more than {MAX_LISTING} entries", path)
         finally:
             if self.link.connected:
                 directory.close().addErrback(lambda _: None)
@@ -462,7 +552,12 @@ class RemoteFS:
 
     def readlink(self, path):
         d = self.link.call(lambda c: c._sendRequest(fx.FXP_READLINK, NS(path)))
-        return d.addCallback(lambda names: names[0][0])
+
+        def target(names):
+            if not names:  # a NAME reply with no name in it
+                raise OSError(errno.EIO, "the host named no link target", path)
+            return names[0][0]
+        return d.addCallback(target)
 
     def hardlink(self, old, new):
         if b"hardlink@openssh.com" not in self.link.extensions:
@@ -480,6 +575,12 @@ class RemoteFS:
         names = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
                  "f_favail", "f_fsid", "f_flag", "f_namemax")
         return dict(zip(names, struct.unpack(">11Q", data[:88])))
+
+
+def _plain(name):
+    """A name the kernel can take as one entry (it refuses the whole
+    directory for one with '/' or NUL): a host's other names are left out."""
+    return name not in (b"", b".", b"..") and b"/" not in name and b"\0" not in name
 
 
 def _is_dir(attrs):

@@ -136,10 +136,7 @@ class Mount:
         def start():
             d = link.session()
             d.addCallback(lambda _: fs.lstat(self.remote_root))
-            d.addCallbacks(connected, lambda f: fail(f"cannot reach the host: {f.getErrorMessage()}"
-                                                     if not _is_missing(f) else
-                                                     f"remote directory {self.remote_root.decode(errors='replace')}"
-                                                     " does not exist"))
+            d.addCallbacks(connected, lambda f: fail(start_failure_message(f, self.remote_root)))
 
         def connected(attrs):
             import stat
@@ -189,20 +186,34 @@ class Mount:
         return self.exit_code
 
 
+def start_failure_message(failure, remote_root):
+    """Why the mount never started, in one line: the host's own refusal as
+    it is (it was reached), anything else as not reaching it."""
+    from skypty.fs.errors import HostRefused
+
+    if _is_missing(failure):
+        return f"remote directory {remote_root.decode(errors='replace')} does not exist"
+    if failure.check(HostRefused):
+        return failure.getErrorMessage()
+    return f"cannot reach the host: {failure.getErrorMessage()}"
+
+
 def _is_missing(failure):
     from twisted.conch.ssh import filetransfer as fx
 
     return failure.check(fx.SFTPError) and failure.value.code == fx.FX_NO_SUCH_FILE
 
 
-def run_mount(mount, foreground, log_file=None):
-    """Run *mount*, in the background unless *foreground*; -> exit code."""
+def run_mount(mount, foreground, log_file=None, printable=str):
+    """Run *mount*, in the background unless *foreground*; -> exit code.
+    *printable* makes a failure's text (the host's words can be in it) safe
+    for the terminal: the client hands in skypty.client.textsafe.safe."""
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     if foreground:
         globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
         return mount.run(on_ready=lambda: None,
-                         on_failure=lambda msg: sys.stderr.write(f"skypty-client: {msg}\n"))
+                         on_failure=lambda msg: sys.stderr.write(f"skypty-client: {printable(msg)}\n"))
 
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -216,7 +227,7 @@ def run_mount(mount, foreground, log_file=None):
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
-        sys.stderr.write(f"skypty-client: {word.strip() or 'the mount process died'}\n")
+        sys.stderr.write(f"skypty-client: {printable(word.strip()) or 'the mount process died'}\n")
         return 1
 
     os.close(read_end)

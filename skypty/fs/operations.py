@@ -373,17 +373,28 @@ class SFTPOperations(llfuse.Operations):
         path = self._path(inode)
         entries = self._listing(path)
         fh = next(self._fh)
-        self._dirs[fh] = (path, list(entries.items()))  # a snapshot: offsets stay valid
+        # A snapshot (offsets stay valid), led by "." and ".." as every
+        # directory's listing is (ls -a, find, shells' globbing expect them).
+        dot = {"permissions": stat.S_IFDIR}
+        self._dirs[fh] = (path, [(b".", dot), (b"..", dot)] + list(entries.items()))
         return fh
+
+    def _dirent_inode(self, path, name):
+        if name == b"." or (name == b".." and path == self.inodes.root_path):
+            child = path  # the mount's root is its own parent: nothing above it is ours
+        elif name == b"..":
+            child = os.path.dirname(path)
+        else:
+            child = os.path.join(path, name)
+        # readdir hands out no references: a known inode, or a stable
+        # stand-in number (the kernel only uses it for d_ino).
+        return self.inodes.known(child) or (zlib.crc32(child) | 1 << 40)
 
     def readdir(self, fh, off):
         path, entries = self._dirs[fh]
         for index in range(off, len(entries)):
             name, attrs = entries[index]
-            child = os.path.join(path, name)
-            # readdir hands out no references: a known inode, or a stable
-            # stand-in number (the kernel only uses it for d_ino).
-            inode = self.inodes.known(child) or (zlib.crc32(child) | 1 << 40)
+            inode = self._dirent_inode(path, name)
             # Only the number and the type reach the kernel (a dirent): the
             # rest of _entry's work would be thrown away, per name, per walk.
             entry = llfuse.EntryAttributes()

@@ -56,6 +56,12 @@ class WhitelistChecker:
         return defer.fail(NotWhitelisted(pk))
 
 
+# What a revoked key's pending calls (a pty.Read, a pty.Exec) are answered
+# with, verbatim, before its connection closes: any client can print it.
+# skypty.client.errors.REVOKED is the same text (the client imports no host code).
+REVOKED = "the host revoked this key's access (whitelist-remove)"
+
+
 @attr.s
 class Mind:
     """What the realm is told about a login: where it came from, and how to
@@ -98,8 +104,9 @@ class LiveLogins:
 
     def revoke(self, pk):
         """End every live login of *pk*: its processes are killed (a persistent
-        shell too: nothing is left to reattach to), then its connection is
-        dropped.  -> the entry points of the logins that were ended."""
+        shell too: nothing is left to reattach to) and its pending calls
+        answered with REVOKED, then its connection is closed (after those
+        answers).  -> the entry points of the logins that were ended."""
         ended = []
         for avatar, mind in list(self._by_key.pop(pk, {}).values()):
             ended.append(entry_point_of(mind))

@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from skypty.host.auth import IPtyAvatar
+from skypty.host.auth import REVOKED, IPtyAvatar
 from skypty.host.command import ExecError, run_exec
 from skypty.host.persist import OutputLost
 from skypty.wire.rpc import RPCError
@@ -20,6 +20,9 @@ from skypty.host.shell import DirectReader, PipeProcess, PtyProcess, ShellEnded,
 ERR_EOF = "EOF"
 ERR_RUNNING = "a pty session is already running"
 ERR_NO_SESSION = "no active pty session"
+# Said instead of "can't find method" so a client can tell this host (the
+# feature switched off) from a reference host (no such feature at all).
+ERR_SESSIONS_OFF = "dmsgpty: persistent sessions are off on this host"
 
 
 class RPCFault(RPCError):
@@ -50,6 +53,7 @@ class PtyAvatar:
         self._session = None
         self._execs = set()  # one-shot commands in flight (Deferreds)
         self.logged_out = False
+        self.revoked = False  # taken off the whitelist: pending calls end with REVOKED
 
     @property
     def persistent(self):
@@ -93,6 +97,8 @@ class PtyAvatar:
             return defer.fail(RPCFault(ERR_NO_SESSION))
 
         def eof(failure):
+            if self.revoked:
+                raise RPCFault(REVOKED)
             failure.trap(ShellEnded)
             raise RPCFault(ERR_EOF)
 
@@ -119,6 +125,8 @@ class PtyAvatar:
             return defer.fail(RPCFault(ERR_NO_SESSION))
 
         def eof(failure):
+            if self.revoked:
+                raise RPCFault(REVOKED)
             if failure.check(OutputLost):
                 raise RPCFault(str(failure.value))
             failure.trap(ShellEnded)
@@ -171,6 +179,8 @@ class PtyAvatar:
         d.addBoth(done)
 
         def failed(failure):
+            if self.revoked:
+                raise RPCFault(REVOKED)
             failure.trap(ExecError)
             raise RPCFault(str(failure.value))
 
@@ -197,7 +207,7 @@ class PtyAvatar:
         *offset*, the byte count the caller already has; -> (offset, lost)."""
         registry = self.context.sessions
         if registry is None:
-            raise RPCFault("rpc: can't find method pty.Attach")
+            raise RPCFault(ERR_SESSIONS_OFF)
         if self._reader is not None:
             raise RPCFault(ERR_RUNNING)
         try:
@@ -223,7 +233,8 @@ class PtyAvatar:
     def revoke(self):
         """This key was taken off the whitelist: kill what it runs here (a
         persistent shell too, so there is nothing to reattach to) and any
-        one-shot command still in flight."""
+        one-shot command still in flight.  Pending calls end with REVOKED."""
+        self.revoked = True
         if self._session is not None and self.context.sessions is not None:
             self.context.sessions.forget(self._session.id, "owner taken off the whitelist")
         self.logout()  # cancels execs; detaches from the (now dead) session

@@ -27,7 +27,6 @@ CAPTURE_LIMIT = 16 * 1024 * 1024
 STDIN_LIMIT = 1024 * 1024
 TIMED_OUT_EXIT_CODE = -1
 NOT_FOUND_EXIT_CODE = 127
-SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 
 
 class ExecError(SkyptyError):
@@ -125,7 +124,7 @@ def run_exec(reactor, name, args=(), env=(), stdin=b"", timeout_ms=0, cwd=None):
             transport = spawn.spawn_pipes(reactor, proto, path, [name, *args], full_env, cwd,
                                           stdin=bool(stdin))
         else:
-            transport = reactor.spawnProcess(proto, SETSID, [SETSID, name, *args], env=full_env, path=cwd,
+            transport = reactor.spawnProcess(proto, spawn.SETSID, [spawn.SETSID, name, *args], env=full_env, path=cwd,
                                              childFDs={0: "w", 1: "r", 2: "r"})
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR):

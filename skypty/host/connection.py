@@ -7,7 +7,7 @@ the service the URI names (net/rpc for ``dmsgpty/pty``, SFTP for
 ``dmsgpty/sftp``...).  A refused peer never gets a process.
 """
 
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from skypty.errors import ProtocolError
@@ -90,11 +90,18 @@ class HostConnection(protocol.Protocol):
         self._linger = self.factory.reactor.callLater(REFUSAL_LINGER, self.transport.abortConnection)
 
     def _revoked(self):
-        """The peer's key was taken off the whitelist while connected."""
+        """The peer's key was taken off the whitelist while connected.  Its
+        pending calls have just been answered with the reason (auth.REVOKED):
+        close after those bytes, not with an abort that would discard them.
+        Nothing it sends is served any more (state "closed"), and a peer that
+        does not read is cut after REFUSAL_LINGER."""
         self.log.info("dropping {pk} on {entry}: taken off the whitelist", pk=self.peer_pk.hex(),
                       entry=self.factory.entry_point)
         self._state = "closed"
-        self.transport.abortConnection()
+        self._cancel_timeout()
+        # Armed first: a transport that closes at once cancels it in connectionLost.
+        self._linger = self.factory.reactor.callLater(REFUSAL_LINGER, self.transport.abortConnection)
+        self.transport.loseConnection()
 
     def _internal_error(self, failure):
         self.log.failure("login failed on {entry}", failure, entry=self.factory.entry_point)
@@ -141,6 +148,12 @@ class HostConnection(protocol.Protocol):
             self._state = "closed"
             self.transport.loseConnection()
             return
+        except Exception:
+            # A bug, or an install replaced under a running host (a module gone):
+            # log it, and tell a control-socket client it failed rather than hang up.
+            self.log.failure("{uri!r} failed for {pk} on {entry}", uri=uri, pk=self.peer_pk.hex(),
+                             entry=self.factory.entry_point)
+            inner = defer.fail()
         if hasattr(inner, "addCallback"):  # a service that must prepare (e.g. dial a peer) first
             inner.addCallbacks(lambda p: self._start_service(p, leftover), self._service_failed)
         else:
@@ -167,9 +180,8 @@ class HostConnection(protocol.Protocol):
         # On our own control socket the client deserves the real reason: the
         # reject byte, one length byte, then UTF-8 "reason-word: text" (reference
         # clients read the first byte and ignore the rest).
-        reason = getattr(failure.value, "reason", "failed")
-        text = f"{reason}: {failure.getErrorMessage()}".encode("utf-8")[:255]
-        self.close_refused(requestline.REJECT + bytes((len(text),)) + text)
+        self.close_refused(requestline.encode_rejection(getattr(failure.value, "reason", "failed"),
+                                                        failure.getErrorMessage()))
 
     def _timed_out(self):
         self._timeout = None

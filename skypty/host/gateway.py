@@ -8,7 +8,7 @@
 
 from twisted.internet import defer
 
-from skypty.host.avatar import RPCFault
+from skypty.host.avatar import ERR_SESSIONS_OFF, RPCFault
 from skypty.host.connection import BareClose
 from skypty.wire import requestline
 from skypty.wire import types as T
@@ -44,9 +44,20 @@ def pty_methods(avatar, sessions_visible):
         offset, lost = avatar.attach(req.id, req.offset)
         return T.AttachResult.cls(offset=offset, lost=lost, end=avatar.output_end())
 
+    def read_flagged(max_bytes):
+        """pty.Read, the reply prefixed by one byte of the pty's modes
+        (skypty.host.shell.TTY_*), taken when the output is handed over, so a
+        client knows a prompt's echo is off before it shows the prompt."""
+        def flagged(data):
+            proc = getattr(avatar, "_proc", None)  # None: no shell (yet), or a remote host's
+            mode = proc.tty_mode() if hasattr(proc, "tty_mode") else 0
+            return bytes((mode,)) + data
+
+        return defer.maybeDeferred(avatar.read, max_bytes).addCallback(flagged)
+
     def sessions(_):
         if avatar.context.sessions is None:
-            raise RPCFault("rpc: can't find method pty.Sessions")
+            raise RPCFault(ERR_SESSIONS_OFF)
         now = avatar.context.reactor.seconds()
         out = []
         for s in avatar.context.sessions.list():
@@ -76,6 +87,7 @@ def pty_methods(avatar, sessions_visible):
         "pty.ExitStatus": Method(T.EMPTY, T.INT, lambda _: avatar.exit_status()),
         "pty.StartPiped": Method(T.CommandReq, T.EMPTY, empty(
             lambda r: avatar.start_piped(r.name, r.arg, r.env))),
+        "pty.ReadFlagged": Method(T.INT, T.BYTES, read_flagged),
         "pty.ReadStderr": Method(T.INT, T.BYTES, lambda n: avatar.read_stderr(n)),
         "pty.CloseStdin": Method(T.EMPTY, T.EMPTY, empty(lambda _: avatar.close_stdin())),
     }

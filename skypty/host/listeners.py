@@ -9,6 +9,7 @@ import errno
 import os
 import socket
 import stat
+import struct
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
@@ -38,13 +39,41 @@ def describe_failure(setting, value, error):
     if isinstance(error, CannotListenError):
         error = error.socketError
     tcp = not str(value).startswith(("/", "unix:"))  # the hints are about TCP ports
-    if isinstance(error, OSError) and error.errno in _FIXES and tcp:
+    if isinstance(error, OSError) and error.errno == errno.EADDRINUSE and tcp:
+        holder = tcp_listener_uid(str(value).rpartition(":")[2])
+        who = f", {user_name(holder)}," if holder is not None and holder != os.geteuid() else ""
+        reason = f"{error.strerror} (another program{who} listens there: stop it, or choose another port)"
+    elif isinstance(error, OSError) and error.errno in _FIXES and tcp:
         reason = f"{error.strerror} ({_FIXES[error.errno]})"
+    elif isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+        # Taken between the start-up check and the listen: say by whom.
+        holder = unix_socket_holder(str(value).removeprefix("unix:"))
+        reason = f"{error.strerror}" + (f" ({holder})" if holder else "")
     elif isinstance(error, OSError):
         reason = f"cannot listen: {error.strerror or error}"
     else:
         reason = f"cannot listen: {error}"
     return f"{setting} {value}: {reason}"
+
+
+def tcp_listener_uid(port):
+    """The uid of a process listening on TCP *port* (any address), from
+    /proc/net/tcp[6]; None if none is found."""
+    try:
+        wanted = f":{int(port):04X}"
+    except ValueError:
+        return None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 7 and fields[1].endswith(wanted) and fields[3] == "0A":  # LISTEN
+                        return int(fields[7])
+        except OSError:
+            continue
+    return None
 
 
 def check_tcp_free(setting, host, port):
@@ -67,28 +96,82 @@ def check_tcp_free(setting, host, port):
         probe.close()
 
 
+def user_name(uid):
+    """'uid 65534 (nobody)', or 'uid 65534' when it has no name."""
+    import pwd
+
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def peer_credentials(sock):
+    """(pid, uid) of the process listening behind a connected unix socket."""
+    cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", cred)
+    return pid, uid
+
+
+# In a directory anyone may write (/tmp), anyone can take the path first.
+_SQUATTED_FIX = ("choose a path in a directory only this user can write, e.g. /run/skypty/pty.sock "
+                 "or $XDG_RUNTIME_DIR/pty.sock")
+
+
+def _held_by(setting, path, pid, uid):
+    """The refusal for a live socket at *path*, naming who holds it."""
+    if uid != os.geteuid():
+        return ListenError(f"{setting} {path}: held by another user, {user_name(uid)}, pid {pid}: "
+                           f"not this host's to replace (stop that process, or {_SQUATTED_FIX})")
+    return ListenError(f"{setting} {path}: another host is already listening there, pid {pid} "
+                       f"(stop it, or choose another path)")
+
+
 def clear_stale_unix_socket(path, setting="socket"):
-    """Remove *path* if it is a dead socket; refuse if a live host is behind it."""
+    """Remove *path* if it is a dead socket; refuse, naming the holder (uid,
+    pid), if a live process is behind it."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
+    owner = "" if st.st_uid == os.geteuid() else f", owned by {user_name(st.st_uid)}"
     if not stat.S_ISSOCK(st.st_mode):
-        raise ListenError(f"{setting} {path}: exists and is not a socket (not replacing it: "
+        raise ListenError(f"{setting} {path}: exists and is not a socket{owner} (not replacing it: "
                           f"move it away, or choose another path)")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
         probe.connect(path)
+        pid, uid = peer_credentials(probe)
     except OSError as e:
         if e.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            os.unlink(path)  # nobody listens: a leftover from a crashed host
+            try:
+                os.unlink(path)  # nobody listens: a leftover from a crashed host
+            except FileNotFoundError:
+                pass
+            except OSError as e2:  # another user's file in a sticky directory such as /tmp
+                raise ListenError(f"{setting} {path}: cannot remove a dead socket{owner}: {e2.strerror} "
+                                  f"(remove it as root, or {_SQUATTED_FIX})") from None
             return
-        raise ListenError(f"{setting} {path}: cannot check it: {e.strerror}") from None
+        raise ListenError(f"{setting} {path}: cannot check it{owner}: {e.strerror} "
+                          f"(choose another path)") from None
     finally:
         probe.close()
-    raise ListenError(f"{setting} {path}: another host is already listening there "
-                      f"(stop it, or choose another path)")
+    raise _held_by(setting, path, pid, uid)
+
+
+def unix_socket_holder(path):
+    """'held by uid N (name), pid P' for a live socket at *path*, else ''."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+        pid, uid = peer_credentials(probe)
+    except OSError:
+        return ""
+    finally:
+        probe.close()
+    return f"held by {user_name(uid)}, pid {pid}"
 
 
 def check_socket_directory(setting, path):

@@ -10,7 +10,7 @@ editor in front of the socket's telnet).  The namespace holds ``service``,
 from twisted.application import internet
 from twisted.conch import manhole, telnet
 from twisted.conch.insults import insults
-from twisted.internet import endpoints, protocol
+from twisted.internet import defer, endpoints, protocol
 
 
 def namespace_for(host):
@@ -18,11 +18,42 @@ def namespace_for(host):
             "sessions": host.sessions, "reactor": host.reactor}
 
 
+class _Interpreter(manhole.ManholeInterpreter):
+    def displayhook(self, obj):
+        super().displayhook(obj)
+        if obj is not None and not isinstance(obj, defer.Deferred):
+            self.write("\n")  # each result on its own line (`for i in x: i` printed 01)
+
+
+class _Manhole(manhole.Manhole):
+    """conch's manhole without taking over the user's terminal: no full reset
+    (ESC c) when it starts, no cleared screen when the window size arrives."""
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.interpreter = _Interpreter(self, self.namespace)
+
+    def initializeScreen(self):
+        self.terminal.write(self.ps[self.pn])
+        self.setInsertMode()
+
+    def terminalSize(self, width, height):
+        self.width, self.height = width, height  # conch erases the display and redraws here
+
+
+class _Terminal(insults.ServerProtocol):
+    def loseConnection(self):
+        # conch resets the whole terminal (ESC c) on the way out: undo only
+        # what the line editor set (insert mode).
+        self.resetModes([insults.modes.IRM])
+        self.transport.loseConnection()
+
+
 def make_manhole_factory(namespace):
     factory = protocol.ServerFactory()
     factory.noisy = False
     factory.protocol = lambda: telnet.TelnetTransport(
-        telnet.TelnetBootstrapProtocol, insults.ServerProtocol, manhole.Manhole, namespace)
+        telnet.TelnetBootstrapProtocol, _Terminal, _Manhole, namespace)
     return factory
 
 

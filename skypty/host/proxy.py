@@ -32,11 +32,37 @@ def request_service(host, pk, port, uri=requestline.PTY, scheme=None):
                             scheme=scheme, ready=lambda remote: remote.accepted)
 
 
+class NoSFTPService(DialError):
+    reason = "no-sftp"
+
+
 def open_proxy(host, pk_hex, port, uri, scheme=None):
     from skypty.dmsg.client import Relay
     from skypty.keys import PublicKey
 
-    return request_service(host, PublicKey.from_hex(pk_hex), port, uri, scheme).addCallback(Relay)
+    pk = PublicKey.from_hex(pk_hex)
+    d = request_service(host, pk, port, uri, scheme)
+    if uri == requestline.SFTP:
+        d.addErrback(_why_no_sftp, host, pk, port, scheme)
+    return d.addCallback(Relay)
+
+
+def _why_no_sftp(failure, host, pk, port, scheme):
+    """A host without an SFTP service (a Skywire reference host) refuses or
+    closes the request just as it would a stranger: ask for its pty to tell
+    the two apart, so the user is not told "not authorized" by a host that
+    whitelists them."""
+    from skypty.dmsg.errors import NoAnswer, NotWhitelisted
+
+    if not failure.check(NoAnswer, NotWhitelisted):
+        return failure
+
+    def accepted(remote):
+        remote.transport.loseConnection()
+        raise NoSFTPService(f"host {pk.hex()} accepts this host's key but has no SFTP service")
+
+    probe = request_service(host, pk, port, requestline.PTY, scheme)
+    return probe.addCallbacks(accepted, lambda _: failure)
 
 
 class RemotePty:

@@ -116,7 +116,7 @@ class HostService(service.MultiService):
         self._settings[self.control] = (setting, self.config.pty.cli_address)
 
     def _add_tcp(self, listen):
-        from skypty.noiseproto import NoiseFactory
+        from skypty.wire.noiseproto import NoiseFactory
 
         inner = self.connection_factory("tcp", lambda transport: transport.getPeerPK(),
                                         reject_with_byte=False)

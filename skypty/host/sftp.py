@@ -18,7 +18,7 @@ from twisted.conch.unix import SFTPServerForUnixConchUser, UnixSFTPFile
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
-from skypty.sftppackets import Cork, PacketCutter, pack
+from skypty.wire.sftppackets import Cork, PacketCutter, pack
 from skypty.wire.sftp import QuietLogger
 
 # OpenSSH's limits: a packet is at most 256 KiB, a read answers at most

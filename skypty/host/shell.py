@@ -93,6 +93,21 @@ def resolve_command(name, env):
     return path
 
 
+# pty.ReadFlagged's first byte: the pty's line discipline modes, for the
+# client's predictive echo (skypty.client.predict has the same bits)
+TTY_KNOWN, TTY_ECHO, TTY_ICANON = 0x80, 0x01, 0x02
+
+
+def tty_mode(fd):
+    """The ECHO/ICANON modes of the pty whose master is *fd* (a master's
+    termios are its slave's), as TTY_* bits; 0 when not a terminal."""
+    try:
+        lflag = termios.tcgetattr(fd)[3]
+    except (termios.error, OSError, ValueError):
+        return 0
+    return TTY_KNOWN | (TTY_ECHO if lflag & termios.ECHO else 0) | (TTY_ICANON if lflag & termios.ICANON else 0)
+
+
 def set_winsize(fd, rows, cols, xpixel=0, ypixel=0):
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, xpixel, ypixel))
 
@@ -197,6 +212,15 @@ class PtyProcess:
         self.transport.write(data)
         return len(data)
 
+    def tty_mode(self):
+        """TTY_* bits of this pty (0 once it is gone)."""
+        if not self.running or self.transport is None:
+            return 0
+        try:
+            return tty_mode(self.transport.fileno())
+        except (OSError, ValueError, AttributeError):
+            return 0
+
     def pause_output(self):
         if self.running:
             self.transport.pauseProducing()
@@ -274,8 +298,6 @@ class PipeProcess(PtyProcess):
 
     @classmethod
     def spawn(cls, reactor, name, args=(), env=(), cwd=None, sink=None, err_sink=None):
-        from skypty.host.command import SETSID
-
         full_env = build_env(env)
         path = resolve_command(name, full_env)
         self = cls(reactor, sink, err_sink)
@@ -286,12 +308,15 @@ class PipeProcess(PtyProcess):
                                                    full_env, cwd)
             else:  # util-linux setsid: a session of its own without a pre-exec hook
                 self.transport = reactor.spawnProcess(
-                    _PipeProtocol(self), SETSID, [SETSID, path, *args], env=full_env, path=cwd,
+                    _PipeProtocol(self), spawn.SETSID, [spawn.SETSID, path, *args], env=full_env, path=cwd,
                     childFDs={0: "w", 1: "r", 2: "r"})
         except OSError as e:
             raise SpawnError(f"cannot start {name}: {e}") from None
         self.pid = self.transport.pid
         return self
+
+    def tty_mode(self):
+        return 0  # pipes: no terminal modes
 
     def resize(self, rows, cols, xpixel=0, ypixel=0):
         pass  # no terminal, nothing to resize (as sshd ignores window-change without a pty)

@@ -25,6 +25,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import shutil
 import signal
 import sys
 
@@ -33,9 +34,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from twisted.internet.interfaces import IReadDescriptor
 
-from skypty.writenow import write_now
+from skypty.wire.writenow import write_now
 
 READ_CHUNK = 64 * 1024
+# Where posix_spawn is not to be had, children get their own session from setsid(1).
+SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 
 # glibc's posix_spawnattr flags (spawn.h)
 _POSIX_SPAWN_SETSIGDEF = 0x04

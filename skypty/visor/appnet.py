@@ -251,8 +251,10 @@ class AppConn:
 
 
 def _io_error(err):
-    """RPCIOErr -> the Twisted reason: EOF is a clean end."""
-    if err.text == "EOF" and not err.is_net_err:
+    """RPCIOErr -> the Twisted reason: EOF is a clean end.  A real visor
+    (skywire v1.3.28) flags a route's or dmsg stream's EOF as a net.Error
+    (IsNetErr true), so only the text says it."""
+    if err.text == "EOF":
         return error.ConnectionDone()
     return error.ConnectionLost(err.text or "network error")
 

@@ -6,8 +6,11 @@ What twisted.web leaves open, closed here:
   from when the connection starts waiting for it (connection made, or the
   previous response done) and never reset by trickled bytes — twisted's idle
   timer restarts on every byte, so one byte a second held a connection forever;
-* a cap on connections no request has yet vouched for (``MAX_PENDING``); over
-  it, new connections are closed at once.  A connection frees its slot when
+* a cap on connections no request has yet vouched for: ``MAX_PENDING_PER_SOURCE``
+  from one source (an IP address, an IPv6 /64, or a dmsg key), so that one
+  peer holding connections open cannot lock everybody else out, and
+  ``MAX_PENDING`` in all (file descriptors); over either, new connections
+  are closed at once.  A connection frees its slot when
   it closes, when a gate admits it (:func:`authenticated`), or when a
   WebSocket takes it over (:func:`upgraded`);
 * a body cap: an oversized Content-Length is answered 413 before any of the
@@ -24,7 +27,8 @@ from twisted.web.iweb import IAccessLogFormatter
 from zope.interface import provider
 
 HEAD_TIMEOUT = 10.0  # like the Noise and dmsg handshakes
-MAX_PENDING = 256
+MAX_PENDING = 1024           # in all: bounds file descriptors
+MAX_PENDING_PER_SOURCE = 32  # from one address (or /64, or dmsg key)
 MAX_BODY = 64 * 1024
 ABORT_GRACE = 2.0  # after the 408/413, for a peer that does not read it
 
@@ -45,6 +49,34 @@ def peer_name(transport):
     if host is None:
         return str(peer)
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def source_key(transport):
+    """Whom a pending slot is charged to: a dmsg stream's proven key, else
+    the peer's address (see :func:`address_key`)."""
+    if transport is None:
+        return "-"
+    get_pk = getattr(transport, "getPeerPK", None)
+    if get_pk is not None:
+        pk = get_pk()
+        if pk is not None:
+            return "pk:" + pk.hex()
+    return address_key(transport.getPeer())
+
+
+def address_key(peer):
+    """An IPv4 address, or an IPv6 /64 (one host usually holds a whole /64)."""
+    host = getattr(peer, "host", None)
+    if host is None:
+        return str(peer)
+    if ":" in host:
+        import ipaddress
+
+        try:
+            return str(ipaddress.IPv6Network((host.split("%")[0], 64), strict=False))
+        except ValueError:
+            return host
+    return host
 
 
 def _quoted(value):
@@ -180,17 +212,28 @@ class GuardedSite(server.Site):
     requestFactory = GuardedRequest
 
     def __init__(self, resource, name, reactor=None, max_body=MAX_BODY, head_timeout=HEAD_TIMEOUT,
-                 max_pending=MAX_PENDING):
+                 max_pending=MAX_PENDING, max_pending_per_source=MAX_PENDING_PER_SOURCE):
         super().__init__(resource, logFormatter=redacted_log_formatter, reactor=reactor)
         self.displayTracebacks = False
         self.name = name
         self.max_body = max_body
         self.head_timeout = head_timeout
         self.max_pending = max_pending
+        self.max_pending_per_source = max_pending_per_source
         self.pending = set()
+        self._by_source = {}  # source key -> its pending channels
         self._full_logged = False
+        self._source_logged = set()  # sources already named in the log for this overload
 
     def take_slot(self, channel):
+        source = source_key(channel.transport)
+        mine = self._by_source.get(source)
+        if mine is not None and len(mine) >= self.max_pending_per_source:
+            if source not in self._source_logged and len(self._source_logged) < 64:
+                self._source_logged.add(source)
+                log.warn("{site}: {source} holds {n} connections that sent no request; closing its new ones",
+                         site=self.name, source=source, n=len(mine))
+            return False
         if len(self.pending) >= self.max_pending:
             if not self._full_logged:  # once per overload, not once per connection
                 self._full_logged = True
@@ -198,10 +241,21 @@ class GuardedSite(server.Site):
                          site=self.name, n=len(self.pending))
             return False
         self.pending.add(channel)
+        if mine is None:
+            mine = self._by_source[source] = set()
+        mine.add(channel)
+        channel._pending_source = source
         return True
 
     def free_slot(self, channel):
         self.pending.discard(channel)
+        source = getattr(channel, "_pending_source", None)
+        mine = self._by_source.get(source)
+        if mine is not None:
+            mine.discard(channel)
+            if not mine:
+                del self._by_source[source]
+                self._source_logged.discard(source)
         if len(self.pending) < self.max_pending:
             self._full_logged = False
 

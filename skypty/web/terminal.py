@@ -24,6 +24,7 @@ DEFAULT_ROWS, DEFAULT_COLS = 30, 100
 # The shell starts at the browser's size: the page puts it in the URL; for a
 # client that only sends a resize message, wait this long for the first one.
 FIRST_SIZE_WAIT = 0.5
+SUBPROTOCOL = "skypty"  # the WebSocket subprotocol the host answers with (see skypty.web.site)
 WEB_ENV = ["TERM=xterm-256color", "COLORTERM=truecolor"]
 
 
@@ -126,7 +127,9 @@ class TerminalProtocol(WebSocketServerProtocol):
         self._size = _size((params.get("rows") or [""])[0], (params.get("cols") or [""])[0])
         self._size_known = defer.Deferred()
         self._started = False
-        return None
+        # The page offers "skypty" and "skypty.token.<token>": answer with the
+        # former (a browser fails a handshake that names none), never the token.
+        return SUBPROTOCOL if SUBPROTOCOL in request.protocols else None
 
     def onOpen(self):
         d = self.factory.open_backend(self.identity, self.target_pk, self.transport, scheme=self.scheme)

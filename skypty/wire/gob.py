@@ -2,10 +2,12 @@
 
 Types are declared once in Python (see skypty.wire.types).  An Encoder sends
 each type's definition the first time it is used, allocating ids from 64 (as
-Go >= 1.21 does; older toolchains started at 65, see FIRST_USER_ID) and naming and ordering definitions exactly as a fresh Go process does (struct
-ids before their fields' ids; a slice's or array's element id before its own;
-unnamed types named by their Go type string when first met as a struct
-field, and "" when first met at top level).  A Decoder learns definitions
+Go >= 1.21 does; older toolchains started at 65, see FIRST_USER_ID) and naming
+and ordering definitions exactly as a fresh Go process does (struct ids before
+their fields' ids; a slice's or array's element id before its own; unnamed
+types named by their Go type string when first met as a struct field, and ""
+when first met at top level); a TypeRegistry shared by several encoders
+reproduces a long-running Go process.  A Decoder learns definitions
 from the stream, decodes generically, and then converts to the expected
 Python type by field name, as Go does.  Anything malformed raises GobError.
 """
@@ -318,14 +320,39 @@ def _is_zero(t, value, pointer):
     return False  # structs and arrays are always sent, as Go does
 
 
+class TypeRegistry:
+    """Type ids and definition names, which Go keeps per PROCESS: every
+    encoder of a Go program draws from one table, so a long-running Go peer's
+    later streams reuse the ids its earlier ones allocated, and skip the ids
+    its other gob traffic took (a visor's own RPC, dmsg).  Each Encoder has a
+    registry of its own unless given one (a fresh Go process per stream).
+    *taken*: ids the process handed to types this registry never sees."""
+
+    def __init__(self, first_id=FIRST_USER_ID, taken=()):
+        self.ids = {}
+        self.names = {}
+        self.taken = frozenset(taken)
+        self._next = first_id
+
+    def allocate(self, t, name):
+        while self._next in self.taken:
+            self._next += 1
+        self.ids[t], self.names[t] = self._next, name
+        self._next += 1
+
+
 class Encoder:
     """One gob stream direction: remembers which types it has defined."""
 
-    def __init__(self, fast=True, first_id=None):
-        self._ids = {}
-        self._names = {}
+    def __init__(self, fast=True, first_id=None, registry=None):
+        if registry is None:
+            registry = TypeRegistry(FIRST_USER_ID if first_id is None else first_id)
+        elif first_id is not None:
+            raise ValueError("first_id belongs to the registry")
+        self._registry = registry
+        self._ids = registry.ids
+        self._names = registry.names
         self._sent = set()
-        self._next = FIRST_USER_ID if first_id is None else first_id
         self._fast = fast  # False: the generic path only (tests compare the two)
         self._flat = {}  # type -> its value encoder, once no definition is left to send
 
@@ -336,17 +363,14 @@ class Encoder:
         if t.builtin_id is not None or t in self._ids:
             return
         if isinstance(t, Struct):
-            self._ids[t], self._names[t] = self._next, name
-            self._next += 1
+            self._registry.allocate(t, name)
             for f in t.fields:
                 self._allocate(f.type, f.type.field_name())
         elif isinstance(t, (Slice, Array)):
             self._allocate(t.elem, t.elem.name)
-            self._ids[t], self._names[t] = self._next, name
-            self._next += 1
+            self._registry.allocate(t, name)
         elif isinstance(t, BinaryMarshaler):
-            self._ids[t], self._names[t] = self._next, name
-            self._next += 1
+            self._registry.allocate(t, name)
         else:
             raise TypeError(f"cannot gob-encode {t!r}")
 

@@ -113,3 +113,25 @@ def parse_proxy_query(query):
     if service not in PROXY_SERVICES:
         raise RequestLineError(f"proxy: unknown service {service!r} (pty or sftp)")
     return pk.lower(), int(port), PROXY_SERVICES[service]
+
+
+# -- a refusal's reason: the reject byte, one length byte, UTF-8 "reason-word: text" --
+
+def encode_rejection(reason, text):
+    """The reject byte and "reason-word: text" (at most 255 bytes of it);
+    reference clients read the first byte and ignore the rest."""
+    raw = f"{reason}: {text}".encode("utf-8")[:255]
+    return REJECT + bytes((len(raw),)) + raw
+
+
+def parse_rejection(data):
+    """Bytes after the reject byte -> (reason word, text); ("", "") when the
+    host said nothing more (a reference host, or an older skypty)."""
+    if not data:
+        return "", ""
+    length = data[0]
+    raw = data[1:1 + length].decode("utf-8", "replace")
+    reason, _, text = raw.partition(": ")
+    if not re.fullmatch(r"[a-z][a-z-]*", reason):
+        return "", raw
+    return reason, text

@@ -47,13 +47,13 @@ class RPCServerConnection:
     *pause()/resume()* (optional) stop and restart reading, used when too
     many calls are outstanding."""
 
-    def __init__(self, methods, send, pause=None, resume=None, log=None, max_message=MAX_CALL):
+    def __init__(self, methods, send, pause=None, resume=None, log=None, max_message=MAX_CALL, registry=None):
         self.methods = methods
         self.send = send
         self._pause, self._resume = pause, resume
         self.log = log
         self._dec = gob.Decoder(max_message=max_message)
-        self._enc = gob.Encoder()
+        self._enc = gob.Encoder(registry=registry)  # registry: ids shared as in one Go process
         self._header = None
         self.outstanding = 0
         self._paused = False
@@ -135,8 +135,8 @@ class RPCClientConnection:
     """Client side: ``start_call`` encodes a call; ``data_received`` returns
     the finished calls as (seq, value-or-RPCError).  No Twisted here."""
 
-    def __init__(self, max_message=gob.MAX_MESSAGE):
-        self._enc = gob.Encoder()
+    def __init__(self, max_message=gob.MAX_MESSAGE, registry=None):
+        self._enc = gob.Encoder(registry=registry)
         self._dec = gob.Decoder(max_message=max_message)
         self._pending = {}  # seq -> reply type
         self._next_seq = 0
@@ -202,24 +202,26 @@ def _make_classes():
     class RPCServerProtocol(protocol.Protocol):
         log = Logger()
 
-        def __init__(self, methods, on_close=None, immediate=False):
+        def __init__(self, methods, on_close=None, immediate=False, registry=None):
             self.methods = methods
             self.on_close = on_close
             self.immediate = immediate
+            self.registry = registry
             self.core = None
 
         def connectionMade(self):
             t = self.transport
             send = t.write
-            if self.immediate:  # replies leave in this reactor turn (skypty.writenow)
-                from skypty.writenow import write_now
+            if self.immediate:  # replies leave in this reactor turn (skypty.wire.writenow)
+                from skypty.wire.writenow import write_now
 
                 send = lambda data: write_now(t, data)  # noqa: E731
             self._holds = set()
             can_pause = hasattr(t, "pauseProducing")
             self.core = RPCServerConnection(self.methods, send,
                                             (lambda: self._hold("calls")) if can_pause else None,
-                                            (lambda: self._release("calls")) if can_pause else None, self.log)
+                                            (lambda: self._release("calls")) if can_pause else None, self.log,
+                                            registry=self.registry)
             # Replies a peer does not read pile up in the transport's write
             # buffer: the transport pauses us (IPushProducer) past its high-water
             # mark, and we stop reading that peer's calls until it drains.
@@ -295,7 +297,11 @@ def _make_classes():
                 self.transport.abortConnection()
                 return
             for seq, result in done:
-                d = self._waiting.pop(seq)
+                # A callback for an earlier reply of this chunk may have ended
+                # the connection, which already failed every waiting call.
+                d = self._waiting.pop(seq, None)
+                if d is None:
+                    continue
                 if isinstance(result, RPCError):
                     d.errback(result)
                 else:
@@ -312,10 +318,12 @@ def _make_classes():
     return RPCServerProtocol, RPCClientProtocol
 
 
-def RPCServerProtocol(methods, on_close=None, immediate=False):
+def RPCServerProtocol(methods, on_close=None, immediate=False, registry=None):
     """*immediate*: send each reply in the turn that made it instead of
-    Twisted's next one (the pty service: a reactor turn per keystroke)."""
-    return _Lazy.classes()[0](methods, on_close, immediate)
+    Twisted's next one (the pty service: a reactor turn per keystroke).
+    *registry*: a gob.TypeRegistry shared with other connections, as one Go
+    process numbers its types (a test double of a Go server)."""
+    return _Lazy.classes()[0](methods, on_close, immediate, registry)
 
 
 def RPCClientProtocol():

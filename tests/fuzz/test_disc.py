@@ -113,10 +113,12 @@ def test_entry_round_trip(entry):
 
 # -- the HTTP API -------------------------------------------------------------------
 
-def render(root, method, path, body):
+def render(root, method, path, body, headers=()):
     request = DummyRequest([s.encode("utf-8", "surrogatepass") for s in path.lstrip("/").split("/")])
     request.method = method
     request.content = BytesIO(body)
+    for name, value in headers:
+        request.requestHeaders.addRawHeader(name, value)
     res = getChildForRequest(root, request)
     try:
         out = res.render(request)
@@ -126,8 +128,9 @@ def render(root, method, path, body):
 
 
 API_PATHS = ["/dmsg-discovery/entry/", "/dmsg-discovery/entry", "/dmsg-discovery/available_servers",
-             "/dmsg-discovery/all_servers", "/dmsg-discovery/entries", "/health"]
+             "/dmsg-discovery/all_servers", "/dmsg-discovery/entries", "/health", "/security/nonces/"]
 paths = st.one_of(st.sampled_from(API_PATHS),
+                  st.sampled_from(PUBLIC_KEYS).map(lambda p: "/security/nonces/" + p.hex()),
                   st.sampled_from(PUBLIC_KEYS).map(lambda p: "/dmsg-discovery/entry/" + p.hex()),
                   st.text(max_size=70).map(lambda t: "/dmsg-discovery/entry/" + t))
 requests = st.lists(st.tuples(
@@ -176,8 +179,19 @@ def test_discovery_api_round_trip(entry):
     assert code == 200, out
     code, out = render(root, b"GET", "/dmsg-discovery/entry/" + entry.static.hex(), b"")
     assert code == 200 and entry_from_json(out) == entry
-    code, out = render(root, b"DELETE", "/dmsg-discovery/entry", entry.to_json())
+    body = entry.to_json()
+    code, out = render(root, b"DELETE", "/dmsg-discovery/entry", body)
+    assert code == 401  # the public entry sent back is no proof of the key
+    code, out = render(root, b"GET", "/security/nonces/" + entry.static.hex(), b"")
     assert code == 200
+    nonce = str(json.loads(out)["next_nonce"]).encode()
+    sk = next(k for k in SECRET_KEYS if k.public_key == entry.static)
+    proof = [(b"SW-Public", entry.static.hex().encode()), (b"SW-Nonce", nonce),
+             (b"SW-Sig", sk.sign(body + nonce).hex().encode())]
+    code, out = render(root, b"DELETE", "/dmsg-discovery/entry", body, proof)
+    assert code == 200
+    code, out = render(root, b"DELETE", "/dmsg-discovery/entry", body, proof)
+    assert code == 401  # the same proof twice: a replay
     assert render(root, b"GET", "/dmsg-discovery/entry/" + entry.static.hex(), b"")[0] == 404
 
 

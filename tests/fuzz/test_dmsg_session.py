@@ -8,7 +8,7 @@ from skypty.dmsg.session import (
 )
 from skypty.errors import ProtocolError
 from skypty.keys import InvalidKey
-from skypty.noise import MAX_PLAINTEXT, TAG, FrameDecoder, FrameEncoder
+from skypty.wire.noise import MAX_PLAINTEXT, TAG, FrameDecoder, FrameEncoder
 from skypty.wire import gob
 from skypty.wire import types as T
 from tests.fuzz import fuzz, only

@@ -3,7 +3,7 @@ the XK/KK handshake messages (NoiseHandshake.read_message, both roles)."""
 
 from hypothesis import example, given, strategies as st
 
-from skypty.noise import (
+from skypty.wire.noise import (
     MAX_FRAME, MAX_HANDSHAKE_MESSAGE, MAX_PLAINTEXT, FrameDecoder, FrameEncoder, HandshakeFramer, NoiseError,
     NoiseHandshake, frame_handshake, pump_handshake,
 )

@@ -13,6 +13,6 @@ skypty = ServiceMaker(
 skypty_dmsg = ServiceMaker(
     "skypty-dmsg",
     "skypty.dmsg.tap",
-    "A self-hosted dmsg network: discovery service and dmsg server",
+    "A self-hosted dmsg network: discovery service and dmsg server (key in skypty-dmsg-key.json)",
     "skypty-dmsg",
 )

@@ -8,6 +8,30 @@
   term.open(document.getElementById("terminal"));
   window.skyptyTerm = term;  // for tests and the curious
 
+  // The host's token (given once as ?token=) lives in this tab's sessionStorage,
+  // which browsers keep per origin, port included; a cookie would reach every
+  // port on 127.0.0.1.  It leaves the page only in our own WebSocket handshake
+  // (a subprotocol), and is taken out of the address bar at once.
+  var fromLink = new URLSearchParams(location.search).has("token");  // the URL `skypty-client url` made
+  var token = (function () {
+    var q = new URLSearchParams(location.search), t = q.get("token");
+    try {
+      if (t) { sessionStorage.setItem("skypty-token", t); } else { t = sessionStorage.getItem("skypty-token"); }
+    } catch (e) { /* no storage: this page view only */ }
+    if (q.has("token")) {
+      q.delete("token");
+      var rest = q.toString();
+      history.replaceState(history.state, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+    }
+    return t || "";
+  })();
+  var needsToken = document.body.getAttribute("data-needs-token") === "yes";
+  function protocols() { return token ? ["skypty", "skypty.token." + token] : ["skypty"]; }
+  // Any page this tab visits later may send it back here (the tab keeps the
+  // token): it must not type ?commands= into a shell.  Only a URL that
+  // carries the token, which no other page knows, may.
+  var commandsAllowed = fromLink || !needsToken;
+
   var params = new URLSearchParams(location.search);
   var sessionId = params.get("sid") || "";
   var received = 0;          // bytes of this session shown so far
@@ -20,6 +44,7 @@
   function url() {
     var q = new URLSearchParams(location.search);
     q.delete("token");
+    if (!commandsAllowed) { q.delete("commands"); }
     if (sessionId) { q.set("sid", sessionId); q.set("offset", String(received)); q.delete("commands"); }
     // The shell starts at this size (a resize sent after the open could lose the race).
     fit.fit();
@@ -37,7 +62,7 @@
 
   function connect() {
     say("connecting…");
-    ws = new WebSocket(url());
+    ws = new WebSocket(url(), protocols());
     ws.binaryType = "arraybuffer";
     ws.onopen = function () { retry = 500; say("connected"); fit.fit(); sendResize(); };
     ws.onmessage = function (ev) {
@@ -77,6 +102,11 @@
   window.addEventListener("resize", function () { fit.fit(); });
   window.skyptyDropSocket = function () { if (ws) { ws.close(); } };  // for tests
   fit.fit();
-  connect();
+  if (needsToken && !token) {
+    var how = "no token in this tab: open the URL printed by `skypty-client url`";
+    term.write("\x1b[31m" + how + "\x1b[0m\r\n"); say(how);
+  } else {
+    connect();
+  }
   term.focus();
 })();

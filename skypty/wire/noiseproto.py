@@ -12,9 +12,9 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import implementer
 
 from skypty.errors import ProtocolError
-from skypty.netopts import enable_keepalive
-from skypty.noise import HandshakeFramer, NoiseError, NoiseHandshake, frame_handshake, pump_handshake
-from skypty.writenow import write_now
+from skypty.wire.netopts import enable_keepalive
+from skypty.wire.noise import HandshakeFramer, NoiseError, NoiseHandshake, frame_handshake, pump_handshake
+from skypty.wire.writenow import write_now
 
 HANDSHAKE_TIMEOUT = 10.0
 

@@ -290,7 +290,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    # Through the package, so log namespaces read skypty.visor.app (the log policy keys on "skypty").
-    from skypty.visor.app import main as package_main
+    # Through the package, so log namespaces read skypty.visorapp (the log policy keys on "skypty").
+    from skypty.visorapp import main as package_main
 
     sys.exit(package_main())
