@@ -427,8 +427,9 @@ def relay_main(args):
     libc.setns(home, CLONE_NEWNET)  # stay out of `ip netns pids` of either namespace
     os.close(home)
     tun_c, tun_h = fds
-    rng = random.Random(args.seed)
-    dirs = {"c2h": Direction(tun_c, tun_h, rng), "h2c": Direction(tun_h, tun_c, rng)}
+    # one generator per direction: a direction's losses depend only on its own packets
+    dirs = {"c2h": Direction(tun_c, tun_h, random.Random(f"{args.seed}-c2h")),
+            "h2c": Direction(tun_h, tun_c, random.Random(f"{args.seed}-h2c"))}
 
     def configure(delay_ms=None, loss=None, rate_kbit=None, buffer=None):
         for d in dirs.values():

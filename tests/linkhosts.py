@@ -198,6 +198,7 @@ class Term:
         self._joined = ""
         self._joined_upto = 0
         self.closed = False
+        self._watches = []     # screen predicates not yet true: [predicate, time it became true]
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -224,6 +225,10 @@ class Term:
                 self._times.append(now)
                 if self.screen is not None:
                     self._stream.feed(data)
+                    for watch in self._watches:
+                        if watch[1] is None and watch[0](self.screen):
+                            watch[1] = now
+                    self._watches = [w for w in self._watches if w[1] is None]
                 self._cond.notify_all()
 
     @property
@@ -263,24 +268,52 @@ class Term:
                     return None
                 self._cond.wait(min(left, 0.2))
 
-    def wait_screen(self, predicate, timeout):
-        """Wait until predicate(screen) holds; -> when the output that made it
-        hold arrived, or None."""
+    def watch_screen(self, predicate):
+        """Start watching for predicate(screen): the reader thread notes when the
+        output that made it hold arrived, however late someone waits for it."""
+        with self._cond:
+            watch = [predicate, None]
+            if predicate(self.screen):
+                watch[1] = self._times[-1] if self._times else time.monotonic()
+            else:
+                self._watches.append(watch)
+            return watch
+
+    def read_screen(self, fn):
+        """fn(screen), with the reader thread held off."""
+        with self._cond:
+            return fn(self.screen)
+
+    def wait_watch(self, watch, timeout):
+        """-> when the watched predicate became true, or None after *timeout*."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while True:
-                if predicate(self.screen):
-                    return self._times[-1] if self._times else time.monotonic()
+            while watch[1] is None:
                 left = deadline - time.monotonic()
                 if left <= 0 or self.closed:
                     return None
                 self._cond.wait(min(left, 0.2))
+            return watch[1]
+
+    def wait_screen(self, predicate, timeout):
+        """Wait until predicate(screen) holds; -> when the output that made it
+        hold arrived, or None."""
+        return self.wait_watch(self.watch_screen(predicate), timeout)
+
+    def watch_output(self, pattern):
+        """A watch for *pattern* on screen (screen terms) or in the output after the mark."""
+        if self.screen is None:
+            return ("raw", pattern, self.mark)
+        return self.watch_screen(lambda screen: any(pattern in line for line in screen.display))
+
+    def wait_output_watch(self, watch, timeout):
+        if isinstance(watch, tuple):
+            return self.wait_for(watch[1], timeout, start=watch[2])
+        return self.wait_watch(watch, timeout)
 
     def wait_output(self, pattern, timeout):
         """*pattern* in the output after the mark (on screen, for a screen term)."""
-        if self.screen is None:
-            return self.wait_for(pattern, timeout)
-        return self.wait_screen(lambda screen: any(pattern in line for line in screen.display), timeout)
+        return self.wait_output_watch(self.watch_output(pattern), timeout)
 
     def at_prompt(self, timeout, after=None):
         """Wait for a fresh prompt with the cursor after it (after the text
