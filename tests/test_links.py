@@ -94,8 +94,6 @@ def test_bulk_cat_of_2MB_is_no_slower_than_ssh(net, term_of):
     assert skypty is not None, f"skypty took over {bound:.2f} s (ssh -tt {ssh:.2f} s)"
 
 
-@pytest.mark.xfail(strict=True, reason="issue #23: an attached but slow follower overflows the 256 KiB ring: "
-                                      "~1.7 MB of 2 MB dropped ('bytes of output were lost')")
 def test_persistent_session_loses_nothing_of_a_2MB_cat_while_attached(net, term_of):
     term = term_of(net.phost.shell_argv(), "skypty-persistent")
     start = term.size

@@ -322,3 +322,34 @@ def test_a_reply_held_up_by_a_lost_packet_does_not_shrink_the_window():
             w.sent(seq, 0.0)
             w.ready({seq: FULL}, 0.4 if i % 5 < 3 else 0.1)
     assert w.size == MAX_WINDOW
+
+
+def test_an_attached_session_waits_for_its_reader_instead_of_overwriting():
+    from skypty.host.persist import PAUSE_LAG, RESUME_LAG
+
+    class Proc:
+        paused = False
+
+        def pause_output(self):
+            self.paused = True
+
+        def resume_output(self):
+            self.paused = False
+
+    s = _session()
+    s.process = Proc()
+    s.output_received(b"x" * (PAUSE_LAG + 1))  # nobody attached: the ring just keeps the latest
+    assert not s.process.paused
+    f = s.follow(s.ring.end, report_loss_as_error=True)
+    stale = s.follow(0, report_loss_as_error=True)  # an abandoned connection's reader
+    f.max_pending = 16
+    s.output_received(b"y" * (PAUSE_LAG + 1))
+    assert s.process.paused  # the live reader is behind: the shell waits
+    while s.ring.end - f.offset >= RESUME_LAG:
+        f.read(64 * 1024)
+    assert not s.process.paused and stale.offset == 0
+    s.output_received(b"z" * (PAUSE_LAG + 1))
+    assert s.process.paused
+    f.detach()
+    stale.detach()
+    assert not s.process.paused  # detached: it runs on

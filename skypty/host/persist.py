@@ -1,8 +1,10 @@
 """Persistent sessions: shells that outlive the stream that started them.
 
 Output goes into a 256 KiB ring with absolute byte offsets.  Each attached
-follower reads from its own offset; one that falls behind skips what was
-overwritten and is *told* how much it lost.  A detached session is reaped
+follower reads from its own offset.  While a follower is attached the shell
+waits for the most advanced one (its pty is not read past half a ring
+ahead), as over ssh; detached, it runs on, and a follower that comes back
+too late skips what was overwritten and is *told* how much it lost.  A detached session is reaped
 after ``ttl`` seconds without a follower (swept every ``sweep_interval``),
 on pty.Stop, and at once when its shell has exited and every byte of its
 output has been read (output nobody has read yet waits for a reattach, up to
@@ -27,6 +29,11 @@ ERR_NOT_FOUND = "dmsgpty: session not found"
 ERR_OTHER_OWNER = "dmsgpty: session owned by a different public key"
 LOST_PREFIX = "dmsgpty: output lost: "
 SKIP_PREFIX = "dmsgpty: output skipped: "  # skypty: dropped after an interrupt
+# An attached session's shell is paused when its most advanced follower is
+# this far behind (well inside the ring, with room for one 64 KiB delivery
+# more), and resumed when it is back within RESUME_LAG.
+PAUSE_LAG = RING_CAPACITY // 2
+RESUME_LAG = RING_CAPACITY // 8
 
 
 class SessionNotFound(LookupError):
@@ -161,6 +168,7 @@ class Follower:
         result = self._answer(max_bytes)
         if result is not None:
             self._reply_ends.append(self.offset)
+            self.session._maybe_resume()
         return result
 
     def _answer(self, max_bytes):
@@ -199,6 +207,7 @@ class Follower:
             self.offset = self.session.ring.end
             if self._report_as_error:
                 self._skipped += skipped
+            self.session._maybe_resume()
         return max(0, skipped)
 
     def detach(self):
@@ -224,6 +233,7 @@ class Session:
         self.created = registry.clock.seconds()
         self.idle_since = self.created
         self.drained_to = 0  # the furthest offset a client is known to have received
+        self.paused = False  # the shell's output is not read: its attached reader is behind
 
     @property
     def ended(self):
@@ -233,6 +243,23 @@ class Session:
         self.ring.write(data)
         for f in list(self.followers):
             f._wake()
+        # While someone is attached, the shell waits for them (as over ssh)
+        # instead of the ring overwriting what they have not read; the most
+        # advanced follower sets the pace (a stale one, from a connection
+        # whose client has reattached on another, holds nobody up).
+        # Detached, the shell runs on and the ring keeps the latest output.
+        if self.followers and not self.paused and self._lag() > PAUSE_LAG and self.process is not None:
+            self.paused = True
+            self.process.pause_output()
+
+    def _lag(self):
+        return self.ring.end - max(f.offset for f in self.followers) if self.followers else 0
+
+    def _maybe_resume(self):
+        if self.paused and self._lag() < RESUME_LAG:
+            self.paused = False
+            if self.process is not None:
+                self.process.resume_output()
 
     def output_ended(self, status):
         self.status = status
@@ -252,6 +279,7 @@ class Session:
     def _follower_gone(self, follower):
         if follower in self.followers:
             self.followers.remove(follower)
+        self._maybe_resume()
         if not self.followers:
             self.idle_since = self.registry.clock.seconds()
             self._forget_if_finished()
