@@ -402,6 +402,7 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, e
     # Asked before the first read, so a host that grants a window already
     # treats it so; the answer (or "can't find method") comes with the first reply.
     ahead_seq = rpc.start("pty.ReadAhead", READ_WINDOW, T.INT, T.INT)
+    started = now
     reads.sent(_start_read(rpc, echo, flagged), now)
     quiet_ping, notice_after, dead_after = contact_timers()
     contact = ContactWatch(now, quiet_ping, notice_after, dead_after if persistent else None)
@@ -416,6 +417,7 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, e
                     granted = results.pop(ahead_seq)
                     reads.limit = granted if isinstance(granted, int) and granted > 1 else 1
                     reads.size = min(reads.limit, START_WINDOW)
+                    reads.rtt_sample(now - started)  # answered at once: a bare round trip, before any flood
                 ended, offset = _deliver(reads.ready(results, now, with_seq=True), stdout, offset, echo, flagged)
                 if ended:
                     return ("ended", None)

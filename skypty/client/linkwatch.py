@@ -20,7 +20,7 @@ import collections
 import os
 
 READ_SIZE = 64 * 1024  # the most a pty.Read may ask for
-MIN_WINDOW, START_WINDOW, MAX_WINDOW = 2, 4, 16
+MIN_WINDOW, START_WINDOW, MAX_WINDOW = 2, 8, 16
 # Vegas thresholds, in reads: fewer than GROW reads' worth queued on the path
 # -> one more read; more than SHRINK -> one fewer.
 GROW_BELOW, SHRINK_ABOVE = 2.0, 4.0
