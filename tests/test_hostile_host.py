@@ -116,13 +116,32 @@ def cp_from_liar(sock, src, dst, *options, timeout=60, stderr_path=None):
                                 preexec_fn=cap_memory)
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
+        # The peak is the client's own mm's high-water mark (VmHWM), sampled
+        # until it exits: a fork's ru_maxrss also counts the pytest process it
+        # was forked from (hundreds of MiB late in a full run), exec or not.
+        peak, done = [0], threading.Event()
+
+        def sample():
+            while not done.is_set():
+                try:
+                    with open(f"/proc/{proc.pid}/status") as status_file:
+                        for line in status_file:
+                            if line.startswith("VmHWM:"):
+                                peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+                except OSError:
+                    pass
+                done.wait(0.01)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not all children's
+            proc.wait()
         finally:
             killer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+            done.set()
+            sampler.join()
     with open(err_path, "rb") as f:
-        return proc.returncode, f.read(), usage.ru_maxrss * 1024, time.monotonic() - started
+        return proc.returncode, f.read(), peak[0], time.monotonic() - started
 
 
 def tree_of(root, skip):
