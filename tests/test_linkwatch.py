@@ -353,3 +353,15 @@ def test_an_attached_session_waits_for_its_reader_instead_of_overwriting():
     f.detach()
     stale.detach()
     assert not s.process.paused  # detached: it runs on
+
+
+def test_a_hosts_notices_are_parsed_without_trusting_them():
+    import io
+
+    from skypty.client.interactive import LOST_PREFIX, SKIP_PREFIX, _deliver
+
+    out = io.BytesIO()
+    replies = [(1, b"a"), (2, RPCError(SKIP_PREFIX + "100 bytes")), (3, RPCError(SKIP_PREFIX + "lots")),
+               (4, RPCError(LOST_PREFIX + "9" * 40)), (5, b"b")]
+    assert _deliver(replies, out, 0) == (False, 102)
+    assert out.getvalue() == b"ab"

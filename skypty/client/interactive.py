@@ -537,11 +537,11 @@ def _deliver(replies, stdout, offset, echo=None, flagged=None):
             continue  # a host without pty.ReadFlagged: pty.Read from now on
         text = str(value)
         if text.startswith(SKIP_PREFIX):
-            offset += int(text[len(SKIP_PREFIX):].split()[0])  # dropped for our Ctrl-C: counted, not shown
+            offset += _count(text, SKIP_PREFIX)  # dropped for our Ctrl-C: counted, not shown
             continue
         flush()  # what came before the notice or the end is shown first
         if text.startswith(LOST_PREFIX):
-            lost = int(text[len(LOST_PREFIX):].split()[0])
+            lost = _count(text, LOST_PREFIX)
             _say(f"{lost} bytes of output were lost (this client fell behind)")
             offset += lost
         else:
@@ -549,6 +549,12 @@ def _deliver(replies, stdout, offset, echo=None, flagged=None):
             return True, offset
     flush()
     return False, offset
+
+
+def _count(text, prefix):
+    """The byte count in a host's "<prefix>N bytes" (0 if it is not one: a host's words are not trusted)."""
+    words = text[len(prefix):].split()
+    return int(words[0]) if words and words[0].isdigit() and len(words[0]) < 19 else 0
 
 
 def _show(stdout, data):
