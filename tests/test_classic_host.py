@@ -164,3 +164,14 @@ def test_cp_and_fs_to_a_host_without_sftp_say_so(net, tmp_path):
     (tmp_path / "mnt").mkdir()
     r = run("fs", "mount", classic.pk, str(tmp_path / "mnt"), "--cliaddr", full.cli)
     assert r.returncode == 1 and want in r.stderr.decode(), r.stderr
+
+
+@pytest.mark.parametrize("shell", [["bash", "--norc", "-i"], ["sh", "-i"]])
+def test_piped_stdin_to_a_shell_on_a_pty_ends_when_stdin_does(net, shell):
+    """A host without pty.StartPiped gets piped input on a pty, and our EOF as
+    ^D: sent once, it can land before the shell reads its terminal (a
+    readline shell then never sees it and the client waits forever, #22)."""
+    network, full, classic = net
+    r = run("start", "--cliaddr", classic.cli, "--", *shell, input=b"echo x$((40+2))\n", timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert b"x42" in r.stdout

@@ -42,6 +42,11 @@ LOST_PREFIX = "dmsgpty: output lost: "
 SKIP_PREFIX = "dmsgpty: output skipped: "
 EXIT_ESCAPED = 255  # "~." (ssh's code for a connection it closed)
 CTRL_D = b"\x04"
+# Piped input on a pty ends with ^D, again each time the host has been quiet
+# this long: a ^D that arrives before a readline shell has set up its
+# terminal is lost (the kernel turned it into an end-of-line the shell never
+# reads), and a ^D behind a half line only ends that line.
+CTRL_D_REPEAT = 1.0
 MAX_UNANSWERED_WRITES = 4096  # keystrokes kept for their acknowledgement (predictive echo)
 
 
@@ -407,6 +412,7 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, e
     quiet_ping, notice_after, dead_after = contact_timers()
     contact = ContactWatch(now, quiet_ping, notice_after, dead_after if persistent else None)
     pings = {}  # seq -> when it was sent: round trips for the read window
+    ctrl_d_at = None  # piped stdin has ended: when to send ^D (again)
     try:
         while True:
             while rpc._early or (pending is not None and pending()):
@@ -453,7 +459,10 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, e
                     elif action == "dead":
                         channel.close()
                         return ("dead", offset)
-            wake_at = contact.deadline()
+            if ctrl_d_at is not None and now >= ctrl_d_at:
+                rpc.start("pty.Write", CTRL_D, T.BYTES, T.INT)
+                ctrl_d_at = now + CTRL_D_REPEAT
+            wake_at = contact.deadline() if ctrl_d_at is None else min(contact.deadline(), ctrl_d_at)
             if echo is not None:
                 deadline = echo.core.next_deadline()
                 if deadline is not None:
@@ -469,13 +478,15 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, e
                     silence = contact.heard(time.monotonic())
                     if silence is not None:
                         _say(f"back in contact with {label} after {silence:.0f} s")
+                    if ctrl_d_at is not None:
+                        ctrl_d_at = time.monotonic() + CTRL_D_REPEAT  # the host is busy: not yet
                 elif fd == stdin_fd:
                     data = os.read(stdin_fd, 65536)
                     if not data:
                         stdin_open = False  # piped input ended; the shell's output still comes
                         poller.unregister(stdin_fd)
                         if ctrl_d_at_eof:
-                            rpc.start("pty.Write", CTRL_D, T.BYTES, T.INT)
+                            ctrl_d_at = time.monotonic()
                         continue
                     data, actions = keys.feed(data)
                     if data:
@@ -578,7 +589,8 @@ def piped(opener, command):
         if not _missing(e):
             raise
         # An older host: only ptys.  Keep streaming; our EOF becomes ^D.
-        _say("this host cannot run a command without a pty (an older host): using one")
+        _say("this host cannot run a command without a pty (a reference host, or an older skypty): "
+             "using one")
         return _on_pty(opener, None, command, False, None, "the host", link=link, ctrl_d_at_eof=True)
     return _pump_pipes(link)
 
