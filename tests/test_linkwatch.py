@@ -358,7 +358,8 @@ def test_an_attached_session_waits_for_its_reader_instead_of_overwriting():
 def test_a_hosts_notices_are_parsed_without_trusting_them():
     import io
 
-    from skypty.client.interactive import LOST_PREFIX, SKIP_PREFIX, _deliver
+    from skypty.client.interactive import _deliver
+    from skypty.wire.types import LOST_PREFIX, SKIP_PREFIX
 
     out = io.BytesIO()
     replies = [(1, b"a"), (2, RPCError(SKIP_PREFIX + "100 bytes")), (3, RPCError(SKIP_PREFIX + "lots")),

@@ -32,14 +32,13 @@ from skypty.client.rpc import BlockingRPC, RejectedError
 from skypty.client.transport import CONNECT_TIMEOUT, TransportError, wait_for_fd
 from skypty.wire import types as T
 from skypty.wire.rpc import RPCError
+from skypty.wire.types import LOST_PREFIX, SKIP_PREFIX
 
 PING_INTERVAL = 30.0
 READ_WINDOW = 16  # pty.Reads we would keep in flight (skypty's pty.ReadAhead; others: 1)
 MAX_RECONNECT_WAIT = 0.5  # between attempts: output must resume soon after the link does
 ATTEMPT_TIMEOUT = 2.0  # one reattach attempt (a dead path hangs; a live one answers in a few RTTs)
 RECONNECT_GIVE_UP = 300.0  # the host's default session TTL
-LOST_PREFIX = "dmsgpty: output lost: "
-SKIP_PREFIX = "dmsgpty: output skipped: "
 EXIT_ESCAPED = 255  # "~." (ssh's code for a connection it closed)
 CTRL_D = b"\x04"
 # Piped input on a pty ends with ^D, again each time the host has been quiet

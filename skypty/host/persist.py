@@ -23,12 +23,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from skypty.host.shell import MAX_READ, IOutputSink, PtyProcess, ShellEnded
+from skypty.wire.types import LOST_PREFIX, SKIP_PREFIX
 
 RING_CAPACITY = 256 * 1024
 ERR_NOT_FOUND = "dmsgpty: session not found"
 ERR_OTHER_OWNER = "dmsgpty: session owned by a different public key"
-LOST_PREFIX = "dmsgpty: output lost: "
-SKIP_PREFIX = "dmsgpty: output skipped: "  # skypty: dropped after an interrupt
 # An attached session's shell is paused when its most advanced follower is
 # this far behind (well inside the ring, with room for one 64 KiB delivery
 # more), and resumed when it is back within RESUME_LAG.

@@ -20,7 +20,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 
-from skypty.host.persist import LOST_PREFIX
+from skypty.wire.types import LOST_PREFIX
 from skypty.web.httpguard import peer_name
 
 BATCH_DELAY = 0.016

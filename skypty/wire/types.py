@@ -55,3 +55,10 @@ StreamResponse = Struct("StreamResponse", [("ReqHash", SHA256), ("Accepted", BOO
 
 # Re-exported so callers need only this module.
 __all__ = ["BOOL", "BYTES", "EMPTY", "INT", "STRING", "UINT"] + [n for n in dir() if n[:1].isupper()]
+
+
+# What a pty.Read answers, as its error, instead of bytes a follower of a
+# persistent session will never get: lost (the ring overwrote them) or
+# skipped (an interrupt flushed them); the byte count follows.
+LOST_PREFIX = "dmsgpty: output lost: "
+SKIP_PREFIX = "dmsgpty: output skipped: "  # skypty only
