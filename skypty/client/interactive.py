@@ -399,7 +399,6 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, e
     poller.register(channel_fd, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     poller.register(stdin_fd, select.POLLIN)
-    stdin_open = True
     now = time.monotonic()
     reads = ReadWindow(limit=1)
     flagged = {}  # read seq -> it is a pty.ReadFlagged (its reply starts with the tty's modes)
@@ -482,8 +481,7 @@ def _run(link, stdin_fd, stdout, wake_r, resized, offset, keys, ctrl_d_at_eof, e
                 elif fd == stdin_fd:
                     data = os.read(stdin_fd, 65536)
                     if not data:
-                        stdin_open = False  # piped input ended; the shell's output still comes
-                        poller.unregister(stdin_fd)
+                        poller.unregister(stdin_fd)  # piped input ended; the shell's output still comes
                         if ctrl_d_at_eof:
                             ctrl_d_at = time.monotonic()
                         continue
