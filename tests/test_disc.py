@@ -371,14 +371,18 @@ class DiscoveryAPITests(unittest.TestCase):
         self.assertEqual(render(self.root, "GET", "/dmsg-discovery/entries")[1], b"[]")
 
 
-class DiscoveryClientTests(unittest.TestCase):
-    """Our treq client against our server on a real loopback port."""
+class LiveDiscovery:
+    """Our server on a real loopback port, and our treq client to it."""
 
     def setUp(self):
         self.site = make_discovery_site(reactor)
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.client = DiscoveryClient(f"http://127.0.0.1:{self.port.getHost().port}", reactor)
+
+
+class DiscoveryClientTests(LiveDiscovery, unittest.TestCase):
+    """Our treq client against our server on a real loopback port."""
 
     @defer.inlineCallbacks
     def test_post_get_update(self):
@@ -640,14 +644,8 @@ class _Unlimited:
         return True
 
 
-class SignedDeleteClientTests(unittest.TestCase):
+class SignedDeleteClientTests(LiveDiscovery, unittest.TestCase):
     """skypty's own client deletes with the proof, over real HTTP."""
-
-    def setUp(self):
-        self.site = make_discovery_site(reactor)
-        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
-        self.addCleanup(self.port.stopListening)
-        self.client = DiscoveryClient(f"http://127.0.0.1:{self.port.getHost().port}", reactor)
 
     @defer.inlineCallbacks
     def test_delete_entry_carries_the_proof(self):

@@ -19,6 +19,7 @@ from skypty.keys import PublicKey
 from skypty.visor import types as V
 from skypty.wire import gob, types as T
 from skypty.wire.rpc import Method, RPCClientConnection, RPCError, RPCServerConnection
+from tests.test_gob import decode_all
 from tests.vectors import load
 
 VEC = load("gob_go121.json")
@@ -54,16 +55,6 @@ def bare(sc, service_method):
 
 def stream(name, direction):
     return bytes.fromhex(SCENARIOS[name][direction]["stream"])
-
-
-def decode_all(data):
-    dec = gob.Decoder()
-    dec.feed(data)
-    values = []
-    while (v := dec.next_value()) is not gob.NEED_MORE:
-        values.append(v)
-    assert dec.buffered == 0
-    return values
 
 
 def calls(name):
