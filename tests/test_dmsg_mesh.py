@@ -161,7 +161,9 @@ class MeshTests(unittest.TestCase):
         yield until(lambda: self.s1.factory.relayed == 0, what="the bridge to close")
 
     @defer.inlineCallbacks
-    def test_session_sockets_have_short_tcp_keepalive_on_both_sides(self):
+    def test_session_sockets_have_bounded_tcp_keepalive_on_both_sides(self):
+        # A black-holed session must not linger for hours (#13), nor die in
+        # an outage shorter than 3 minutes: its streams carry shells (#23).
         import socket
 
         yield self.peer()
@@ -171,9 +173,13 @@ class MeshTests(unittest.TestCase):
         for sock in sockets:
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
             if hasattr(socket, "TCP_KEEPIDLE"):
-                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) <= 20
-                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) <= 10
-                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) <= 3
+                idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+                interval = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+                count = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+                assert 180 < idle + interval * count <= 240
+                assert 180_000 < sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) <= 240_000
+        for session in (a.sessions[self.s1.pk], self.s1.factory.sessions[a.pk]):
+            assert 180 < session.yamux.dead_after <= 240
 
     @defer.inlineCallbacks
     def test_without_a_mesh_the_dialer_opens_a_session_to_the_peers_server(self):

@@ -235,6 +235,34 @@ def test_keepalive_closes_a_silent_session():
     session.connectionLost(None)
 
 
+def test_a_session_given_longer_stays_through_minutes_of_silence_then_closes():
+    # #23: a dmsg session carries shells; ending it after 60 s of outage ended them.
+    clock = task.Clock()
+    session = YamuxProtocol(True, reactor=clock, dead_after=220)
+    transport = StringTransport()
+    session.makeConnection(transport)
+    clock.pump([10] * 20)  # 200 s: pings every 30 s, none answered
+    assert not transport.disconnecting
+    assert transport.value().count(header(PING, SYN, 0, 0)[:2]) >= 6
+    clock.pump([10, 10, 1])
+    assert transport.disconnecting or transport.disconnected
+    session.connectionLost(None)
+
+
+def test_any_byte_from_the_peer_counts_as_contact():
+    clock = task.Clock()
+    session = YamuxProtocol(True, reactor=clock)
+    transport = StringTransport()
+    session.makeConnection(transport)
+    for _ in range(6):  # the peer never answers our pings, but pings us
+        clock.advance(20)
+        session.dataReceived(header(PING, SYN, 0, 7))
+    assert not transport.disconnecting
+    clock.pump([10] * 7)
+    assert transport.disconnecting or transport.disconnected
+    session.connectionLost(None)
+
+
 class Exploding(protocol.Protocol):
     """A stream handler with a bug a hostile peer can reach."""
 

@@ -13,7 +13,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from skypty.errors import ProtocolError
-from skypty.wire.netopts import enable_keepalive, quick_retransmits
+from skypty.wire.netopts import SHELL_KEEPALIVE, enable_keepalive, keepalive_timers, quick_retransmits
 from skypty.wire.noise import (
     MAX_PLAINTEXT, TAG, HandshakeFramer, NoiseError, NoiseHandshake, frame_handshake, pump_handshake,
 )
@@ -34,6 +34,15 @@ REPLAY_WINDOW = 4096
 # round trip later (bounded): by then the server has read message 3.
 SETTLE_MIN = 0.01
 SETTLE_MAX = 0.25
+# A session carries shells (a plain one dies with its stream), so it is kept
+# through an outage as long as a Noise TCP connection is (netopts.SHELL_KEEPALIVE:
+# 220 s): TCP keepalive and the yamux pings both wait that long.  A dial
+# does not wait for that: it pings the session first (client.SESSION_PROBE_TIMEOUT).
+
+
+def session_dead_after():
+    idle, interval, count = keepalive_timers(SHELL_KEEPALIVE)
+    return idle + interval * count
 
 
 class DmsgError(ProtocolError):
@@ -202,7 +211,7 @@ class DmsgSession(protocol.Protocol):
 
     def connectionMade(self):
         nodelay(self.transport)
-        enable_keepalive(self.transport)  # a black-holed link is noticed within about a minute
+        enable_keepalive(self.transport, timers=SHELL_KEEPALIVE)  # see session_dead_after
         quick_retransmits(self.transport)  # its shells' output resumes soon after an outage
         self._timeout = self.reactor.callLater(HANDSHAKE_TIMEOUT, self._timed_out)
         if self.initiator:
@@ -232,7 +241,7 @@ class DmsgSession(protocol.Protocol):
         self.remote_pk = self.handshake.remote_static
         self.cipher = EnvelopeCipher(*self.handshake.split())
         self.yamux = YamuxProtocol(self.initiator, accept_stream=lambda s: self.accept_stream(self, s),
-                                   reactor=self.reactor)
+                                   reactor=self.reactor, dead_after=session_dead_after())
         self.yamux.makeConnection(self.transport)
         rest = self._framer.take_rest()
         if self.initiator:  # message 3 goes out alone (see SETTLE_MIN)

@@ -30,7 +30,7 @@ HEADER = struct.Struct(">BBHII")
 HEADER_SIZE = HEADER.size
 MAX_STREAMS = 4096
 KEEPALIVE_INTERVAL = 30.0
-KEEPALIVE_TIMEOUT = 30.0
+KEEPALIVE_TIMEOUT = 30.0  # a ping unanswered this long, with nothing else heard either: dead
 
 
 class YamuxError(ProtocolError):
@@ -390,13 +390,20 @@ class YamuxProtocol(protocol.Protocol):
 
     log = Logger()
 
-    def __init__(self, client, accept_stream=None, reactor=None, keepalive=KEEPALIVE_INTERVAL):
+    def __init__(self, client, accept_stream=None, reactor=None, keepalive=KEEPALIVE_INTERVAL,
+                 dead_after=KEEPALIVE_TIMEOUT):
+        """*keepalive*: seconds between pings (0: none).  *dead_after*: how
+        long the peer may be silent (no pong, no byte at all) before the
+        session is closed; a session that carries shells is given as long as
+        its TCP is (netopts.SHELL_KEEPALIVE), so an outage of minutes does
+        not end them."""
         if reactor is None:
             from twisted.internet import reactor
         self.client = client
         self.accept_stream = accept_stream
         self.reactor = reactor
         self.keepalive = keepalive
+        self.dead_after = dead_after
         self.streams = {}
         self.core = None
         self._ping_call = self._pong_timeout = None
@@ -413,7 +420,8 @@ class YamuxProtocol(protocol.Protocol):
     def _send_ping(self):
         self._ping_id = (self._ping_id + 1) & 0xFFFFFFFF
         self.core.ping(self._ping_id)
-        self._pong_timeout = self.reactor.callLater(KEEPALIVE_TIMEOUT, self._keepalive_failed)
+        if self._pong_timeout is None or not self._pong_timeout.active():
+            self._pong_timeout = self.reactor.callLater(KEEPALIVE_TIMEOUT, self._keepalive_failed)
         self._ping_call = self.reactor.callLater(self.keepalive, self._send_ping)
 
     def probe(self, timeout):
@@ -438,7 +446,11 @@ class YamuxProtocol(protocol.Protocol):
 
     def _keepalive_failed(self):
         self._pong_timeout = None
-        self.log.warn("yamux keepalive timed out; closing the session")
+        silent = self.reactor.seconds() - self.last_heard
+        if silent < self.dead_after:  # quiet, not yet dead: look again when it would be
+            self._pong_timeout = self.reactor.callLater(self.dead_after - silent, self._keepalive_failed)
+            return
+        self.log.warn("yamux peer silent for {t:.0f}s; closing the session", t=silent)
         self.transport.abortConnection()
 
     def pong(self, value):
