@@ -1,0 +1,111 @@
+"""Issue #23's targets over dmsg, on an emulated 200 ms RTT link
+(tests/linkemu.py): `skypty-client start PK` through a local host in the
+client namespace, whose dmsg session crosses the link to the server
+embedded in the remote host (a relayed path: local host -> server ->
+remote host).  tests/test_links.py has the same targets on the Noise TCP
+port; benchmarks/bench_links.py the full-length figures."""
+
+import re
+import time
+
+import pytest
+
+from tests import linkemu
+from tests.linkhosts import DISCOVERY_PORT, LinkHost, Term
+from tests.test_links import ONE_WAY_MS, STATUS, TICKER, first_arrival, outage, ticks
+
+WHY_NOT = linkemu.available()
+pytestmark = pytest.mark.skipif(bool(WHY_NOT), reason=f"link emulator: {WHY_NOT}")
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dmsglinks")
+    with linkemu.Link(delay_ms=ONE_WAY_MS) as link:
+        ns = type("Net", (), {})()
+        ns.link = link
+        ns.local = LinkHost(link, tmp, "local", side="client", discovery=f"http://{link.host_ip}:{DISCOVERY_PORT}")
+        allowed = [ns.local.pk]
+        ns.host = LinkHost(link, tmp, "default", whitelist=allowed).start()
+        ns.phost = LinkHost(link, tmp, "persistent", persistent=True, port_offset=100,
+                            discovery=ns.host.discovery_url, whitelist=allowed).start()
+        ns.local.start()
+        for pk in (ns.local.pk, ns.host.pk, ns.phost.pk):
+            ns.local.wait_joined(pk)
+        yield ns
+
+
+@pytest.fixture
+def term_of(net):
+    terms = []
+
+    def open_(argv, name):
+        term = Term(net.link, argv, name)
+        terms.append(term)
+        assert term.at_prompt(30) is not None, term.text()[-2000:]
+        term.skip_to_end()
+        return term
+
+    yield open_
+    net.link.up()
+    for term in terms:
+        term.close()
+
+
+def test_ctrl_c_in_a_flood_over_dmsg_is_back_at_the_prompt_within_half_a_second(net, term_of, tmp_path):
+    term = term_of(net.local.start_argv(net.host.pk), "skypty-dmsg")
+    term.send("while :; do seq 1 100000; done\r")
+    assert term.wait_for("99999", 20) is not None
+    time.sleep(1.0)  # let the flood fill every buffer on the path: what ^C has to cut through
+    term.skip_to_end()
+    start = time.monotonic()
+    term.send("\x03")
+    got = term.at_prompt(0.5)
+    assert got is not None and got - start <= 0.5
+
+
+def test_a_dead_relayed_link_is_reported_within_10s_and_its_return_too(net, term_of):
+    term = term_of(net.local.start_argv(net.host.pk), "skypty-dmsg")
+    net.link.down()
+    down_at = time.monotonic()
+    while time.monotonic() < down_at + 10 and not STATUS.search(term.text(term.mark)):
+        time.sleep(0.05)  # polling with a deadline
+    assert STATUS.search(term.text(term.mark)), "nothing said within 10 s of the link dying"
+    term.skip_to_end()
+    net.link.up()
+    up_at = time.monotonic()
+    while time.monotonic() < up_at + 5 and not STATUS.search(term.text(term.mark)):
+        time.sleep(0.05)  # polling with a deadline
+    assert re.search(r"back in contact", term.text(term.mark)), term.text(term.mark)[-500:]
+
+
+def test_a_default_shell_over_dmsg_survives_70s_down_and_resumes_at_once(net, term_of):
+    """The local host's dmsg session to its server, and the server's side of
+    it, used to be closed 30-60 s into an outage (TCP keepalive, yamux
+    pings), and every plain shell riding on it with them."""
+    term = term_of(net.local.start_argv(net.host.pk), "skypty-dmsg")
+    net.link.down()
+    term.send("echo ALIVE-$((40+2))\r")  # typed into the dead link
+    down_at, up_at = outage(net.link, 70)
+    arrived = first_arrival(term, "ALIVE-42", 0, None, 15)
+    assert arrived is not None, term.text()[-500:]
+    assert "connection lost" not in term.text()
+    assert arrived - up_at <= 3.0, f"the command's output came {arrived - up_at:.1f} s after the link returned"
+    term.send("echo AGAIN-$((40+3))\r")
+    assert term.wait_for("AGAIN-43", 5) is not None
+
+
+def test_a_persistent_session_over_dmsg_resumes_within_3s_of_the_link_returning(net, term_of):
+    term = term_of(net.local.start_argv(net.phost.pk), "skypty-dmsg-persistent")
+    start = term.size
+    term.send(TICKER)
+    assert term.wait_for("tick-5", 20) is not None
+    down_at, up_at = outage(net.link, 20)
+    resumed = first_arrival(term, "tick-", start, up_at, 3.0)
+    assert resumed is not None and resumed - up_at <= 3.0, \
+        f"no output within 3 s of the link returning: {term.text(start)[-400:]!r}"
+    seen = ticks(term, start)
+    assert first_arrival(term, f"tick-{max(seen) + 3}", start, None, 10) is not None
+    seen = ticks(term, start)
+    assert seen == list(range(seen[0], seen[0] + len(seen))), "ticks lost or doubled"
+    assert "bytes of output were lost" not in term.text(start)
