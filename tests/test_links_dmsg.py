@@ -61,7 +61,10 @@ def test_ctrl_c_in_a_flood_over_dmsg_is_back_at_the_prompt_within_half_a_second(
     start = time.monotonic()
     term.send("\x03")
     got = term.at_prompt(0.5)
-    assert got is not None and got - start <= 0.5
+    if got is None or got - start > 0.5:
+        later = term.at_prompt(10)
+        took = "no prompt within 10 s" if later is None else f"the prompt came {later - start:.2f} s after ^C"
+        pytest.fail(f"{took}: {term.text(term.mark)[-300:]!r}")
 
 
 def test_a_dead_relayed_link_is_reported_within_10s_and_its_return_too(net, term_of):

@@ -8,10 +8,10 @@ import termios
 from twisted.internet import task
 
 from skypty.client.linkwatch import (
-    GROW_BELOW, MAX_WINDOW, READ_SIZE, SHRINK_ABOVE, START_WINDOW, ContactWatch, ReadWindow, contact_timers,
+    GROW_BELOW, MAX_WINDOW, MIN_WINDOW, READ_SIZE, SHRINK_ABOVE, START_WINDOW, ContactWatch, ReadWindow, contact_timers,
 )
 from skypty.host.persist import OutputSkipped, SessionRegistry, Session
-from skypty.host.shell import DirectReader, ShellEnded, interrupt_written
+from skypty.host.shell import COALESCE, DirectReader, ShellEnded, interrupt_written
 from skypty.wire.rpc import RPCError
 
 FULL = b"x" * READ_SIZE
@@ -51,7 +51,7 @@ def _steady_window(w, rtt, bdp_reads, rounds=60):
             w.sent(seq, now)
         latency = max(rtt, len(w) * rtt / bdp_reads)
         now += latency
-        w.ready({s: FULL for s, _ in list(w._order)}, now)
+        w.ready({s: FULL for s, _, _ in list(w._order)}, now)
     return w.size
 
 
@@ -69,6 +69,37 @@ def test_the_window_stays_near_one_bandwidth_delay_product():
     w.rtt_sample(0.2)
     size = _steady_window(w, 0.2, bdp_reads=3)
     assert 3 + GROW_BELOW <= size <= 3 + SHRINK_ABOVE + 1
+
+
+def test_the_window_keeps_ahead_of_tcp_slow_start():
+    """A fresh connection: TCP's window doubles every round trip from ~14 KB
+    and there is no bottleneck.  Replies come back late only because TCP's
+    window is still small; the read window must not read that as a queue
+    (it did: 8 reads shrank to 7 and a cold 2 MB `cat` took 1.8 s at 200 ms
+    where ssh took 1.6 s)."""
+    w = ReadWindow(limit=MAX_WINDOW, size=MIN_WINDOW)  # from the smallest: it must double its way up
+    w.rtt_sample(0.2)
+    seq, now, cwnd_reads, sizes = 0, 0.0, 14_000 / READ_SIZE, []
+    for _ in range(12):
+        while w.wanted() > 0:
+            seq += 1
+            w.sent(seq, now)
+        now += 0.2 * max(1.0, len(w) / cwnd_reads)  # what TCP's window does not cover waits
+        cwnd_reads *= 2 ** (0.2 * max(1.0, len(w) / cwnd_reads) / 0.2)  # it doubles per round trip
+        w.ready({s: FULL for s, _, _ in list(w._order)}, now)
+        sizes.append(w.size)
+    assert sizes == sorted(sizes), f"the window shrank during slow start: {sizes}"
+    assert w.size == MAX_WINDOW
+
+
+def test_a_bottleneck_from_the_start_ends_the_startup_at_once():
+    """2 MB/s behind 200 ms (~6 reads in flight): a Ctrl-C must not wait for
+    a startup window's worth to drain."""
+    w = ReadWindow(limit=MAX_WINDOW)
+    w.rtt_sample(0.2)
+    _steady_window(w, 0.2, bdp_reads=6, rounds=2)
+    assert not w.starting
+    assert w.size <= 6 + SHRINK_ABOVE + 1
 
 
 def test_short_replies_and_errors_do_not_move_the_window():
@@ -131,13 +162,54 @@ def _values(ds):
 
 
 def test_direct_reader_answers_waiting_reads_in_order():
-    r = DirectReader()
+    clock = task.Clock()
+    r = DirectReader(clock=clock)
     r.max_pending = 3
     ds = [r.read(4) for _ in range(3)]
     got = _values(ds)
     assert got == []
     r.output_received(b"abcdefghij")  # one chunk feeds the reads in turn
+    assert got == [b"abcd", b"efgh"]
+    clock.advance(COALESCE)  # the short rest waits a moment for more
     assert got == [b"abcd", b"efgh", b"ij"]
+
+
+def test_a_lone_echo_is_answered_at_once():
+    clock = task.Clock()
+    r = DirectReader(clock=clock)
+    r.max_pending = 8
+    got = _values([r.read(READ_SIZE) for _ in range(8)])
+    r.output_received(b"l")
+    assert got == [b"l"]
+    clock.advance(0.2)  # the next key, a human's moment later
+    r.output_received(b"s")
+    assert got == [b"l", b"s"]
+
+
+def test_a_burst_fills_each_read_instead_of_spending_one_per_pty_chunk():
+    """The window is counted in reads: 8 reads answered with 4 KiB each
+    carry 32 KiB over a slow path, not 512 KiB."""
+    clock = task.Clock()
+    r = DirectReader(clock=clock)
+    r.max_pending = 8
+    got = _values([r.read(READ_SIZE) for _ in range(8)])
+    for _ in range(40):  # a `cat`: the pty hands out 4 KiB at a time, 1 ms apart
+        r.output_received(b"y" * 4096)
+        clock.advance(0.001)
+    assert [len(g) for g in got] == [4096, READ_SIZE, READ_SIZE]
+    clock.advance(COALESCE)  # the producer paused: what is there goes out
+    assert [len(g) for g in got] == [4096, READ_SIZE, READ_SIZE, 40 * 4096 - 4096 - 2 * READ_SIZE]
+
+
+def test_the_end_of_output_is_not_held_back():
+    clock = task.Clock()
+    r = DirectReader(clock=clock)
+    r.max_pending = 2
+    got = _values([r.read(10), r.read(10)])
+    r.output_received(b"12345")
+    r.output_received(b"67")
+    r.output_ended(0)
+    assert got[:2] == [b"12345", b"67"]
 
 
 def test_direct_reader_refuses_more_reads_than_allowed():

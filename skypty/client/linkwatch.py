@@ -4,10 +4,14 @@ decisions out; no sockets, no clock of its own).
 ``ReadWindow``: several ``pty.Read`` calls in flight toward a host that
 allows it (skypty's ``pty.ReadAhead``), their replies handed out in the order
 the reads were sent.  One read per round trip caps a 200 ms path near
-320 KB/s; once per round the window grows (by half) while full replies come
-back about one round trip after they were asked for, and shrinks (by one)
-when even the round's fastest took much longer (they then queue on the link:
-more in flight would only delay a Ctrl-C), as TCP Vegas does.  So what is in flight stays near one bandwidth-delay product.
+320 KB/s.  A fresh window starts as BBR does: it doubles once per round while
+the delivery rate still grows by a quarter (TCP's own slow start is then the
+limit, and replies come back late only because its window is still small),
+and when the rate stops growing it settles at one bandwidth-delay product
+plus a little.  From then on, as TCP Vegas does, it grows (by half) while full
+replies come back about one round trip after they were asked for, and
+shrinks (by one) when even the round's fastest took much longer: they queue
+on the link, and more in flight would only delay a Ctrl-C.
 
 ``ContactWatch``: a ``pty.Ping`` when nothing was heard for a while, a status
 line when nothing was heard for longer (as mosh says "last contact"), and,
@@ -20,10 +24,14 @@ import collections
 import os
 
 READ_SIZE = 64 * 1024  # the most a pty.Read may ask for
-MIN_WINDOW, START_WINDOW, MAX_WINDOW = 2, 8, 16
+MIN_WINDOW, START_WINDOW, MAX_WINDOW = 2, 16, 16
 # Vegas thresholds, in reads: fewer than GROW reads' worth queued on the path
 # -> one more read; more than SHRINK -> one fewer.
 GROW_BELOW, SHRINK_ABOVE = 2.0, 4.0
+# Startup ends after this many rounds in a row whose delivery rate did not
+# beat the best by RATE_GROWTH (BBR's full-pipe test: 3 rounds, 25 %).
+RATE_GROWTH, FLAT_ROUNDS = 1.25, 3
+STARTUP_GAIN = 2.0  # startup keeps at most this many bandwidth-delay products in flight
 
 QUIET_PING = 2.0   # ping after this long without a byte from the host
 NO_CONTACT = 8.0   # then say so (a plain shell: nothing to do but wait)
@@ -54,11 +62,16 @@ class ReadWindow:
         self.limit = limit  # what the host allows (1: the reference's one at a time)
         self.size = min(limit, START_WINDOW if size is None else size)
         self.rtt_min = None
-        self._order = collections.deque()  # (seq, sent at)
-        self._round_min, self._round_count = None, 0
+        self.starting = True  # BBR's startup: double per round while the rate grows
+        self.best_rate = None  # bytes/s, the best round's
+        self._flat = 0
+        self._delivered = 0  # bytes of replies handed out so far
+        self._order = collections.deque()  # (seq, sent at, bytes delivered when it was sent)
+        self._round_min, self._round_rate, self._round_count = None, None, 0
+        self._round_mark = None  # the first read sent in this round: its reply ends the round
 
     def __contains__(self, seq):
-        return any(s == seq for s, _ in self._order)
+        return any(s == seq for s, _, _ in self._order)
 
     def __len__(self):
         return len(self._order)
@@ -67,7 +80,9 @@ class ReadWindow:
         return self.size - len(self._order)
 
     def sent(self, seq, now):
-        self._order.append((seq, now))
+        if self._round_mark is None:
+            self._round_mark = seq
+        self._order.append((seq, now, self._delivered))
 
     def rtt_sample(self, seconds):
         """A round trip that waited for nothing (a ping, a call answered at once)."""
@@ -80,34 +95,75 @@ class ReadWindow:
         reads were sent."""
         out = []
         while self._order and self._order[0][0] in results:
-            seq, sent_at = self._order.popleft()
+            seq, sent_at, delivered_then = self._order.popleft()
             value = results.pop(seq)
-            if isinstance(value, (bytes, bytearray)) and len(value) >= READ_SIZE:
-                self._sample(now - sent_at)  # a full reply: the host had more than we asked
+            if isinstance(value, (bytes, bytearray)):
+                self._delivered += len(value)
+                if len(value) >= READ_SIZE:  # a full reply: the host had more than we asked
+                    elapsed = now - sent_at
+                    rate = (self._delivered - delivered_then) / elapsed if elapsed > 0 else None
+                    self._sample(seq, elapsed, rate)
             out.append((seq, value) if with_seq else value)
         return out
 
-    def _sample(self, latency):
-        """Judge once per round (a window's worth of full replies), on the
-        round's fastest reply: one reply held up by a lost packet's
-        retransmission says nothing about queues."""
+    def _sample(self, seq, latency, rate):
+        """Judge once per round, on the round's fastest reply and best
+        delivery rate (what came in between a read and its reply, per
+        second: BBR's sample): one reply held up by a lost packet's
+        retransmission says nothing about queues.  A round ends with the
+        reply to the first read sent after the last round ended (BBR's
+        packet-timed round: at least one round trip), and is at least a
+        window's worth of full replies (fewer say little about a queue)."""
         if self.limit <= MIN_WINDOW:
             return
         self.rtt_sample(latency)
         self._round_min = latency if self._round_min is None else min(self._round_min, latency)
+        if rate is not None:
+            self._round_rate = rate if self._round_rate is None else max(self._round_rate, rate)
         self._round_count += 1
-        if self._round_count >= self.size:
-            self._adapt(self._round_min)
-            self._round_min, self._round_count = None, 0
+        if self._round_mark is None or seq < self._round_mark:
+            return
+        if self._round_count < self.size:
+            return
+        self._adapt(self._round_min, self._round_rate)
+        self._round_min, self._round_rate, self._round_count = None, None, 0
+        self._round_mark = None
 
-    def _adapt(self, latency):
+    def _adapt(self, latency, rate):
         # Reads' worth waiting in queues on the path (Vegas' diff): 0 when
         # replies come back one bare round trip after they were asked for.
         queued = self.size * (1.0 - self.rtt_min / latency) if latency > 0 else 0.0
-        if queued < GROW_BELOW:
+        if self.starting:
+            self._startup(queued, rate)
+        elif queued < GROW_BELOW:
             self.size = min(self.limit, MAX_WINDOW, self.size + max(1, self.size // 2))
         elif queued > SHRINK_ABOVE:
             self.size = max(MIN_WINDOW, self.size - 1)
+
+    def _startup(self, queued, rate):
+        if rate is None:
+            return
+        if self.best_rate is None:
+            self.best_rate = rate  # the first round: what to beat
+            return
+        if rate >= self.best_rate * RATE_GROWTH:  # still growing: TCP's slow start is the limit
+            self.best_rate = rate
+            self._flat = 0
+            # ... but never more than twice what the path carries per round trip
+            # (BBR's startup gain): what is queued on the way delays a Ctrl-C
+            cap = STARTUP_GAIN * self.best_rate * self.rtt_min / READ_SIZE + GROW_BELOW if self.rtt_min else self.size
+            self.size = max(self.size, min(self.limit, MAX_WINDOW, self.size * 2, round(cap)))
+            return
+        self.best_rate = max(self.best_rate, rate)
+        self._flat += 1
+        if self._flat < FLAT_ROUNDS and queued <= SHRINK_ABOVE:
+            return
+        # The pipe is full (the rate stopped growing; and replies queue: at
+        # once): keep about one bandwidth-delay product in flight.
+        self.starting = False
+        if self.rtt_min:
+            bdp_reads = self.best_rate * self.rtt_min / READ_SIZE
+            self.size = max(MIN_WINDOW, min(self.limit, MAX_WINDOW, self.size, round(bdp_reads + GROW_BELOW + 1)))
 
     def forget(self):
         """The link is gone: nothing is in flight any more."""

@@ -32,6 +32,8 @@ from skypty.errors import SkyptyError
 from skypty.host import spawn
 
 MAX_READ = 64 * 1024
+COALESCE = 0.005  # a burst: output less than this apart (DirectReader)
+MAX_HOLD = 0.05   # the longest output waits to fill a read
 STOP_GRACE = 2.0
 
 
@@ -369,38 +371,62 @@ class DirectReader:
     *max_pending* reads may wait at once (1, the reference's one-at-a-time,
     unless the client asked for a read window with skypty's pty.ReadAhead);
     they are answered in the order they came, so output is never reordered.
+
+    A read is answered at once with whatever is queued, unless another was
+    answered less than COALESCE seconds ago: then, while the shell is still
+    writing, it waits until it can be answered in full (until the output
+    pauses for COALESCE, or the oldest queued byte has waited MAX_HOLD).
+    A keystroke's echo still goes at once, but a burst (a `cat`) fills each
+    read of a window instead of spending one on each 4 KiB the pty hands
+    out: the window is counted in reads, so short replies would cut what is
+    in flight on a slow path.
     """
 
-    def __init__(self, high_water=1024 * 1024, low_water=256 * 1024):
+    def __init__(self, high_water=1024 * 1024, low_water=256 * 1024, clock=None):
         self.process = None
         self.high_water = high_water
         self.low_water = low_water
         self.max_pending = 1
+        self._clock = clock
         self._queue = collections.deque()
         self._queued = 0
         self._pending = collections.deque()  # (Deferred, max_bytes), oldest first
         self._paused = False
         self._ended = False
+        self._last_answer = None  # when a read was last answered
+        self._last_output = self._oldest = None  # when output last came; when the oldest queued byte did
+        self._burst = None  # when the current run of output (pieces less than COALESCE apart) began
+        self._flush_call = None
+
+    @property
+    def clock(self):
+        if self._clock is None:
+            from twisted.internet import reactor
+
+            self._clock = reactor
+        return self._clock
 
     @property
     def queued(self):
         return self._queued
 
     def output_received(self, data):
-        while self._pending and data:
-            d, limit = self._pending.popleft()
-            chunk, data = data[:limit], data[limit:]
-            d.callback(chunk)
-        if not data:
-            return
+        now = self.clock.seconds()
+        if self._last_output is None or now - self._last_output >= COALESCE:
+            self._burst = now  # output after a pause: a new burst, whose first answer goes at once
+        self._last_output = now
+        if not self._queue:
+            self._oldest = self._last_output
         self._queue.append(data)
         self._queued += len(data)
+        self._serve()
         if self._queued > self.high_water and not self._paused and self.process:
             self._paused = True
             self.process.pause_output()
 
     def output_ended(self, status):
         self._ended = True
+        self._serve()
         if not self._queue:
             self.fail_pending(ShellEnded("EOF"))
 
@@ -408,13 +434,36 @@ class DirectReader:
         max_bytes = max(1, min(int(max_bytes), MAX_READ))
         if len(self._pending) >= self.max_pending:
             return defer.fail(SkyptyError("a pty.Read is already pending"))
-        if self._queue:
-            return defer.succeed(self._take(max_bytes))
-        if self._ended:
+        if not self._queue and self._ended:
             return defer.fail(ShellEnded("EOF"))
         d = defer.Deferred(self._cancelled)
         self._pending.append((d, max_bytes))
+        self._serve()
         return d
+
+    def _serve(self):
+        """Answer the waiting reads that may be answered now (see the class)."""
+        while self._pending and self._queue:
+            d, limit = self._pending[0]
+            if self._queued < limit and not self._ended:
+                hold = self._hold(self.clock.seconds())
+                if hold:
+                    if self._flush_call is not None and self._flush_call.active():
+                        self._flush_call.cancel()
+                    self._flush_call = self.clock.callLater(hold, self._serve)
+                    return
+            self._pending.popleft()
+            self._last_answer = self.clock.seconds()
+            d.callback(self._take(limit))
+            if self._queue:
+                self._oldest = self._last_answer  # what is left waits from now
+
+    def _hold(self, now):
+        """Seconds a short answer should still wait (0: answer now)."""
+        if self._last_answer is None or self._last_answer < self._burst:
+            return 0  # the burst's first answer (an echo) goes at once
+        quiet_at = self._last_output + COALESCE
+        return max(0.0, min(quiet_at, self._oldest + MAX_HOLD) - now)
 
     def _cancelled(self, d):
         self._pending = collections.deque(p for p in self._pending if p[0] is not d)
@@ -448,6 +497,8 @@ class DirectReader:
         return dropped
 
     def fail_pending(self, exc):
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
         pending, self._pending = self._pending, collections.deque()
         for d, _ in pending:
             d.errback(exc)
