@@ -40,18 +40,24 @@ def test_replies_are_handed_out_in_the_order_the_reads_were_sent():
     assert results == {99: b"a write's reply"} and len(w) == 0
 
 
-def _steady_window(w, rtt, bdp_reads, rounds=60):
+def _steady_window(w, rtt, bdp_reads, seconds=12.0):
     """Full replies through a path of round trip *rtt* whose bottleneck
-    carries *bdp_reads* reads per round trip: with W in flight, each comes
-    back after max(rtt, W / rate) (what does not fit queues)."""
-    seq, now = 0, 0.0
-    for _ in range(rounds):
+    carries *bdp_reads* reads per round trip, for *seconds*: a reply leaves
+    the bottleneck one service time after the one before it, and arrives no
+    sooner than a round trip after its read was sent (what does not fit
+    queues).  The client sends a new read as each reply arrives.
+    -> the window's size at the end."""
+    seq, last_arrival, service = 0, 0.0, rtt / bdp_reads
+    in_flight = []  # (seq, sent at), oldest first
+    now = 0.0
+    while now < seconds:
         while w.wanted() > 0:
             seq += 1
             w.sent(seq, now)
-        latency = max(rtt, len(w) * rtt / bdp_reads)
-        now += latency
-        w.ready({s: FULL for s, _, _ in list(w._order)}, now)
+            in_flight.append((seq, now))
+        oldest, sent_at = in_flight.pop(0)
+        now = last_arrival = max(sent_at + rtt, last_arrival + service)
+        w.ready({oldest: FULL}, now)
     return w.size
 
 
@@ -97,7 +103,7 @@ def test_a_bottleneck_from_the_start_ends_the_startup_at_once():
     a startup window's worth to drain."""
     w = ReadWindow(limit=MAX_WINDOW)
     w.rtt_sample(0.2)
-    _steady_window(w, 0.2, bdp_reads=6, rounds=2)
+    _steady_window(w, 0.2, bdp_reads=6, seconds=2.5)  # ~1.3 s to move the first window's 1 MiB
     assert not w.starting
     assert w.size <= 6 + SHRINK_ABOVE + 1
 

@@ -112,8 +112,9 @@ class ReadWindow:
         second: BBR's sample): one reply held up by a lost packet's
         retransmission says nothing about queues.  A round ends with the
         reply to the first read sent after the last round ended (BBR's
-        packet-timed round: at least one round trip), and is at least a
-        window's worth of full replies (fewer say little about a queue)."""
+        packet-timed round: about one round trip, so the startup ends within
+        a few round trips of the pipe being full), and once the startup is
+        over it is also at least a window's worth of full replies."""
         if self.limit <= MIN_WINDOW:
             return
         self.rtt_sample(latency)
@@ -123,8 +124,8 @@ class ReadWindow:
         self._round_count += 1
         if self._round_mark is None or seq < self._round_mark:
             return
-        if self._round_count < self.size:
-            return
+        if not self.starting and self._round_count < self.size:
+            return  # past the startup a round is also a window's worth: fewer say little about a queue
         self._adapt(self._round_min, self._round_rate)
         self._round_min, self._round_rate, self._round_count = None, None, 0
         self._round_mark = None
