@@ -133,8 +133,11 @@ class FakeSession:
     """A session whose streams end as *outcome* says, at once."""
 
     def __init__(self, outcome):
+        from twisted.internet.testing import StringTransport
+
         self.outcome = outcome
         self.remote_pk = generate_keypair()[0]
+        self.transport = StringTransport()  # up: a session being closed is waited for, not dialled
 
     def open_stream(self, stream, window=None):
         from skypty.dmsg.session import DmsgError
@@ -207,3 +210,104 @@ def test_a_closed_request_after_the_servers_window_counts_as_a_timeout():
         except Exception:  # the base class's own bookkeeping of a stream never opened
             pass
         assert stream.timed_out is timed_out
+
+
+# -- a session lost with its link comes back at once, and dials wait for it (#23) -----------------
+
+class LiveSession:
+    def __init__(self, pk):
+        from twisted.internet.testing import StringTransport
+
+        self.remote_pk = pk
+        self.transport = StringTransport()
+        self.streams = []
+
+    def open_stream(self, stream, window=None):
+        self.streams.append(stream)
+        stream.done.callback("connected")
+        return defer.succeed(stream)
+
+
+def _reconnecting_client(clock):
+    """A client that had a session to one server (its address known), and
+    whose discovery is behind the same dead link (every call hangs)."""
+    svc = client(clock)
+    svc.discovery.available_servers = lambda: defer.Deferred()
+    svc.discovery.get_entry = lambda pk: defer.Deferred()
+    server = generate_keypair()[0]
+    svc._server_addresses[server] = "10.0.0.1:8081"
+    attempts = []
+    link = {"up": False}
+
+    def open_session(pk, address, timeout):
+        attempts.append((clock.seconds(), address, timeout))
+        if not link["up"]:
+            return task.deferLater(clock, timeout, lambda: "timed out")
+        session = LiveSession(pk)
+        svc.sessions[pk] = session
+        svc._lost_servers.pop(pk, None)
+        for waiter in svc._session_waiters.pop(pk, []):
+            waiter.callback(None)
+        return defer.succeed(None)
+
+    svc._open_session = open_session
+    svc.running = True
+    return svc, server, attempts, link
+
+
+def test_a_lost_session_is_reconnected_to_the_same_server_once_a_second_without_discovery():
+    from skypty.dmsg.client import RECONNECT_TRY
+
+    clock = task.Clock()
+    svc, server, attempts, link = _reconnecting_client(clock)
+    old = LiveSession(server)
+    svc.sessions[server] = old
+    svc._lost(old)
+    clock.pump([0.5] * 20)  # 10 s of a dead link
+    assert [a for _, a, _ in attempts] == ["10.0.0.1:8081"] * len(attempts)
+    assert 9 <= len(attempts) <= 11  # a fresh SYN about every second, not TCP's 1, 3, 7, 15 s
+    assert all(timeout == RECONNECT_TRY for _, _, timeout in attempts)
+    link["up"] = True
+    clock.advance(RECONNECT_TRY)
+    assert svc.sessions[server] is not old  # back within a second of the link
+    n = len(attempts)
+    clock.pump([1] * 5)
+    assert len(attempts) == n  # and no more attempts
+
+
+def test_a_dial_waits_for_a_lost_session_to_come_back_instead_of_failing():
+    from skypty.dmsg.disc import client_entry
+
+    clock = task.Clock()
+    svc, server, attempts, link = _reconnecting_client(clock)
+    old = LiveSession(server)
+    svc.sessions[server] = old
+    old.transport.disconnecting = True  # a failed probe is closing it: not yet gone from sessions
+    peer = generate_keypair()[0]
+    results = []
+    svc._dial_entry(client_entry(peer, 0, 0, [server]), peer, 22, None).addBoth(results.append)
+    svc._lost(old)
+    clock.pump([0.5] * 12)
+    assert results == []  # still waiting: the link is down
+    link["up"] = True
+    clock.pump([0.5] * 3)
+    assert results == ["connected"] and len(svc.sessions[server].streams) == 1
+
+
+def test_a_dialled_peer_entry_is_reused_while_discovery_is_out_of_reach():
+    from skypty.dmsg.disc import client_entry
+    from skypty.dmsg.errors import DiscoveryUnavailable
+
+    clock = task.Clock()
+    svc = client(clock)
+    peer = generate_keypair()[0]
+    entry = client_entry(peer, 0, 0, [])
+    svc._peer_entries[peer] = (entry, clock.seconds())
+    clock.advance(600)  # long past PEER_ENTRY_TTL
+    svc.discovery.get_entry = lambda pk: defer.fail(DiscoveryError("discovery unreachable"))
+    got = []
+    svc._peer_entry(peer).addBoth(got.append)
+    assert got == [(entry, True)]
+    svc._peer_entries.clear()
+    svc._peer_entry(peer).addBoth(got.append)
+    assert got[-1].check(DiscoveryUnavailable)

@@ -4,7 +4,11 @@ listening on dmsg ports, and dialing other hosts by public key.
 When discovery is down at start (or lists no servers yet) the host still
 serves its control socket and TCP port; the client retries with
 exponential backoff (1 s .. 60 s), logging once per change of state rather
-than once per retry, and joins once it can.
+than once per retry, and joins once it can.  A session lost with its link
+is reconnected straight to the same server, once a second (``RECONNECT_TRY``),
+without asking discovery (likely behind the same dead link), and a dial
+waits for that attempt rather than failing; a dialled peer's entry is
+reused, stale, while discovery is out of reach.
 
 A dial tries, as the current reference does: the sessions to servers the
 peer also uses; then every other session (a current server forwards the
@@ -42,10 +46,33 @@ SESSION_PROBE_TIMEOUT = 2.0  # a dial's session must answer a ping within this (
 DIAL_WINDOW = 2 * 1024 * 1024  # what our dialled streams let the peer send ahead: ~1 BDP at 200 ms, 80 Mbit/s
 MAX_EXISTING_TRIES = 8   # existing sessions tried for one dial
 PEER_ENTRY_TTL = 30.0    # how long a dialled peer's discovery entry is reused
+STALE_ENTRY_TTL = 3600.0  # ... and, while discovery is out of reach, an older one (better than failing)
+# A session lost with its link is reconnected to the same server directly
+# (not through discovery, which is likely behind the same dead link), one
+# short TCP attempt a second: a fresh SYN each time instead of TCP's own
+# backoff (1, 3, 7, 15 s), so the session is back about a second after the
+# link is, and the shells its streams carried can resume.
+RECONNECT_TRY = 1.0      # seconds per attempt (and between attempts)
+RECONNECT_FOR = 300.0    # for this long after the loss; then the usual upkeep (discovery, backoff)
+LOST_SESSION_WAIT = 20.0  # a dial waits this long for a lost session to come back (the link to return)
 MAX_PEER_ENTRIES = 4096
 MAX_NEW_SESSIONS = 2     # new sessions to the peer's servers for one dial
 DIAL_TIMEOUT = ATTEMPT_TIMEOUT  # the old name
 EPHEMERAL_PORTS = (49152, 65535)
+
+
+def _alive(session):
+    """A session that is up and not being closed (a failed probe aborts it;
+    it leaves ``sessions`` a moment later)."""
+    transport = getattr(session, "transport", None)
+    return transport is not None and not transport.disconnecting and not getattr(transport, "disconnected", False)
+
+
+def _wait(d):
+    """A Deferred that fires with *d*'s result, leaving *d* to its other waiters."""
+    mine = defer.Deferred()
+    d.addBoth(lambda result: (mine.callback(result), result)[1])
+    return mine
 
 
 class _Dial(DialStream):
@@ -102,8 +129,12 @@ class DmsgClientService(service.Service):
         self.sessions = {}  # server pk -> DmsgSession
         self.listeners = {}  # port -> factory
         self._ports = _ephemeral_ports()
-        self._connecting = set()
+        self._connecting = {}  # server pk -> Deferred firing (with None or why) when that attempt ends
         self._peer_entries = {}  # pk -> (entry, fetched at): see _peer_entry
+        self._server_addresses = {}  # server pk -> "host:port" last seen (discovery or a session)
+        self._lost_servers = {}  # server pk -> when its session was lost (see RECONNECT_TRY)
+        self._reconnect_calls = {}  # server pk -> the next direct attempt
+        self._session_waiters = {}  # server pk -> [Deferred]: dials waiting for a lost session to come back
         self._retry = RETRY_MIN
         self._call = None
         self._busy = False
@@ -121,6 +152,14 @@ class DmsgClientService(service.Service):
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        for call in self._reconnect_calls.values():
+            if call.active():
+                call.cancel()
+        self._reconnect_calls.clear()
+        for waiters in self._session_waiters.values():
+            for waiter in waiters:
+                waiter.callback(None)
+        self._session_waiters.clear()
         self.keeper.stop()
         for session in list(self.sessions.values()):
             session.transport.loseConnection()
@@ -178,6 +217,9 @@ class DmsgClientService(service.Service):
             self._enter("unavailable", "dmsg discovery unavailable: {err}; retrying with backoff "
                         "(up to {max:.0f}s)", err=e, max=RETRY_MAX)
             return self._failed()
+        for e in servers:
+            if e.server is not None and e.server.address:
+                self._remember_server(e.static, e.server.address)
         candidates = [e for e in servers if e.static not in self.sessions and e.static not in self._connecting]
         if not candidates:
             if self.sessions:
@@ -200,19 +242,41 @@ class DmsgClientService(service.Service):
         self._retry = RETRY_MIN
         return RETRY_MIN if len(self.sessions) < self.wanted else CHECK_INTERVAL
 
+    def _remember_server(self, pk, address):
+        if pk not in self._server_addresses and len(self._server_addresses) >= MAX_PEER_ENTRIES:
+            self._server_addresses.clear()
+        self._server_addresses[pk] = address
+
+    def _connect(self, server_pk, address, timeout=10):
+        """Open a session to a server; -> Deferred[None, or why it failed].
+        A dial that needs the same server meanwhile waits for this attempt."""
+        done = defer.Deferred()
+        self._connecting[server_pk] = done
+        d = self._open_session(server_pk, address, timeout)
+
+        def finished(result):
+            if self._connecting.get(server_pk) is done:
+                del self._connecting[server_pk]
+            done.callback(result)
+            return result
+
+        return d.addBoth(finished)
+
     @defer.inlineCallbacks
-    def _connect(self, server_pk, address):
-        """Open a session to a server; -> None, or why it failed."""
-        self._connecting.add(server_pk)
+    def _open_session(self, server_pk, address, timeout):
         try:
             host, port = _host_port(address)
             session = DmsgSession(True, self.sk, server_pk, self._incoming, self.reactor, on_lost=self._lost)
-            ep = endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=10)
+            ep = endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=timeout)
             yield endpoints.connectProtocol(ep, session)
             yield session.ready  # fires once the handshake's last message has left alone (session.SETTLE_MIN)
             if session.transport is None or session.transport.disconnected:
                 return "the server closed the session right after the handshake"
             self.sessions[server_pk] = session
+            self._remember_server(server_pk, address)
+            self._lost_servers.pop(server_pk, None)
+            for waiter in self._session_waiters.pop(server_pk, []):
+                waiter.callback(None)
             self.log.info("dmsg session to server {pk} at {addr}", pk=server_pk.hex(), addr=address)
             if not self.keeper._running:
                 self.keeper.start()
@@ -222,8 +286,6 @@ class DmsgClientService(service.Service):
         except Exception as e:
             self.log.debug("dmsg server {addr} unreachable: {err}", addr=address, err=e)
             return str(e) or type(e).__name__
-        finally:
-            self._connecting.discard(server_pk)
 
     def _lost(self, session):
         for pk, s in list(self.sessions.items()):
@@ -233,8 +295,38 @@ class DmsgClientService(service.Service):
                     self.log.info("dmsg session to {pk} closed", pk=pk.hex())
                     continue
                 self.log.warn("dmsg session to {pk} lost; reconnecting", pk=pk.hex())
+                self._lost_servers[pk] = self.reactor.seconds()
+                self._reconnect_lost(pk)
                 self.keeper.update_now()
                 self._kick()
+
+    def _session_back(self, pk, timeout):
+        """-> Deferred firing when a session to *pk* is up, or after *timeout* seconds."""
+        d = defer.Deferred()
+        waiters = self._session_waiters.setdefault(pk, [])
+        waiters.append(d)
+
+        def expire():
+            if not d.called:
+                waiters.remove(d)
+                d.callback(None)
+
+        call = self.reactor.callLater(timeout, expire)
+        d.addBoth(lambda result: (call.active() and call.cancel(), result)[1])
+        return d
+
+    def _reconnect_lost(self, pk):
+        """One direct attempt at a lost server, then the next in RECONNECT_TRY
+        (while we have fewer sessions than wanted, for RECONNECT_FOR)."""
+        self._reconnect_calls.pop(pk, None)
+        at = self._lost_servers.get(pk)
+        if (at is None or not self.running or pk in self.sessions or len(self.sessions) >= self.wanted
+                or self.reactor.seconds() - at > RECONNECT_FOR or pk not in self._server_addresses):
+            self._lost_servers.pop(pk, None)
+            return
+        if pk not in self._connecting:
+            self._connect(pk, self._server_addresses[pk], timeout=RECONNECT_TRY)
+        self._reconnect_calls[pk] = self.reactor.callLater(RECONNECT_TRY, self._reconnect_lost, pk)
 
     # -- listening --
     def listen(self, port, factory):
@@ -253,20 +345,22 @@ class DmsgClientService(service.Service):
         except (NoSharedServer, NoAnswer):
             if not cached:
                 raise
-            # The peer may have moved to other servers since we looked: look again.
-            self._peer_entries.pop(pk, None)
-            entry, _cached = yield self._peer_entry(pk)
-            result = yield self._dial_entry(entry, pk, port, inner)
+            # The peer may have moved to other servers since we looked: look again
+            # (the old entry stays the answer while discovery is out of reach).
+            fresh, _cached = yield self._peer_entry(pk, refresh=True)
+            if fresh is entry:
+                raise
+            result = yield self._dial_entry(fresh, pk, port, inner)
         return result
 
     @defer.inlineCallbacks
-    def _peer_entry(self, pk):
+    def _peer_entry(self, pk, refresh=False):
         """-> (the peer's discovery entry, whether it came from the cache).
         Entries are kept PEER_ENTRY_TTL seconds: a burst of execs to one peer
         costs one discovery round trip, not one each."""
         now = self.reactor.seconds()
         hit = self._peer_entries.get(pk)
-        if hit is not None and now - hit[1] < PEER_ENTRY_TTL:
+        if hit is not None and now - hit[1] < PEER_ENTRY_TTL and not refresh:
             return hit[0], True
         try:
             entry = yield self.discovery.get_entry(pk)
@@ -274,6 +368,8 @@ class DmsgClientService(service.Service):
             self._peer_entries.pop(pk, None)
             raise NotInDiscovery(f"{pk.hex()[:16]}… is not in dmsg discovery (offline?)") from None
         except DiscoveryError as e:
+            if hit is not None and now - hit[1] < STALE_ENTRY_TTL:
+                return hit[0], True  # discovery is out of reach (our link?): the peer likely has not moved
             raise DiscoveryUnavailable(f"dmsg discovery unavailable: {e}") from None
         if len(self._peer_entries) >= MAX_PEER_ENTRIES:
             self._peer_entries.clear()
@@ -283,8 +379,8 @@ class DmsgClientService(service.Service):
     @defer.inlineCallbacks
     def _dial_entry(self, entry, pk, port, inner):
         delegated = list(entry.client.delegated_servers) if entry.client else []
-        shared = [self.sessions[s] for s in delegated if s in self.sessions]
-        others = [s for k, s in self.sessions.items() if k not in delegated]
+        shared = [self.sessions[s] for s in delegated if _alive(self.sessions.get(s))]
+        others = [s for k, s in self.sessions.items() if k not in delegated and _alive(s)]
         random.shuffle(others)
         tried, failures = 0, _Failures()
         for session in (shared + others)[:MAX_EXISTING_TRIES]:
@@ -292,8 +388,9 @@ class DmsgClientService(service.Service):
             result = yield self._attempt(session, pk, port, inner, failures)
             if result is not None:
                 return result
-        # Last resort: a session of our own to one of the peer's servers.
-        for server_pk in [s for s in delegated if s not in self.sessions][:MAX_NEW_SESSIONS]:
+        # Last resort: a session of our own to one of the peer's servers (or
+        # the one just lost with its link, once it is back).
+        for server_pk in [s for s in delegated if not _alive(self.sessions.get(s))][:MAX_NEW_SESSIONS]:
             session = yield self._session_to(server_pk, failures)
             if session is None:
                 continue
@@ -341,22 +438,36 @@ class DmsgClientService(service.Service):
 
     @defer.inlineCallbacks
     def _session_to(self, server_pk, failures):
-        if server_pk in self.sessions:
+        if _alive(self.sessions.get(server_pk)):
             return self.sessions[server_pk]
-        if server_pk in self._connecting:
-            failures.append(f"server {server_pk.hex()[:16]}…: still connecting")
-            return None
-        try:
-            entry = yield self.discovery.get_entry(server_pk)
-        except DiscoveryError as e:
-            failures.append(f"server {server_pk.hex()[:16]}…: {e}")
-            return None
-        if entry.server is None or not entry.server.address:
-            failures.append(f"server {server_pk.hex()[:16]}…: no server entry")
-            return None
-        err = yield self._connect(server_pk, entry.server.address)
+        if server_pk in self.sessions or server_pk in self._lost_servers and server_pk in self._reconnect_calls:
+            # A lost session being reconnected once a second: the link is likely
+            # down and will be back; wait for it (bounded) instead of failing now.
+            yield self._session_back(server_pk, LOST_SESSION_WAIT)
+            if not _alive(self.sessions.get(server_pk)):
+                failures.append(f"server {server_pk.hex()[:16]}…: not back within {LOST_SESSION_WAIT:.0f}s")
+            return self.sessions.get(server_pk) if _alive(self.sessions.get(server_pk)) else None
+        if server_pk in self._connecting:  # being connected: wait for that attempt
+            err = yield _wait(self._connecting[server_pk])
+            if server_pk not in self.sessions:
+                failures.append(f"server {server_pk.hex()[:16]}…: {err or 'not connected'}")
+            return self.sessions.get(server_pk)
+        address = self._server_addresses.get(server_pk)
+        if address is None:
+            try:
+                entry = yield self.discovery.get_entry(server_pk)
+            except DiscoveryError as e:
+                failures.append(f"server {server_pk.hex()[:16]}…: {e}")
+                return None
+            if entry.server is None or not entry.server.address:
+                failures.append(f"server {server_pk.hex()[:16]}…: no server entry")
+                return None
+            address = entry.server.address
+        err = yield self._connect(server_pk, address, timeout=RECONNECT_TRY if server_pk in self._lost_servers else 10)
+        if err is not None and address is not None and server_pk not in self._lost_servers:
+            self._server_addresses.pop(server_pk, None)  # it may have moved: ask discovery next time
         if err is not None:
-            failures.append(f"server {entry.server.address}: {err}")
+            failures.append(f"server {address}: {err}")
         return self.sessions.get(server_pk)
 
     @defer.inlineCallbacks
