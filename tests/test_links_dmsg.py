@@ -12,7 +12,7 @@ import pytest
 
 from tests import linkemu
 from tests.linkhosts import DISCOVERY_PORT, LinkHost, Term
-from tests.test_links import ONE_WAY_MS, STATUS, TICKER, first_arrival, outage, ticks
+from tests.test_links import ONE_WAY_MS, STATUS, TICKER, first_arrival, outage, term_of, ticks  # noqa: F401 (a fixture)
 
 WHY_NOT = linkemu.available()
 pytestmark = pytest.mark.skipif(bool(WHY_NOT), reason=f"link emulator: {WHY_NOT}")
@@ -33,23 +33,6 @@ def net(tmp_path_factory):
         for pk in (ns.local.pk, ns.host.pk, ns.phost.pk):
             ns.local.wait_joined(pk)
         yield ns
-
-
-@pytest.fixture
-def term_of(net):
-    terms = []
-
-    def open_(argv, name):
-        term = Term(net.link, argv, name)
-        terms.append(term)
-        assert term.at_prompt(30) is not None, term.text()[-2000:]
-        term.skip_to_end()
-        return term
-
-    yield open_
-    net.link.up()
-    for term in terms:
-        term.close()
 
 
 def test_ctrl_c_in_a_flood_over_dmsg_is_back_at_the_prompt_within_half_a_second(net, term_of, tmp_path):
