@@ -262,7 +262,13 @@ def test_read_flagged_tells_the_ptys_echo_mode(host):
     rpc = BlockingRPC(channel, request_service(channel, "dmsgpty/pty"))
     try:
         rpc.call("pty.Start", T.CommandReq.cls(name="sh", arg=[], env=["TERM=xterm"]), T.CommandReq, T.EMPTY)
-        rpc.call("pty.Write", b"stty -echo; printf 'A''B'; read x\n", T.BYTES, T.INT)
+        # The shell waits in `read y` (echo on) until the first reply is in:
+        # the mode is taken when a reply is handed over, and a busy machine
+        # could otherwise run the stty before our first read arrives.
+        rpc.call("pty.Write", b"read y; stty -echo; printf 'A''B'; read x\n", T.BYTES, T.INT)
+        first = rpc.call("pty.ReadFlagged", 4096, T.INT, T.BYTES)
+        assert first[0] == TTY_KNOWN | TTY_ECHO | TTY_ICANON  # sh reads its line with echo on
+        rpc.call("pty.Write", b"\n", T.BYTES, T.INT)
         modes, seen = [], b""
         deadline = time.monotonic() + 10
         while b"AB" not in seen and time.monotonic() < deadline:
@@ -270,7 +276,6 @@ def test_read_flagged_tells_the_ptys_echo_mode(host):
             modes.append(reply[0])
             seen += reply[1:]
         assert b"AB" in seen, seen
-        assert modes[0] == TTY_KNOWN | TTY_ECHO | TTY_ICANON  # sh reads its line with echo on
         assert modes[-1] == TTY_KNOWN | TTY_ICANON  # with the output after stty -echo: echo off
     finally:
         channel.close()
