@@ -86,6 +86,36 @@ def first_arrival(term, pattern, start, not_before, timeout):
     return None
 
 
+def typed_through_an_outage(term, link, seconds):
+    """Type a command into a dead link held down *seconds*; -> (when its
+    output arrived, when the link came back).  The shell must have lived."""
+    link.down()
+    term.send("echo ALIVE-$((40+2))\r")  # typed into the dead link
+    down_at, up_at = outage(link, seconds)
+    arrived = first_arrival(term, "ALIVE-42", 0, None, 15)
+    assert arrived is not None, term.text()[-500:]
+    assert "connection lost" not in term.text()
+    assert arrived - up_at <= 3.0, f"the command's output came {arrived - up_at:.1f} s after the link returned"
+    return arrived, up_at
+
+
+def ticker_resumes_whole(term, link, seconds):
+    """A persistent session's counter through *seconds* down: output back
+    within 3 s of the link, no tick lost or doubled."""
+    start = term.size
+    term.send(TICKER)
+    assert term.wait_for("tick-5", 20) is not None
+    down_at, up_at = outage(link, seconds)
+    resumed = first_arrival(term, "tick-", start, up_at, 3.0)
+    assert resumed is not None and resumed - up_at <= 3.0, \
+        f"no output within 3 s of the link returning: {term.text(start)[-400:]!r}"
+    seen = ticks(term, start)
+    assert first_arrival(term, f"tick-{max(seen) + 3}", start, None, 10) is not None
+    seen = ticks(term, start)
+    assert seen == list(range(seen[0], seen[0] + len(seen))), "ticks lost or doubled"
+    assert "bytes of output were lost" not in term.text(start)
+
+
 def test_bulk_cat_of_2MB_is_no_slower_than_ssh(net, term_of):
     ssh = timed_cat(term_of(net.sshd.ssh_argv(), "ssh"), net, 30)
     assert ssh is not None
@@ -149,30 +179,14 @@ def test_a_default_shell_survives_25s_down_and_resumes_at_once(net, term_of):
     long TCP tries (Linux counts retries, not time: ~15 s with a 1 s cap),
     and typed keys must get through within a couple of seconds of the link."""
     term = term_of(net.host.shell_argv(), "skypty")
-    net.link.down()
-    term.send("echo ALIVE-$((40+2))\r")  # typed into the dead link
-    down_at, up_at = outage(net.link, 25)
-    arrived = first_arrival(term, "ALIVE-42", 0, None, 15)
-    assert arrived is not None, term.text()[-500:]
-    assert "connection lost" not in term.text()
-    assert arrived - up_at <= 3.0, f"the command's output came {arrived - up_at:.1f} s after the link returned"
+    typed_through_an_outage(term, net.link, 25)
 
 
 def test_persistent_session_output_resumes_within_3s_of_the_link_returning(net, term_of):
     term = term_of(net.phost.shell_argv(), "skypty-persistent")
-    start = term.size
-    term.send(TICKER)
-    assert term.wait_for("tick-5", 20) is not None
     # 20 s: well between two of TCP's retransmissions (backoff from ~0.5 s: 15.5, 31.5 s),
     # so TCP alone does not bring the output back within 3 s of the link returning
-    down_at, up_at = outage(net.link, 20)
-    resumed = first_arrival(term, "tick-", start, up_at, 3.0)
-    assert resumed is not None and resumed - up_at <= 3.0, "no output within 3 s of the link returning"
-    seen = ticks(term, start)
-    assert first_arrival(term, f"tick-{max(seen) + 3}", start, None, 10) is not None
-    seen = ticks(term, start)
-    assert seen == list(range(seen[0], seen[0] + len(seen))), "ticks lost or doubled"
-    assert "bytes of output were lost" not in term.text(start)
+    ticker_resumes_whole(term, net.link, 20)
 
 
 def test_roaming_client_reattaches_and_output_resumes_within_10s(net, term_of):

@@ -12,7 +12,9 @@ import pytest
 
 from tests import linkemu
 from tests.linkhosts import DISCOVERY_PORT, LinkHost, Term
-from tests.test_links import ONE_WAY_MS, STATUS, TICKER, first_arrival, outage, term_of, ticks  # noqa: F401 (a fixture)
+from tests.test_links import (  # noqa: F401 (term_of: a fixture)
+    ONE_WAY_MS, STATUS, term_of, ticker_resumes_whole, typed_through_an_outage,
+)
 
 WHY_NOT = linkemu.available()
 pytestmark = pytest.mark.skipif(bool(WHY_NOT), reason=f"link emulator: {WHY_NOT}")
@@ -70,28 +72,11 @@ def test_a_default_shell_over_dmsg_survives_70s_down_and_resumes_at_once(net, te
     it, used to be closed 30-60 s into an outage (TCP keepalive, yamux
     pings), and every plain shell riding on it with them."""
     term = term_of(net.local.start_argv(net.host.pk), "skypty-dmsg")
-    net.link.down()
-    term.send("echo ALIVE-$((40+2))\r")  # typed into the dead link
-    down_at, up_at = outage(net.link, 70)
-    arrived = first_arrival(term, "ALIVE-42", 0, None, 15)
-    assert arrived is not None, term.text()[-500:]
-    assert "connection lost" not in term.text()
-    assert arrived - up_at <= 3.0, f"the command's output came {arrived - up_at:.1f} s after the link returned"
+    typed_through_an_outage(term, net.link, 70)
     term.send("echo AGAIN-$((40+3))\r")
     assert term.wait_for("AGAIN-43", 5) is not None
 
 
 def test_a_persistent_session_over_dmsg_resumes_within_3s_of_the_link_returning(net, term_of):
     term = term_of(net.local.start_argv(net.phost.pk), "skypty-dmsg-persistent")
-    start = term.size
-    term.send(TICKER)
-    assert term.wait_for("tick-5", 20) is not None
-    down_at, up_at = outage(net.link, 20)
-    resumed = first_arrival(term, "tick-", start, up_at, 3.0)
-    assert resumed is not None and resumed - up_at <= 3.0, \
-        f"no output within 3 s of the link returning: {term.text(start)[-400:]!r}"
-    seen = ticks(term, start)
-    assert first_arrival(term, f"tick-{max(seen) + 3}", start, None, 10) is not None
-    seen = ticks(term, start)
-    assert seen == list(range(seen[0], seen[0] + len(seen))), "ticks lost or doubled"
-    assert "bytes of output were lost" not in term.text(start)
+    ticker_resumes_whole(term, net.link, 20)
