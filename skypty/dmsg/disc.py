@@ -509,6 +509,7 @@ class EntryKeeper:
         self._call = None
         self._running = False
         self._busy = False
+        self._inflight = None  # the post under way (cancelled by stop: nothing outlives the keeper)
         self.registered = False
 
     def start(self):
@@ -520,6 +521,8 @@ class EntryKeeper:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        if self._inflight is not None:
+            self._inflight.cancel()
 
     def update_now(self):
         """Something in the entry changed (e.g. the delegated servers)."""
@@ -537,7 +540,8 @@ class EntryKeeper:
         self._busy = True
         from twisted.internet import defer
 
-        defer.ensureDeferred(self._post()).addBoth(self._done)
+        self._inflight = defer.ensureDeferred(self._post())
+        self._inflight.addBoth(self._done)
 
     async def _post(self):
         if self.sequence is None:
@@ -554,6 +558,7 @@ class EntryKeeper:
 
     def _done(self, result):
         self._busy = False
+        self._inflight = None
         if not self._running:
             return
         if hasattr(result, "getErrorMessage"):
